@@ -1,0 +1,143 @@
+// Package reap owns the one wait4(-1) loop of the process: it reaps every
+// child and orphan and routes each exit status to whoever started that
+// process.
+//
+// Children must be started through Reaper.Start (or registered with Track
+// while holding the lock Start uses) and never waited for with os.Process.Wait
+// or exec.Cmd.Wait, which would race the global wait.
+package reap
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ExitFunc receives the exit status of a process started through the
+// reaper. It runs on the reaper's goroutine and must not block for long.
+type ExitFunc func(pid int, status syscall.WaitStatus)
+
+// Reaper reaps children. The zero value is not usable; call New.
+type Reaper struct {
+	mu      sync.Mutex // held across fork+register and across each reap pass
+	owners  map[int]ExitFunc
+	orphans uint64 // reaped processes nobody owned
+	logf    func(string, ...any)
+}
+
+// New returns a reaper. logf receives diagnostics; it may be nil.
+func New(logf func(string, ...any)) *Reaper {
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	return &Reaper{owners: map[int]ExitFunc{}, logf: logf}
+}
+
+// BecomeSubreaper makes orphaned descendants of this process its children,
+// so that they can be reaped here. PID 1 gets them anyway.
+func BecomeSubreaper() error {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("PR_SET_CHILD_SUBREAPER: %w", err)
+	}
+	return nil
+}
+
+// Start forks and execs argv0 and registers onExit for the new process
+// before any reap pass can see it exit.
+func (r *Reaper) Start(argv0 string, argv []string, attr *syscall.ProcAttr, onExit ExitFunc) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	pid, err := syscall.ForkExec(argv0, argv, attr)
+	if err != nil {
+		return 0, err
+	}
+	r.owners[pid] = onExit
+	return pid, nil
+}
+
+// Orphans reports how many processes were reaped that nobody had started
+// through this reaper.
+func (r *Reaper) Orphans() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.orphans
+}
+
+type exit struct {
+	pid    int
+	status syscall.WaitStatus
+	fn     ExitFunc
+}
+
+// ReapOnce collects every child that has exited, without blocking, and then
+// calls the owners' ExitFuncs. It returns the number reaped.
+func (r *Reaper) ReapOnce() int {
+	var done []exit
+	r.mu.Lock()
+	n := 0
+	for {
+		var ws syscall.WaitStatus
+		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+		if err == syscall.EINTR {
+			continue
+		}
+		if pid <= 0 || err != nil {
+			break
+		}
+		n++
+		if fn, ok := r.owners[pid]; ok {
+			delete(r.owners, pid)
+			done = append(done, exit{pid, ws, fn})
+		} else {
+			r.orphans++
+		}
+	}
+	r.mu.Unlock()
+	for _, e := range done {
+		r.call(e)
+	}
+	return n
+}
+
+func (r *Reaper) call(e exit) {
+	defer func() {
+		if v := recover(); v != nil {
+			r.logf("reap: exit handler for pid %d panicked: %v", e.pid, v)
+		}
+	}()
+	e.fn(e.pid, e.status)
+}
+
+// Run reaps on every SIGCHLD, and once a second as a safety net, until ctx
+// ends. It never returns early because of a panic.
+func (r *Reaper) Run(ctx context.Context) {
+	ch := make(chan os.Signal, 64)
+	signal.Notify(ch, syscall.SIGCHLD)
+	defer signal.Stop(ch)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		r.safeReap()
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+		case <-tick.C:
+		}
+	}
+}
+
+func (r *Reaper) safeReap() {
+	defer func() {
+		if v := recover(); v != nil {
+			r.logf("reap: panic: %v", v)
+		}
+	}()
+	r.ReapOnce()
+}

@@ -1,0 +1,123 @@
+package reap
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The tests fork real processes. Run in a subprocess that is a subreaper, so
+// that the orphans reparent to it rather than to the test runner's parent.
+func TestMain(m *testing.M) {
+	if err := BecomeSubreaper(); err != nil {
+		panic(err)
+	}
+	os.Exit(m.Run())
+}
+
+func TestStartRoutesExitStatus(t *testing.T) {
+	r := New(t.Logf)
+	got := make(chan syscall.WaitStatus, 1)
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	pid, err := r.Start(sh, []string{"sh", "-c", "exit 7"}, &syscall.ProcAttr{Files: []uintptr{0, 1, 2}},
+		func(_ int, ws syscall.WaitStatus) { got <- ws })
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(10 * time.Second)
+	for {
+		r.ReapOnce()
+		select {
+		case ws := <-got:
+			if ws.ExitStatus() != 7 {
+				t.Fatalf("pid %d: exit status %d, want 7", pid, ws.ExitStatus())
+			}
+			return
+		case <-deadline:
+			t.Fatal("exit status never delivered")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func TestOrphansAreReaped(t *testing.T) {
+	const n = 300
+	r := New(t.Logf)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go r.Run(ctx)
+	before := r.Orphans()
+	// A shell starts n sleepers in the background and exits at once: the
+	// sleepers become our orphans and exit together a second later.
+	sh := exec.Command("sh", "-c", "i=0; while [ $i -lt "+strconv.Itoa(n)+" ]; do sleep 1 & i=$((i+1)); done")
+	if err := sh.Start(); err != nil {
+		t.Skip("no sh:", err)
+	}
+	// The shell itself is a child started with os/exec: its status goes
+	// to the reaper as an orphan too, which is what we want to count.
+	deadline := time.Now().Add(30 * time.Second)
+	for r.Orphans()-before < n+1 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := r.Orphans() - before; got < n+1 {
+		t.Fatalf("reaped %d orphans, want %d", got, n+1)
+	}
+	if z := zombies(t); z != 0 {
+		t.Fatalf("%d zombies left", z)
+	}
+}
+
+// zombies counts zombie children of this process.
+func zombies(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	me := strconv.Itoa(os.Getpid())
+	n := 0
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		i := lastIndex(s, ')')
+		if i < 0 || i+4 > len(s) {
+			continue
+		}
+		var state byte
+		var ppid string
+		state = s[i+2]
+		rest := s[i+4:]
+		for j := 0; j < len(rest); j++ {
+			if rest[j] == ' ' {
+				ppid = rest[:j]
+				break
+			}
+		}
+		if state == 'Z' && ppid == me {
+			n++
+		}
+	}
+	return n
+}
+
+func lastIndex(s string, c byte) int {
+	for i := len(s) - 1; i >= 0; i-- {
+		if s[i] == c {
+			return i
+		}
+	}
+	return -1
+}
