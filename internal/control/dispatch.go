@@ -1,0 +1,156 @@
+package control
+
+import (
+	"errors"
+	"fmt"
+	"syscall"
+
+	"github.com/nitroinit/nitroinit/internal/procfs"
+	"github.com/nitroinit/nitroinit/internal/wire"
+)
+
+// MaxSignal is the highest signal number ps kill accepts (SIGRTMAX).
+const MaxSignal = 64
+
+// dispatch carries out every request that has a single response.
+func (s *Server) dispatch(req wire.Request, peer Peer) wire.Response {
+	b := s.cfg.Backend
+	done := func(err error, format string) wire.Response {
+		if err != nil {
+			return wire.Errorf("%v", err)
+		}
+		return wire.Success(fmt.Sprintf(format, req.Name))
+	}
+	switch req.Kind {
+	case wire.KindPing:
+		return wire.Response{Kind: wire.KindPong}
+	case wire.KindListServices:
+		return wire.Response{Kind: wire.KindServiceList, Services: b.Services()}
+	case wire.KindServiceStatus:
+		st, err := b.ServiceStatus(req.Name)
+		if err != nil {
+			return wire.Errorf("%v", err)
+		}
+		return wire.Response{Kind: wire.KindServiceStatus, Status: &st}
+	case wire.KindServiceStart:
+		return done(b.StartService(req.Name), "Service '%s' started")
+	case wire.KindServiceStop:
+		return done(b.StopService(req.Name), "Service '%s' stopped")
+	case wire.KindServiceRestart:
+		return done(b.RestartService(req.Name), "Service '%s' restarted")
+	case wire.KindServiceEnable:
+		return done(b.EnableService(req.Name), "Service '%s' enabled")
+	case wire.KindServiceDisable:
+		return done(b.DisableService(req.Name), "Service '%s' disabled")
+	case wire.KindServiceLogs:
+		if req.Lines < 0 {
+			return wire.Errorf("lines must not be negative, got %d", req.Lines)
+		}
+		lines, err := b.ServiceLogs(req.Name, req.Lines)
+		if err != nil {
+			return wire.Errorf("%v", err)
+		}
+		return wire.Response{Kind: wire.KindServiceLogs, Logs: lines}
+	case wire.KindServiceLogsClear:
+		return done(b.ClearServiceLogs(req.Name), "Logs cleared for service '%s'")
+	case wire.KindServiceLogsStream:
+		return s.startStream(req)
+	case wire.KindServiceLogsStreamStop:
+		return s.stopStreams(req.Name)
+	case wire.KindSystemReload:
+		if err := b.Reload(); err != nil {
+			return wire.Errorf("%v", err)
+		}
+		return wire.Success("Service configurations reloaded")
+	case wire.KindSystemReboot:
+		b.Shutdown(true)
+		return wire.Success("System reboot initiated")
+	case wire.KindSystemShutdown:
+		b.Shutdown(false)
+		return wire.Success("System shutdown initiated")
+	case wire.KindSystemStatus:
+		st := b.SystemStatus()
+		if n, err := s.cfg.Proc.Count(); err == nil {
+			st.TotalProcesses = n
+		}
+		st.Policy = s.cfg.Policy.Info(peer)
+		return wire.Response{Kind: wire.KindSystemStatus, System: &st}
+	case wire.KindProcessList:
+		list, err := s.cfg.Proc.List()
+		if err != nil {
+			return wire.Errorf("listing processes: %v", err)
+		}
+		managed := b.ManagedPIDs()
+		for i := range list {
+			markManaged(&list[i], managed)
+		}
+		return wire.Response{Kind: wire.KindProcessList, Processes: list}
+	case wire.KindProcessStatus:
+		p, err := s.cfg.Proc.Process(req.PID)
+		if errors.Is(err, procfs.ErrNoProcess) {
+			return wire.Errorf("Process %d not found", req.PID)
+		}
+		if err != nil {
+			return wire.Errorf("reading process %d: %v", req.PID, err)
+		}
+		markManaged(&p, b.ManagedPIDs())
+		return wire.Response{Kind: wire.KindProcessStatus, Process: &p}
+	case wire.KindProcessStart:
+		if req.Command == "" {
+			return wire.Errorf("ProcessStart needs a command")
+		}
+		pid, err := b.StartProcess(req.Command, req.Args, req.Env)
+		if err != nil {
+			return wire.Errorf("%v", err)
+		}
+		return wire.Response{Kind: wire.KindProcessStarted, PID: pid, Message: fmt.Sprintf("Process started with PID %d", pid)}
+	case wire.KindProcessStop:
+		if r, bad := refusePID(req.PID); bad {
+			return r
+		}
+		msg, err := b.SignalProcess(req.PID, syscall.SIGTERM, true)
+		return message(msg, err)
+	case wire.KindProcessKill:
+		if r, bad := refusePID(req.PID); bad {
+			return r
+		}
+		if req.Signal < 1 || req.Signal > MaxSignal {
+			return wire.Errorf("Invalid signal %d: want 1 to %d", req.Signal, MaxSignal)
+		}
+		msg, err := b.SignalProcess(req.PID, syscall.Signal(req.Signal), false)
+		return message(msg, err)
+	case wire.KindProcessRestart:
+		if r, bad := refusePID(req.PID); bad {
+			return r
+		}
+		msg, err := b.RestartProcess(req.PID)
+		return message(msg, err)
+	}
+	return wire.Errorf("%v", &wire.UnknownRequestError{Kind: req.Kind})
+}
+
+func message(msg string, err error) wire.Response {
+	if err != nil {
+		return wire.Errorf("%v", err)
+	}
+	return wire.Success(msg)
+}
+
+// refusePID keeps signals away from init itself and from the kill(2) forms
+// that reach groups (0, negative) before they reach the backend.
+func refusePID(pid int) (wire.Response, bool) {
+	switch {
+	case pid == 1:
+		return wire.Errorf("Refusing to signal PID 1 (init itself); use initctl shutdown or reboot"), true
+	case pid <= 0:
+		return wire.Errorf("Invalid PID %d: must be a positive process ID", pid), true
+	}
+	return wire.Response{}, false
+}
+
+func markManaged(p *wire.ProcessInfo, managed map[int]string) {
+	if name, ok := managed[p.PID]; ok {
+		p.Managed = true
+		p.ServiceName = &name
+	}
+}

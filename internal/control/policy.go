@@ -1,0 +1,211 @@
+package control
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/nitroinit/nitroinit/internal/wire"
+)
+
+// Class groups requests by what they can do to the enclave.
+type Class string
+
+// The permission classes, from least to most powerful.
+const (
+	// ClassRead covers requests that only look: ping, list, status, logs,
+	// ps list, ps status, system-status.
+	ClassRead Class = "read"
+	// ClassManage covers requests that change services: start, stop,
+	// restart, enable, disable, reload, logs-clear, logs-stream.
+	ClassManage Class = "manage"
+	// ClassExec covers requests that run or signal arbitrary processes or
+	// end the enclave: ps start/run, ps stop/kill/restart, reboot, shutdown.
+	ClassExec Class = "exec"
+)
+
+// AllClasses lists every class.
+var AllClasses = []Class{ClassRead, ClassManage, ClassExec}
+
+// DefaultClasses is what a nil class list in a Policy means: exec must be
+// switched on explicitly.
+var DefaultClasses = []Class{ClassRead, ClassManage}
+
+// requestClass maps every request variant to its class. A variant missing
+// here is refused as exec, so a forgotten row fails closed.
+var requestClass = map[string]Class{
+	wire.KindPing:                  ClassRead,
+	wire.KindListServices:          ClassRead,
+	wire.KindServiceStatus:         ClassRead,
+	wire.KindServiceLogs:           ClassRead,
+	wire.KindServiceLogsFollow:     ClassRead,
+	wire.KindProcessList:           ClassRead,
+	wire.KindProcessStatus:         ClassRead,
+	wire.KindSystemStatus:          ClassRead,
+	wire.KindServiceStart:          ClassManage,
+	wire.KindServiceStop:           ClassManage,
+	wire.KindServiceRestart:        ClassManage,
+	wire.KindServiceEnable:         ClassManage,
+	wire.KindServiceDisable:        ClassManage,
+	wire.KindSystemReload:          ClassManage,
+	wire.KindServiceLogsClear:      ClassManage,
+	wire.KindServiceLogsStream:     ClassManage,
+	wire.KindServiceLogsStreamStop: ClassManage,
+	wire.KindProcessStart:          ClassExec,
+	wire.KindProcessStop:           ClassExec,
+	wire.KindProcessKill:           ClassExec,
+	wire.KindProcessRestart:        ClassExec,
+	wire.KindSystemReboot:          ClassExec,
+	wire.KindSystemShutdown:        ClassExec,
+}
+
+// ClassOf returns the class of a request variant.
+func ClassOf(kind string) Class {
+	if c, ok := requestClass[kind]; ok {
+		return c
+	}
+	return ClassExec
+}
+
+// ParseClass checks a class name from a configuration file.
+func ParseClass(s string) (Class, error) {
+	for _, c := range AllClasses {
+		if string(c) == s {
+			return c, nil
+		}
+	}
+	return "", fmt.Errorf("unknown permission class %q: want read, manage or exec", s)
+}
+
+// Policy says who may send which class of request.
+//
+// Over the Unix socket root (uid 0) may do everything; another uid is
+// allowed only if it is in UnixUIDs or its primary or a supplementary group
+// is in UnixGIDs, and then only UnixClasses. Over vsock a peer CID must be
+// in VsockCIDs (empty: any CID) and gets VsockClasses. A nil class list
+// means DefaultClasses (read and manage); an empty non-nil list means none.
+type Policy struct {
+	UnixUIDs     []uint32
+	UnixGIDs     []uint32
+	UnixClasses  []Class
+	VsockCIDs    []uint32
+	VsockClasses []Class
+}
+
+// Transport says how a connection arrived, which decides how its peer is
+// identified and which half of the Policy applies.
+type Transport int
+
+const (
+	// TransportUnix connections are identified by SO_PEERCRED.
+	TransportUnix Transport = iota
+	// TransportVsock connections are identified by the peer CID.
+	TransportVsock
+)
+
+func (t Transport) String() string {
+	if t == TransportVsock {
+		return "vsock"
+	}
+	return "unix socket"
+}
+
+// Peer is the identity of a connected client.
+type Peer struct {
+	Transport Transport
+	// UID, GID and Groups come from SO_PEERCRED and /proc (Unix only).
+	UID, GID uint32
+	Groups   []uint32
+	PID      int32
+	// CID is the vsock peer's context ID; CIDKnown is false when the
+	// connection did not carry one (for example a hybrid relay).
+	CID      uint32
+	CIDKnown bool
+}
+
+func classesOrDefault(c []Class) []Class {
+	if c == nil {
+		return DefaultClasses
+	}
+	return c
+}
+
+// Granted returns the classes the policy grants to peer.
+func (p Policy) Granted(peer Peer) []Class {
+	switch peer.Transport {
+	case TransportUnix:
+		if peer.UID == 0 {
+			return AllClasses
+		}
+		if p.unixListed(peer) {
+			return classesOrDefault(p.UnixClasses)
+		}
+		return nil
+	default:
+		if len(p.VsockCIDs) > 0 && (!peer.CIDKnown || !slices.Contains(p.VsockCIDs, peer.CID)) {
+			return nil
+		}
+		return classesOrDefault(p.VsockClasses)
+	}
+}
+
+func (p Policy) unixListed(peer Peer) bool {
+	if slices.Contains(p.UnixUIDs, peer.UID) || slices.Contains(p.UnixGIDs, peer.GID) {
+		return true
+	}
+	for _, g := range peer.Groups {
+		if slices.Contains(p.UnixGIDs, g) {
+			return true
+		}
+	}
+	return false
+}
+
+// Check returns nil if peer may send a request of the given kind, or an
+// error that names the class and the configuration key that would allow it.
+func (p Policy) Check(peer Peer, kind string, configPath string) error {
+	class := ClassOf(kind)
+	granted := p.Granted(peer)
+	if slices.Contains(granted, class) {
+		return nil
+	}
+	switch {
+	case peer.Transport == TransportUnix && !p.unixListed(peer):
+		return fmt.Errorf("permission denied: uid %d (gid %d) may not use the control socket; add it to control.permissions.unix.uids (or its group to control.permissions.unix.gids) in %s", peer.UID, peer.GID, configPath)
+	case peer.Transport == TransportUnix:
+		return fmt.Errorf("permission denied: %q requests over the unix socket need control.permissions.unix.classes to include %s in %s", class, class, configPath)
+	case len(granted) == 0:
+		cid := "unknown"
+		if peer.CIDKnown {
+			cid = fmt.Sprint(peer.CID)
+		}
+		return fmt.Errorf("permission denied: vsock peer CID %s is not in control.permissions.vsock.cids in %s", cid, configPath)
+	default:
+		return fmt.Errorf("permission denied: %q requests over vsock need control.permissions.vsock.classes to include %s in %s", class, class, configPath)
+	}
+}
+
+// Info reports the policy for system-status, with the classes granted to
+// the asking peer.
+func (p Policy) Info(peer Peer) *wire.PolicyInfo {
+	names := func(cs []Class) []string {
+		out := make([]string, 0, len(cs))
+		for _, c := range cs {
+			out = append(out, string(c))
+		}
+		return out
+	}
+	nonNil := func(s []uint32) []uint32 {
+		if s == nil {
+			return []uint32{}
+		}
+		return s
+	}
+	return &wire.PolicyInfo{
+		UnixUIDs:     nonNil(p.UnixUIDs),
+		UnixGIDs:     nonNil(p.UnixGIDs),
+		UnixClasses:  names(classesOrDefault(p.UnixClasses)),
+		VsockCIDs:    nonNil(p.VsockCIDs),
+		VsockClasses: names(classesOrDefault(p.VsockClasses)),
+		Caller:       names(p.Granted(peer)),
+	}
+}

@@ -1,0 +1,358 @@
+// Package control is init's control plane: it listens on a Unix socket and
+// on AF_VSOCK, identifies each peer, checks the permission policy, decodes
+// one request per connection and dispatches it to a Backend (the
+// supervisor). It also holds the client side that initctl and the vmtests
+// use. The protocol is described in docs/protocol.md.
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/mdlayher/vsock"
+
+	"github.com/nitroinit/nitroinit/internal/procfs"
+	"github.com/nitroinit/nitroinit/internal/wire"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultMaxConns   = 64
+	DefaultIOTimeout  = 10 * time.Second
+	DefaultConfigPath = "/etc/init.yaml"
+)
+
+// writeChunk is how much of a response is written per write deadline, so a
+// large response to a slow but live reader does not time out while a
+// reader that stops reading does.
+const writeChunk = 64 << 10
+
+// Config configures a Server.
+type Config struct {
+	// Backend carries out the requests. Required.
+	Backend Backend
+	// Policy decides who may send what.
+	Policy Policy
+	// MaxConns bounds the connections served at once, over all listeners;
+	// further clients wait in the listen backlog. Default DefaultMaxConns.
+	MaxConns int
+	// IOTimeout bounds the wait for a request and each write of a
+	// response. Default DefaultIOTimeout.
+	IOTimeout time.Duration
+	// Logf receives diagnostics; nil discards them.
+	Logf func(format string, args ...any)
+	// DialVsock connects to a logs-stream listener on the host. Default:
+	// AF_VSOCK. Tests and the simulator's hybrid side replace it.
+	DialVsock func(ctx context.Context, cid, port uint32) (net.Conn, error)
+	// Proc reads process information. Default: /proc.
+	Proc procfs.FS
+	// ConfigPath is named in permission errors. Default DefaultConfigPath.
+	ConfigPath string
+}
+
+// Server serves control connections. Create it with NewServer.
+type Server struct {
+	cfg    Config
+	sem    chan struct{}
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	streams   map[streamKey]*stream
+	wg        sync.WaitGroup
+}
+
+// NewServer returns a server; call Serve, ServeUnix or ServeVsock to use it.
+func NewServer(cfg Config) *Server {
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.IOTimeout <= 0 {
+		cfg.IOTimeout = DefaultIOTimeout
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+	if cfg.DialVsock == nil {
+		cfg.DialVsock = func(ctx context.Context, cid, port uint32) (net.Conn, error) {
+			return vsock.DialContext(ctx, cid, port, nil)
+		}
+	}
+	if cfg.ConfigPath == "" {
+		cfg.ConfigPath = DefaultConfigPath
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{
+		cfg:       cfg,
+		sem:       make(chan struct{}, cfg.MaxConns),
+		ctx:       ctx,
+		cancel:    cancel,
+		listeners: map[net.Listener]struct{}{},
+		streams:   map[streamKey]*stream{},
+	}
+}
+
+// ServeUnix listens on a Unix socket at path and serves it until ctx ends
+// or Close is called. The directory is created if missing and a stale
+// socket left by an earlier run is replaced; a live one is an error. The
+// socket is mode 0600 unless the policy lets other uids or gids in, in which
+// case it is 0666 and every request is checked against SO_PEERCRED.
+func (s *Server) ServeUnix(ctx context.Context, path string) error {
+	l, err := ListenUnix(path, len(s.cfg.Policy.UnixUIDs)+len(s.cfg.Policy.UnixGIDs) > 0)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ctx, l, TransportUnix)
+}
+
+// ListenUnix creates the control socket at path (see ServeUnix). shared
+// selects mode 0666 instead of 0600.
+func ListenUnix(path string, shared bool) (*net.UnixListener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("control socket %s: create directory: %w (check control.unix_socket_path)", path, err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("control socket %s: a %s is in the way; remove it or change control.unix_socket_path", path, fi.Mode().Type())
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("control socket %s: another server is listening there (is init already running?)", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("control socket %s: remove stale socket: %w", path, err)
+		}
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	mode := os.FileMode(0o600)
+	if shared {
+		mode = 0o666
+	}
+	// The socket exists with the umask's mode for a moment before this;
+	// requests are checked against SO_PEERCRED regardless, so a client that
+	// slips in meanwhile gains nothing.
+	if err := os.Chmod(path, mode); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("control socket %s: chmod %o: %w", path, mode, err)
+	}
+	return l, nil
+}
+
+// ServeVsock listens on AF_VSOCK cid:port (vsock.CIDAny, 4294967295, for
+// any) and serves it until ctx ends or Close is called.
+func (s *Server) ServeVsock(ctx context.Context, cid, port uint32) error {
+	l, err := vsock.ListenContextID(cid, port, nil)
+	if err != nil {
+		return fmt.Errorf("control vsock %d:%d: %w (check control.vsock_cid and control.vsock_port; is the vsock driver loaded?)", cid, port, err)
+	}
+	return s.Serve(ctx, l, TransportVsock)
+}
+
+// Serve accepts connections from l until ctx ends, Close is called or l
+// fails, and closes l. Each connection is served in its own goroutine, at
+// most MaxConns at once.
+func (s *Server) Serve(ctx context.Context, l net.Listener, t Transport) error {
+	s.mu.Lock()
+	if s.ctx.Err() != nil {
+		s.mu.Unlock()
+		l.Close()
+		return net.ErrClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+	}()
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	defer l.Close()
+
+	var backoff time.Duration
+	for {
+		select {
+		case s.sem <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.ctx.Done():
+			return nil
+		}
+		c, err := l.Accept()
+		if err != nil {
+			<-s.sem
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if s.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			// Out of file descriptors and the like: wait and retry rather
+			// than spin or give up the control plane for good.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.cfg.Logf("control: accept on %s: %v; retrying in %v", l.Addr(), err, backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() { <-s.sem }()
+			defer c.Close()
+			defer s.recoverPanic("connection")
+			s.handle(c, t)
+		}()
+	}
+}
+
+// Close stops every listener, log stream and follow, and waits for the
+// connection goroutines to finish.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.cancel()
+	for l := range s.listeners {
+		l.Close()
+	}
+	for k, st := range s.streams {
+		st.cancel()
+		delete(s.streams, k)
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) recoverPanic(what string) {
+	if r := recover(); r != nil {
+		s.cfg.Logf("control: panic in %s: %v\n%s", what, r, debug.Stack())
+	}
+}
+
+// limitCounter reads at most n bytes and remembers whether it hit the limit.
+type limitCounter struct {
+	r   io.Reader
+	n   int
+	hit bool
+}
+
+func (l *limitCounter) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		l.hit = true
+		return 0, io.EOF
+	}
+	if len(p) > l.n {
+		p = p[:l.n]
+	}
+	k, err := l.r.Read(p)
+	l.n -= k
+	return k, err
+}
+
+// readRequest decodes one JSON value without waiting for EOF: reference
+// clients never half-close, so the value's end is the request's end.
+func (s *Server) readRequest(c net.Conn) (wire.Request, *wire.Response, error) {
+	c.SetReadDeadline(time.Now().Add(s.cfg.IOTimeout))
+	lr := &limitCounter{r: c, n: wire.MaxRequestSize}
+	dec := json.NewDecoder(lr)
+	var raw json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
+		if lr.hit {
+			r := wire.Errorf("request larger than %d bytes refused", wire.MaxRequestSize)
+			return wire.Request{}, &r, nil
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			r := wire.Errorf("Invalid request: no complete request within %v", s.cfg.IOTimeout)
+			return wire.Request{}, &r, nil
+		}
+		if lr.n == wire.MaxRequestSize && errors.Is(err, io.EOF) {
+			return wire.Request{}, nil, err // connected and left: nothing to answer
+		}
+		r := wire.Errorf("Invalid request: %v", err)
+		return wire.Request{}, &r, nil
+	}
+	var req wire.Request
+	if err := json.Unmarshal(raw, &req); err != nil {
+		var ue *wire.UnknownRequestError
+		if errors.As(err, &ue) {
+			r := wire.Errorf("%v", ue)
+			return req, &r, nil
+		}
+		r := wire.Errorf("Invalid request: %v", err)
+		return req, &r, nil
+	}
+	return req, nil, nil
+}
+
+func (s *Server) handle(c net.Conn, t Transport) {
+	peer, err := identify(c, t)
+	if err != nil {
+		s.cfg.Logf("control: %v", err)
+		s.write(c, wire.Errorf("cannot identify the peer: %v", err))
+		return
+	}
+	req, early, err := s.readRequest(c)
+	if err != nil {
+		return
+	}
+	if early != nil {
+		s.write(c, *early)
+		return
+	}
+	if err := s.cfg.Policy.Check(peer, req.Kind, s.cfg.ConfigPath); err != nil {
+		s.cfg.Logf("control: %s from %s refused: %v", req.Kind, describe(peer), err)
+		s.write(c, wire.Errorf("%v", err))
+		return
+	}
+	if req.Kind == wire.KindServiceLogsFollow {
+		s.follow(c, req)
+		return
+	}
+	s.write(c, s.dispatch(req, peer))
+}
+
+func describe(p Peer) string {
+	if p.Transport == TransportUnix {
+		return fmt.Sprintf("uid %d pid %d", p.UID, p.PID)
+	}
+	if p.CIDKnown {
+		return fmt.Sprintf("vsock CID %d", p.CID)
+	}
+	return "vsock peer"
+}
+
+// write sends one response, with no trailing newline, as the reference
+// does. A chunked deadline lets big responses reach slow readers.
+func (s *Server) write(c net.Conn, r wire.Response) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		b, _ = json.Marshal(wire.Errorf("internal error encoding the response: %v", err))
+	}
+	return s.writeBytes(c, b)
+}
+
+func (s *Server) writeBytes(c net.Conn, b []byte) error {
+	for len(b) > 0 {
+		n := min(len(b), writeChunk)
+		c.SetWriteDeadline(time.Now().Add(s.cfg.IOTimeout))
+		if _, err := c.Write(b[:n]); err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}

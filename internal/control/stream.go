@@ -1,0 +1,193 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"sort"
+	"time"
+
+	"github.com/nitroinit/nitroinit/internal/wire"
+)
+
+// streamKey identifies a logs-stream: one per service and host port, so
+// several services (or one service to several ports) can stream at once.
+type streamKey struct {
+	name string
+	port uint32
+}
+
+type stream struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// startStream answers ServiceLogsStream: it subscribes to the service's
+// log, dials the host's listener and leaves a goroutine writing one line per
+// log line until the host goes away, the service's log ends, or
+// ServiceLogsStreamStop.
+func (s *Server) startStream(req wire.Request) wire.Response {
+	key := streamKey{req.Name, req.VsockPort}
+	s.mu.Lock()
+	_, busy := s.streams[key]
+	s.mu.Unlock()
+	if busy {
+		return wire.Errorf("Log streaming already active for service '%s' on port %d; stop it first (logs-stream Ctrl-C sends ServiceLogsStreamStop) or use another port", req.Name, req.VsockPort)
+	}
+	sub, err := s.cfg.Backend.SubscribeLogs(req.Name)
+	if err != nil {
+		return wire.Errorf("%v", err)
+	}
+	dctx, dcancel := context.WithTimeout(s.ctx, s.cfg.IOTimeout)
+	conn, err := s.cfg.DialVsock(dctx, req.VsockCID, req.VsockPort)
+	dcancel()
+	if err != nil {
+		sub.Close()
+		return wire.Errorf("Failed to connect to VSock %d:%d: %v (is initctl logs-stream listening there?)", req.VsockCID, req.VsockPort, err)
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	st := &stream{cancel: cancel, done: make(chan struct{})}
+	s.mu.Lock()
+	if _, busy := s.streams[key]; busy || s.ctx.Err() != nil {
+		s.mu.Unlock()
+		cancel()
+		sub.Close()
+		conn.Close()
+		return wire.Errorf("Log streaming already active for service '%s' on port %d", req.Name, req.VsockPort)
+	}
+	s.streams[key] = st
+	s.mu.Unlock()
+
+	go func() {
+		defer s.recoverPanic("log stream " + req.Name)
+		defer close(st.done)
+		defer func() {
+			s.mu.Lock()
+			if s.streams[key] == st {
+				delete(s.streams, key)
+			}
+			s.mu.Unlock()
+			cancel()
+			sub.Close()
+			conn.Close()
+		}()
+		// The host never sends; a read returning means it has gone, which
+		// must end the stream even while the service is quiet.
+		go func() {
+			defer s.recoverPanic("log stream watcher")
+			io.Copy(io.Discard, conn)
+			cancel()
+		}()
+		for {
+			line, missed, err := sub.Next(ctx)
+			if err != nil {
+				return
+			}
+			var out []byte
+			if missed > 0 {
+				out = fmt.Appendf(out, "[initctl: %d lines missed]\n", missed)
+			}
+			out = append(append(out, line...), '\n')
+			if err := s.writeBytes(conn, out); err != nil {
+				s.cfg.Logf("control: log stream of %s to %d:%d ended: %v", req.Name, req.VsockCID, req.VsockPort, err)
+				return
+			}
+		}
+	}()
+	return wire.Response{Kind: wire.KindLogsStreamStarted, Service: req.Name, VsockCID: req.VsockCID, VsockPort: req.VsockPort}
+}
+
+// stopStreams ends every stream of the named service (the request names no
+// port, as in the reference) and waits for them to close their connections.
+func (s *Server) stopStreams(name string) wire.Response {
+	s.mu.Lock()
+	var stopped []*stream
+	var ports []int
+	for k, st := range s.streams {
+		if k.name == name {
+			st.cancel()
+			delete(s.streams, k)
+			stopped = append(stopped, st)
+			ports = append(ports, int(k.port))
+		}
+	}
+	s.mu.Unlock()
+	if len(stopped) == 0 {
+		return wire.Errorf("No active log stream for service '%s'", name)
+	}
+	for _, st := range stopped {
+		<-st.done
+	}
+	sort.Ints(ports)
+	return wire.Success(fmt.Sprintf("Log streaming stopped for service '%s' (ports %v)", name, ports))
+}
+
+// ActiveStreams returns the number of logs-stream connections open now.
+func (s *Server) ActiveStreams() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.streams)
+}
+
+// follow answers ServiceLogsFollow on the request's own connection: the last
+// req.Lines lines, then every new line, each as one LogLine value followed by
+// a newline, until the client closes the connection.
+func (s *Server) follow(c net.Conn, req wire.Request) {
+	if req.Lines < 0 {
+		s.write(c, wire.Errorf("lines must not be negative, got %d", req.Lines))
+		return
+	}
+	// Subscribe before reading the history so that nothing falls between
+	// the two; a line may then appear twice, which is the lesser evil.
+	sub, err := s.cfg.Backend.SubscribeLogs(req.Name)
+	if err != nil {
+		s.write(c, wire.Errorf("%v", err))
+		return
+	}
+	defer sub.Close()
+	history, err := s.cfg.Backend.ServiceLogs(req.Name, req.Lines)
+	if err != nil {
+		s.write(c, wire.Errorf("%v", err))
+		return
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	c.SetReadDeadline(time.Time{})
+	go func() {
+		defer s.recoverPanic("follow watcher")
+		io.Copy(io.Discard, c)
+		cancel()
+	}()
+	send := func(line string, missed uint64) error {
+		b, err := json.Marshal(wire.Response{Kind: wire.KindLogLine, Line: line, Missed: missed})
+		if err != nil {
+			return err
+		}
+		return s.writeBytes(c, append(b, '\n'))
+	}
+	for _, l := range history {
+		if err := send(l, 0); err != nil {
+			return
+		}
+	}
+	for {
+		line, missed, err := sub.Next(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				// The log ended (service removed): say so, then close.
+				s.writeBytes(c, append(mustJSON(wire.Errorf("log of '%s' ended: %v", req.Name, err)), '\n'))
+			}
+			return
+		}
+		if err := send(line, missed); err != nil {
+			return
+		}
+	}
+}
+
+func mustJSON(r wire.Response) []byte {
+	b, _ := json.Marshal(r)
+	return b
+}
