@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -242,35 +241,13 @@ func (s *Server) recoverPanic(what string) {
 	}
 }
 
-// limitCounter reads at most n bytes and remembers whether it hit the limit.
-type limitCounter struct {
-	r   io.Reader
-	n   int
-	hit bool
-}
-
-func (l *limitCounter) Read(p []byte) (int, error) {
-	if l.n <= 0 {
-		l.hit = true
-		return 0, io.EOF
-	}
-	if len(p) > l.n {
-		p = p[:l.n]
-	}
-	k, err := l.r.Read(p)
-	l.n -= k
-	return k, err
-}
-
-// readRequest decodes one JSON value without waiting for EOF: reference
+// readRequest reads one JSON value without waiting for EOF: reference
 // clients never half-close, so the value's end is the request's end.
 func (s *Server) readRequest(c net.Conn) (wire.Request, *wire.Response, error) {
 	c.SetReadDeadline(time.Now().Add(s.cfg.IOTimeout))
-	lr := &limitCounter{r: c, n: wire.MaxRequestSize}
-	dec := json.NewDecoder(lr)
-	var raw json.RawMessage
-	if err := dec.Decode(&raw); err != nil {
-		if lr.hit {
+	raw, err := wire.ReadValue(c, wire.MaxRequestSize)
+	if err != nil {
+		if errors.Is(err, wire.ErrTooLarge) {
 			r := wire.Errorf("request larger than %d bytes refused", wire.MaxRequestSize)
 			return wire.Request{}, &r, nil
 		}
@@ -279,10 +256,10 @@ func (s *Server) readRequest(c net.Conn) (wire.Request, *wire.Response, error) {
 			r := wire.Errorf("Invalid request: no complete request within %v", s.cfg.IOTimeout)
 			return wire.Request{}, &r, nil
 		}
-		if lr.n == wire.MaxRequestSize && errors.Is(err, io.EOF) {
+		if len(raw) == 0 {
 			return wire.Request{}, nil, err // connected and left: nothing to answer
 		}
-		r := wire.Errorf("Invalid request: %v", err)
+		r := wire.Errorf("Invalid request: incomplete JSON value (%v)", err)
 		return wire.Request{}, &r, nil
 	}
 	var req wire.Request

@@ -168,3 +168,60 @@ func TestResponseEncodeAdditions(t *testing.T) {
 		t.Error("encoding an unknown response variant succeeded")
 	}
 }
+
+// chunkReader returns its data a few bytes per Read and then blocks
+// (returns an error the test would see) instead of EOF, like a client that
+// never half-closes.
+type chunkReader struct {
+	data []byte
+	step int
+}
+
+var errWouldBlock = errors.New("read past the end: the reader would block here")
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, errWouldBlock
+	}
+	n := min(c.step, len(c.data), len(p))
+	copy(p, c.data[:n])
+	c.data = c.data[n:]
+	return n, nil
+}
+
+func TestReadValue(t *testing.T) {
+	tests := []struct {
+		in      string
+		max     int
+		want    string
+		wantErr error
+	}{
+		{in: `"Ping"`, want: `"Ping"`},
+		{in: "  \n\"Ping\"\n", want: `"Ping"`},
+		{in: `{"ServiceStart":{"name":"a}\"]"}}`, want: `{"ServiceStart":{"name":"a}\"]"}}`},
+		{in: `{"A":{"b":[1,{"c":"\\"}]}}trailing`, want: `{"A":{"b":[1,{"c":"\\"}]}}`},
+		{in: `{"A":{}`, wantErr: errWouldBlock},
+		{in: `x`, want: `x`},
+		{in: `{"A":"` + strings.Repeat("x", 100) + `"}`, max: 50, wantErr: ErrTooLarge},
+		{in: `{"A":"xx"}`, max: 10, want: `{"A":"xx"}`},
+		{in: `{"A":"xxx"}`, max: 10, wantErr: ErrTooLarge},
+	}
+	for _, tc := range tests {
+		for _, step := range []int{1, 3, 4096} {
+			max := tc.max
+			if max == 0 {
+				max = MaxRequestSize
+			}
+			got, err := ReadValue(&chunkReader{data: []byte(tc.in), step: step}, max)
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Errorf("ReadValue(%.40q, step %d) err = %v, want %v", tc.in, step, err, tc.wantErr)
+				}
+				continue
+			}
+			if err != nil || string(got) != tc.want {
+				t.Errorf("ReadValue(%.40q, step %d) = %q, %v; want %q", tc.in, step, got, err, tc.want)
+			}
+		}
+	}
+}
