@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# actionlint.sh: lint the GitHub Actions workflows with actionlint, fetched
+# as a Go module at a pinned version (no binary download).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+go run github.com/rhysd/actionlint/cmd/actionlint@v1.7.7 -color=never .github/workflows/*.yml
+echo "actionlint: ok"

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# test.sh KIND PACKAGES...: run go test over PACKAGES, print each case as
+# `go test -v` does and a closing count of passed, failed and skipped cases.
+# KIND is "unit" or "vmtest"; for vmtests a skipped case fails the run,
+# because on this project's CI machine nothing may be missing.
+set -euo pipefail
+kind=$1
+shift
+cd "$(dirname "$0")/.."
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+timeout=20m
+args=(-count=1 -json)
+if [ "$kind" = vmtest ]; then
+	timeout=15m
+	args+=(-p 1 -timeout "$timeout")
+	# Tell the vmtests where the kernel is (ci/fetch-kernel.sh put it there).
+	export NITROINIT_CACHE=${NITROINIT_CACHE:-$HOME/.cache/nitroinit}
+else
+	args+=(-timeout "$timeout")
+fi
+
+set +e
+go test "${args[@]}" "$@" >"$out/json"
+rc=$?
+set -e
+go run ./ci/report -kind "$kind" <"$out/json" || rc=1
+exit $rc
