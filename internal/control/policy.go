@@ -141,11 +141,15 @@ func (p Policy) Granted(peer Peer) []Class {
 		}
 		return nil
 	default:
-		if len(p.VsockCIDs) > 0 && (!peer.CIDKnown || !slices.Contains(p.VsockCIDs, peer.CID)) {
+		if !p.cidAllowed(peer) {
 			return nil
 		}
 		return classesOrDefault(p.VsockClasses)
 	}
+}
+
+func (p Policy) cidAllowed(peer Peer) bool {
+	return len(p.VsockCIDs) == 0 || peer.CIDKnown && slices.Contains(p.VsockCIDs, peer.CID)
 }
 
 func (p Policy) unixListed(peer Peer) bool {
@@ -173,7 +177,7 @@ func (p Policy) Check(peer Peer, kind string, configPath string) error {
 		return fmt.Errorf("permission denied: uid %d (gid %d) may not use the control socket; add it to control.permissions.unix.uids (or its group to control.permissions.unix.gids) in %s", peer.UID, peer.GID, configPath)
 	case peer.Transport == TransportUnix:
 		return fmt.Errorf("permission denied: %q requests over the unix socket need control.permissions.unix.classes to include %s in %s", class, class, configPath)
-	case len(granted) == 0:
+	case !p.cidAllowed(peer):
 		cid := "unknown"
 		if peer.CIDKnown {
 			cid = fmt.Sprint(peer.CID)
