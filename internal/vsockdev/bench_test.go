@@ -1,0 +1,3 @@
+package vsockdev
+
+func shutdownBenchVM() {}

@@ -1,0 +1,216 @@
+package vsockdev
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// connKey names a stream: the host end as the guest sees it and the guest
+// port. The host CID is kept because replies must come from the CID the
+// guest dialled.
+type connKey struct {
+	hostCID   uint64
+	hostPort  uint32
+	guestPort uint32
+}
+
+type connState int
+
+const (
+	stConnecting connState = iota // host-initiated, REQUEST sent to the guest
+	stDialing                     // guest-initiated, dialling P_N on the host
+	stConnected
+	stClosed // removed from the table; events about it are ignored
+)
+
+// conn is one stream. Fields without a comment belong to the device loop
+// goroutine; the reader and writer goroutines share only wbuf and the
+// channels.
+type conn struct {
+	key   connKey
+	state connState
+	uc    net.Conn
+	br    *bufio.Reader // host-initiated: holds bytes sent after CONNECT
+	timer *time.Timer   // connect timeout (host-initiated)
+
+	// host -> guest
+	pending      []byte // chunk from the reader not yet sent to the guest
+	txCnt        uint32 // bytes sent to the guest
+	peerBufAlloc uint32
+	peerFwdCnt   uint32
+	hostEOF      bool // reader saw EOF: SHUTDOWN(SEND) goes after pending
+	shutSent     bool
+	inReady      bool
+	resume       chan struct{} // loop -> reader: chunk consumed
+
+	// guest -> host
+	rxCnt        uint32 // payload bytes received from the guest
+	fwdCnt       uint32 // of those, written to the host socket
+	lastFwdSent  uint32 // fwdCnt as last told to the guest
+	creditQueued bool
+	guestNoSend  bool // guest sent SHUTDOWN(SEND)
+	guestNoRecv  bool // guest sent SHUTDOWN(RCV)
+	wbuf         writeBuf
+
+	done chan struct{} // closed when the loop forgets the conn
+}
+
+// credit is how many bytes the guest can take now.
+func (c *conn) credit() uint32 {
+	inFlight := c.txCnt - c.peerFwdCnt
+	if inFlight >= c.peerBufAlloc {
+		return 0
+	}
+	return c.peerBufAlloc - inFlight
+}
+
+// buffered is how many guest bytes wait for the host socket.
+func (c *conn) buffered() uint32 { return c.rxCnt - c.fwdCnt }
+
+// sendable reports whether the loop has something for the guest on this
+// stream and the guest can take it.
+func (c *conn) sendable() bool {
+	if c.state != stConnected {
+		return false
+	}
+	if len(c.pending) > 0 {
+		return c.credit() > 0
+	}
+	return c.hostEOF && !c.shutSent
+}
+
+// writeBuf holds guest data on its way to the host socket. The loop
+// appends; the writer goroutine swaps the slice out and writes it.
+type writeBuf struct {
+	mu         sync.Mutex
+	data       []byte
+	closeWrite bool // half-close after flushing
+	closeAll   bool // close after flushing
+	wake       chan struct{}
+}
+
+func (w *writeBuf) signal() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// flushTimeout bounds how long a closing stream waits for a host client
+// that does not read.
+const flushTimeout = 30 * time.Second
+
+// writer copies guest data to the host socket. preamble (the hybrid "OK"
+// line) goes first.
+func (d *Device) writer(c *conn, preamble []byte) {
+	defer d.recoverGo("writer")
+	if len(preamble) > 0 {
+		if _, err := c.uc.Write(preamble); err != nil {
+			d.post(event{kind: evWriteErr, c: c, err: err})
+			return
+		}
+	}
+	var spare []byte
+	halfClosed := false
+	for {
+		c.wbuf.mu.Lock()
+		data := c.wbuf.data
+		c.wbuf.data = spare[:0]
+		closeWrite, closeAll := c.wbuf.closeWrite, c.wbuf.closeAll
+		c.wbuf.mu.Unlock()
+		if len(data) > 0 {
+			if closeAll {
+				c.uc.SetWriteDeadline(time.Now().Add(flushTimeout))
+			}
+			n, err := c.uc.Write(data)
+			if n > 0 {
+				d.post(event{kind: evWritten, c: c, n: n})
+			}
+			if err != nil {
+				d.post(event{kind: evWriteErr, c: c, err: err})
+				return
+			}
+			spare = data
+			continue
+		}
+		spare = data
+		if closeAll {
+			c.uc.Close()
+			return
+		}
+		if closeWrite && !halfClosed {
+			halfClosed = true
+			if cw, ok := c.uc.(interface{ CloseWrite() error }); ok {
+				cw.CloseWrite()
+			}
+		}
+		select {
+		case <-c.wbuf.wake:
+		case <-c.done:
+			// Aborted (the socket is closed, writes fail) or closing
+			// gracefully (closeAll is set): one more round decides.
+			c.wbuf.mu.Lock()
+			graceful := c.wbuf.closeAll
+			c.wbuf.mu.Unlock()
+			if !graceful {
+				return
+			}
+		}
+	}
+}
+
+// readChunk is how much the reader takes from the host socket at a time;
+// the loop holds at most one chunk per stream.
+const readChunk = 64 << 10
+
+// reader copies host data towards the guest, one chunk at a time: it waits
+// until the loop has passed the chunk on before reading more, so a guest
+// that does not read holds back only its own stream.
+func (d *Device) reader(c *conn) {
+	defer d.recoverGo("reader")
+	var r io.Reader = c.uc
+	if c.br != nil {
+		r = c.br
+	}
+	buf := make([]byte, readChunk)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			d.post(event{kind: evHostData, c: c, data: buf[:n]})
+			select {
+			case <-c.resume:
+			case <-c.done:
+				return
+			}
+		}
+		if err != nil {
+			select {
+			case <-c.done:
+				return
+			default:
+			}
+			if errors.Is(err, io.EOF) {
+				d.post(event{kind: evHostEOF, c: c})
+			} else {
+				d.post(event{kind: evHostReadErr, c: c, err: err})
+			}
+			return
+		}
+	}
+}
+
+// isQuietNetErr reports errors that only mean the client went away.
+func isQuietNetErr(err error) bool {
+	return errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+func (k connKey) String() string {
+	return fmt.Sprintf("host %d:%d <-> guest port %d", k.hostCID, k.hostPort, k.guestPort)
+}

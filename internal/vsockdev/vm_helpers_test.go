@@ -1,0 +1,389 @@
+package vsockdev
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nitroinit/nitroinit/internal/hvsock"
+	"github.com/u-root/mkuimage/cpio"
+)
+
+// Guest test ports (see testdata/guest).
+const (
+	portEcho      = 5000
+	portDiscard   = 5001
+	portSource    = 5002
+	portCommand   = 5003
+	portHeartbeat = 9000
+)
+
+var guestModules = []string{"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"}
+
+// kernelFiles locates the test kernel the way ci/fetch-kernel.sh caches it:
+// $NITROINIT_CACHE (default ~/.cache/nitroinit)/kernel/{vmlinux|vmlinuz,
+// modules/**/<name>.ko.xz}.
+type kernelFiles struct {
+	kernel  string
+	modules map[string]string
+}
+
+func findKernel() (*kernelFiles, error) {
+	cache := os.Getenv("NITROINIT_CACHE")
+	if cache == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return nil, err
+		}
+		cache = filepath.Join(home, ".cache", "nitroinit")
+	}
+	dir := filepath.Join(cache, "kernel")
+	k := &kernelFiles{modules: map[string]string{}}
+	for _, name := range []string{"vmlinux", "vmlinuz"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+			k.kernel = filepath.Join(dir, name)
+			break
+		}
+	}
+	if k.kernel == "" {
+		return nil, fmt.Errorf("no vmlinux or vmlinuz in %s (run ci/fetch-kernel.sh or set NITROINIT_CACHE)", dir)
+	}
+	filepath.WalkDir(filepath.Join(dir, "modules"), func(p string, e fs.DirEntry, err error) error {
+		if err == nil && !e.IsDir() && strings.HasSuffix(p, ".ko.xz") {
+			k.modules[strings.TrimSuffix(e.Name(), ".ko.xz")] = p
+		}
+		return nil
+	})
+	for _, m := range guestModules {
+		if k.modules[m] == "" {
+			return nil, fmt.Errorf("module %s.ko.xz not found under %s/modules", m, dir)
+		}
+	}
+	return k, nil
+}
+
+// requireVM skips when QEMU or the kernel is missing, and only then.
+func requireVM(tb testing.TB) *kernelFiles {
+	tb.Helper()
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		tb.Skip("qemu-system-x86_64 not installed (apt-get install qemu-system-x86): skipping VM test")
+	}
+	k, err := findKernel()
+	if err != nil {
+		tb.Skipf("test kernel missing: %v", err)
+	}
+	return k
+}
+
+var (
+	guestOnce sync.Once
+	guestBin  string
+	guestErr  error
+	workDir   string
+)
+
+func TestMain(m *testing.M) {
+	var err error
+	workDir, err = os.MkdirTemp("", "vsockdev-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	shutdownBenchVM()
+	os.RemoveAll(workDir)
+	os.Exit(code)
+}
+
+// buildGuest compiles testdata/guest once per test binary.
+func buildGuest(tb testing.TB) string {
+	tb.Helper()
+	guestOnce.Do(func() {
+		guestBin = filepath.Join(workDir, "guest-init")
+		cmd := exec.Command("go", "build", "-o", guestBin, "./testdata/guest")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			guestErr = fmt.Errorf("building testdata/guest: %v\n%s", err, out)
+		}
+	})
+	if guestErr != nil {
+		tb.Fatal(guestErr)
+	}
+	return guestBin
+}
+
+// buildInitramfs writes a newc archive with the guest as /init, the vsock
+// modules and /dev/console.
+func buildInitramfs(tb testing.TB, k *kernelFiles, path string) {
+	tb.Helper()
+	init, err := os.ReadFile(buildGuest(tb))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	recs := []cpio.Record{
+		cpio.Directory("dev", 0o755),
+		cpio.Directory("proc", 0o755),
+		cpio.Directory("sys", 0o755),
+		cpio.Directory("modules", 0o755),
+		cpio.CharDev("dev/console", 0o600, 5, 1),
+		cpio.StaticFile("init", string(init), 0o755),
+	}
+	for _, m := range guestModules {
+		b, err := os.ReadFile(k.modules[m])
+		if err != nil {
+			tb.Fatal(err)
+		}
+		recs = append(recs, cpio.StaticFile("modules/"+m+".ko.xz", string(b), 0o644))
+	}
+	var buf bytes.Buffer
+	w := cpio.Newc.Writer(&buf)
+	if err := cpio.WriteRecords(w, recs); err != nil {
+		tb.Fatalf("writing initramfs: %v", err)
+	}
+	if err := cpio.WriteTrailer(w); err != nil {
+		tb.Fatalf("writing initramfs trailer: %v", err)
+	}
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// syncBuffer collects the guest console.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}
+
+// testVM is a device plus a QEMU guest attached to it.
+type testVM struct {
+	dev        *Device
+	hybrid     string
+	console    *syncBuffer
+	heartbeats chan time.Time
+	serveErr   chan error
+	cmd        *exec.Cmd
+	qemuDone   chan error
+	hbLn       net.Listener
+	cancel     context.CancelFunc
+	logs       *syncBuffer
+}
+
+type vmOptions struct {
+	guestCID uint32
+}
+
+func startVM(tb testing.TB, opt vmOptions) *testVM {
+	tb.Helper()
+	k := requireVM(tb)
+	dir, err := os.MkdirTemp(workDir, "vm")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	initrd := filepath.Join(dir, "initramfs.cpio")
+	buildInitramfs(tb, k, initrd)
+	vm := &testVM{
+		hybrid:     filepath.Join(dir, "vsock.sock"),
+		console:    &syncBuffer{},
+		logs:       &syncBuffer{},
+		heartbeats: make(chan time.Time, 16),
+		serveErr:   make(chan error, 1),
+		qemuDone:   make(chan error, 1),
+	}
+	dev, err := New(Config{
+		VhostUserSocket: filepath.Join(dir, "vhost.sock"),
+		HybridSocket:    vm.hybrid,
+		GuestCID:        opt.guestCID,
+		Logf: func(f string, a ...any) {
+			fmt.Fprintf(vm.logs, time.Now().Format("15:04:05.000 ")+f+"\n", a...)
+		},
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	vm.dev = dev
+	ctx, cancel := context.WithCancel(context.Background())
+	vm.cancel = cancel
+	go func() { vm.serveErr <- dev.Serve(ctx) }()
+
+	vm.hbLn, err = net.Listen("unix", hvsock.ListenPath(vm.hybrid, portHeartbeat))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := vm.hbLn.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				b := make([]byte, 1)
+				if _, err := io.ReadFull(c, b); err != nil || b[0] != 0xB7 {
+					return
+				}
+				if _, err := c.Write(b); err == nil {
+					vm.heartbeats <- time.Now()
+				}
+			}()
+		}
+	}()
+
+	vm.startQEMU(tb, k.kernel, initrd, dev.cfg.VhostUserSocket)
+	return vm
+}
+
+func (vm *testVM) startQEMU(tb testing.TB, kernel, initrd, vhostSock string) {
+	tb.Helper()
+	vm.cmd = exec.Command("qemu-system-x86_64",
+		"-machine", "q35,accel=tcg,memory-backend=mem",
+		"-m", "256M",
+		"-object", "memory-backend-memfd,id=mem,size=256M,share=on",
+		"-smp", "1",
+		"-nodefaults", "-no-user-config", "-nographic",
+		"-serial", "stdio",
+		"-kernel", kernel, "-initrd", initrd,
+		"-append", "console=ttyS0 quiet panic=-1",
+		"-chardev", "socket,id=vs0,path="+vhostSock,
+		"-device", "vhost-user-vsock-pci,chardev=vs0",
+	)
+	vm.cmd.Stdout = vm.console
+	vm.cmd.Stderr = vm.console
+	if err := vm.cmd.Start(); err != nil {
+		tb.Fatalf("starting QEMU: %v", err)
+	}
+	go func() { vm.qemuDone <- vm.cmd.Wait() }()
+}
+
+// stopQEMU asks the guest to power off and waits for QEMU, killing it if
+// the guest does not comply.
+func (vm *testVM) stopQEMU(tb testing.TB) {
+	if vm.cmd == nil {
+		return
+	}
+	if reply, err := vm.command("poweroff"); err != nil || reply != "ok" {
+		tb.Logf("poweroff command: %q %v", reply, err)
+	}
+	select {
+	case <-vm.qemuDone:
+	case <-time.After(20 * time.Second):
+		vm.cmd.Process.Kill()
+		<-vm.qemuDone
+	}
+	vm.cmd = nil
+}
+
+func (vm *testVM) close(tb testing.TB) {
+	vm.stopQEMU(tb)
+	vm.hbLn.Close()
+	vm.cancel()
+	select {
+	case err := <-vm.serveErr:
+		if err != nil {
+			tb.Errorf("Serve: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		tb.Errorf("Serve did not return after cancel")
+	}
+	vm.dev.Close()
+	if tb.Failed() {
+		tb.Logf("guest console:\n%s", vm.console.String())
+		tb.Logf("device log:\n%s", vm.logs.String())
+	}
+}
+
+func (vm *testVM) waitHeartbeat(tb testing.TB, timeout time.Duration) {
+	tb.Helper()
+	select {
+	case <-vm.heartbeats:
+	case <-time.After(timeout):
+		tb.Fatalf("no heartbeat on %s within %v\nconsole:\n%s\ndevice log:\n%s", hvsock.ListenPath(vm.hybrid, portHeartbeat), timeout, vm.console.String(), vm.logs.String())
+	}
+}
+
+// dial connects to a guest port, retrying while the guest is not listening
+// yet (the device answers such a CONNECT with a closed socket).
+func (vm *testVM) dial(port uint32) (net.Conn, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		c, err := hvsock.Dial(ctx, vm.hybrid, port)
+		cancel()
+		if err == nil {
+			return c, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// command sends one line to the guest's command port and returns the reply.
+func (vm *testVM) command(line string) (string, error) {
+	c, err := vm.dial(portCommand)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := fmt.Fprintf(c, "%s\n", line); err != nil {
+		return "", err
+	}
+	reply, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil && !(errors.Is(err, io.EOF) && reply != "") {
+		return "", fmt.Errorf("command %q: reply %q: %w", line, reply, err)
+	}
+	return strings.TrimSpace(reply), nil
+}
+
+// pattern matches the guest's source pattern.
+func pattern(i uint64) byte { return byte(i*7 + i>>11) }
+
+// byteStream is a deterministic pseudo-random byte sequence; a reader
+// regenerates it to check an echoed stream byte for byte, whatever the
+// chunk sizes.
+type byteStream struct{ x uint64 }
+
+func newByteStream(seed uint64) *byteStream { return &byteStream{x: seed*0x9E3779B97F4A7C15 | 1} }
+
+func (s *byteStream) fill(b []byte) {
+	for i := range b {
+		s.x ^= s.x << 13
+		s.x ^= s.x >> 7
+		s.x ^= s.x << 17
+		b[i] = byte(s.x >> 24)
+	}
+}
+
+func le64(n uint64) []byte {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], n)
+	return b[:]
+}

@@ -1,0 +1,367 @@
+package vsockdev
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nitroinit/nitroinit/internal/hvsock"
+)
+
+// echoCheck sends total bytes through an echo stream while reading the echo
+// concurrently, and compares byte for byte.
+func echoCheck(c net.Conn, total int, seed uint64) error {
+	werr := make(chan error, 1)
+	go func() {
+		gen := newByteStream(seed)
+		buf := make([]byte, 61<<10) // odd size: chunks straddle packets
+		for sent := 0; sent < total; {
+			n := min(len(buf), total-sent)
+			gen.fill(buf[:n])
+			if _, err := c.Write(buf[:n]); err != nil {
+				werr <- fmt.Errorf("write at %d: %w", sent, err)
+				return
+			}
+			sent += n
+		}
+		werr <- c.(interface{ CloseWrite() error }).CloseWrite()
+	}()
+	gen := newByteStream(seed)
+	buf := make([]byte, 47<<10)
+	want := make([]byte, len(buf))
+	got := 0
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			if got+n > total {
+				return fmt.Errorf("echo returned more than the %d bytes sent", total)
+			}
+			gen.fill(want[:n])
+			if !bytes.Equal(buf[:n], want[:n]) {
+				for i := range n {
+					if buf[i] != want[i] {
+						return fmt.Errorf("echoed byte %d is %#x, want %#x", got+i, buf[i], want[i])
+					}
+				}
+			}
+			got += n
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read after %d of %d bytes: %w", got, total, err)
+		}
+	}
+	if got != total {
+		return fmt.Errorf("echo ended after %d of %d bytes", got, total)
+	}
+	return <-werr
+}
+
+// TestVM boots one guest and runs the end-to-end checks against it in
+// order; the reboot check comes last but one, the final echo proves the
+// device survived it.
+func TestVM(t *testing.T) {
+	vm := startVM(t, vmOptions{})
+	defer vm.close(t)
+	vm.waitHeartbeat(t, 60*time.Second)
+
+	t.Run("ConnectOKEcho", func(t *testing.T) {
+		c, err := vm.dial(portEcho)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		r := bufio.NewReader(c)
+		for i := range 100 {
+			line := fmt.Sprintf("line %d %s\n", i, strings.Repeat("x", i))
+			if _, err := io.WriteString(c, line); err != nil {
+				t.Fatal(err)
+			}
+			got, err := r.ReadString('\n')
+			if err != nil || got != line {
+				t.Fatalf("echo of %q: got %q, %v", line, got, err)
+			}
+		}
+	})
+
+	t.Run("OKCarriesHostPort", func(t *testing.T) {
+		// Raw handshake: the reply is "OK <host port>" and bytes written
+		// right behind the CONNECT line are not lost.
+		c, err := net.Dial("unix", vm.hybrid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.WriteString(c, "CONNECT 5000\nearly bytes\n"); err != nil {
+			t.Fatal(err)
+		}
+		r := bufio.NewReader(c)
+		ok, err := r.ReadString('\n')
+		if err != nil || !strings.HasPrefix(ok, "OK ") {
+			t.Fatalf("handshake reply %q, %v", ok, err)
+		}
+		var port uint32
+		if _, err := fmt.Sscanf(ok, "OK %d\n", &port); err != nil || port < firstHostPort {
+			t.Fatalf("reply %q: want a host port >= %d (%v)", ok, firstHostPort, err)
+		}
+		got, err := r.ReadString('\n')
+		if err != nil || got != "early bytes\n" {
+			t.Fatalf("echo of bytes sent with CONNECT: %q, %v", got, err)
+		}
+	})
+
+	t.Run("Echo100MB", func(t *testing.T) {
+		c, err := vm.dial(portEcho)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Minute))
+		start := time.Now()
+		before := vm.dev.Stats()
+		if err := echoCheck(c, 100<<20, 1); err != nil {
+			t.Fatal(err)
+		}
+		after := vm.dev.Stats()
+		t.Logf("100 MiB echoed in %v (%.1f MB/s each way); device counted %d to guest, %d from guest",
+			time.Since(start), 100*1.048576/time.Since(start).Seconds(),
+			after.BytesToGuest-before.BytesToGuest, after.BytesFromGuest-before.BytesFromGuest)
+	})
+
+	t.Run("Source", func(t *testing.T) {
+		// Guest -> host one-way, the direction that stalls without
+		// credit updates.
+		c, err := vm.dial(portSource)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Minute))
+		const n = 20 << 20
+		if _, err := c.Write(le64(n)); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 64<<10)
+		var got uint64
+		for {
+			k, err := c.Read(buf)
+			for i := range k {
+				if buf[i] != pattern(got+uint64(i)) {
+					t.Fatalf("byte %d is %#x, want %#x", got+uint64(i), buf[i], pattern(got+uint64(i)))
+				}
+			}
+			got += uint64(k)
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("after %d bytes: %v", got, err)
+			}
+		}
+		if got != n {
+			t.Fatalf("got %d bytes, want %d", got, n)
+		}
+	})
+
+	t.Run("Concurrent200", func(t *testing.T) {
+		const conns = 200
+		var wg sync.WaitGroup
+		errs := make(chan error, conns)
+		for i := range conns {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c, err := vm.dial(portEcho)
+				if err != nil {
+					errs <- fmt.Errorf("conn %d: %w", i, err)
+					return
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(2 * time.Minute))
+				if err := echoCheck(c, 4096+i*13, uint64(100+i)); err != nil {
+					errs <- fmt.Errorf("conn %d: %w", i, err)
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+	})
+
+	t.Run("GuestDialsHost", func(t *testing.T) {
+		for _, cid := range []uint32{2, 3} {
+			port := uint32(7000 + cid)
+			ln, err := net.Listen("unix", hvsock.ListenPath(vm.hybrid, port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(30 * time.Second))
+				line, _ := bufio.NewReader(c).ReadString('\n')
+				fmt.Fprintf(c, "got %s", line)
+			}()
+			reply, err := vm.command(fmt.Sprintf("dial %d %d", cid, port))
+			ln.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The guest sees the peer as the CID it dialled.
+			if want := fmt.Sprintf("ok %d got hello", cid); reply != want {
+				t.Errorf("guest dial to CID %d: %q, want %q", cid, reply, want)
+			}
+		}
+	})
+
+	t.Run("GuestDialRefused", func(t *testing.T) {
+		reply, err := vm.command("dial 3 7999")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(reply, "err ") || !(strings.Contains(reply, "reset") || strings.Contains(reply, "refused")) {
+			t.Fatalf("guest dial to a port nobody listens on: %q, want connection reset/refused", reply)
+		}
+	})
+
+	t.Run("ClientVanishes", func(t *testing.T) {
+		// A client that stops reading pins only its own stream, and one
+		// that disappears mid-stream leaves the others intact.
+		stuck, err := vm.dial(portSource)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stuck.Close()
+		stuck.Write(le64(1 << 30))
+		var vanishing []net.Conn
+		for range 5 {
+			c, err := vm.dial(portEcho)
+			if err != nil {
+				t.Fatal(err)
+			}
+			vanishing = append(vanishing, c)
+			go func() {
+				buf := make([]byte, 1<<20)
+				for {
+					if _, err := c.Write(buf); err != nil {
+						return
+					}
+				}
+			}()
+		}
+		time.Sleep(300 * time.Millisecond)
+		for _, c := range vanishing {
+			c.Close()
+		}
+		c, err := vm.dial(portEcho)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(time.Minute))
+		if err := echoCheck(c, 5<<20, 7); err != nil {
+			t.Fatalf("echo next to a stuck and vanished clients: %v", err)
+		}
+		stuck.Close()
+		// Everything but the streams of this subtest drains away.
+		deadline := time.Now().Add(20 * time.Second)
+		for vm.dev.Stats().Active > 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d streams still open after their clients left", vm.dev.Stats().Active)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+
+	t.Run("GuestReboot", func(t *testing.T) {
+		resets := vm.dev.Stats().Resets
+		// An open stream must be reset with the guest.
+		open, err := vm.dial(portEcho)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer open.Close()
+		if reply, err := vm.command("reboot"); err != nil || reply != "ok" {
+			t.Fatalf("reboot: %q %v", reply, err)
+		}
+		vm.waitHeartbeat(t, 60*time.Second)
+		open.SetDeadline(time.Now().Add(10 * time.Second))
+		if n, err := open.Read(make([]byte, 1)); err == nil {
+			t.Errorf("a stream from before the reboot still reads (%d bytes)", n)
+		}
+		if vm.dev.Stats().Resets == resets {
+			t.Errorf("no transport reset counted across the reboot")
+		}
+		c, err := vm.dial(portEcho)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(time.Minute))
+		if err := echoCheck(c, 1<<20, 9); err != nil {
+			t.Fatalf("echo after reboot: %v", err)
+		}
+	})
+}
+
+// TestHybridBeforeGuest checks what hybrid clients see without a guest
+// driver, with a bad request, or without a request (connect timeout).
+func TestHybridBeforeGuest(t *testing.T) {
+	dir := t.TempDir()
+	dev, err := New(Config{VhostUserSocket: dir + "/vu.sock", HybridSocket: dir + "/h.sock", ConnectTimeout: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- dev.Serve(ctx) }()
+	tests := []struct {
+		name string
+		send string
+	}{
+		{"no guest driver", "CONNECT 5000\n"},
+		{"garbage request", "HELLO\n"},
+		{"silent client", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("unix", dir+"/h.sock")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			io.WriteString(c, tc.send)
+			n, err := c.Read(make([]byte, 16))
+			if !errors.Is(err, io.EOF) {
+				t.Fatalf("read %d bytes, %v; want EOF (connection closed without reply)", n, err)
+			}
+		})
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{dir + "/vu.sock", dir + "/h.sock"} {
+		if _, err := net.Dial("unix", p); err == nil {
+			t.Errorf("%s still accepts after Serve returned", p)
+		}
+	}
+}
