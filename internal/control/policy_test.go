@@ -1,9 +1,11 @@
-package control
+package control_test
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
+	. "github.com/nitroinit/nitroinit/internal/control"
+	"github.com/nitroinit/nitroinit/internal/control/controltest"
 	"io"
 	"os"
 	"os/exec"
@@ -16,14 +18,6 @@ import (
 
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
-
-func TestEveryRequestHasAClass(t *testing.T) {
-	for _, k := range wire.RequestKinds() {
-		if _, ok := requestClass[k]; !ok {
-			t.Errorf("request %s has no permission class (it would be treated as exec)", k)
-		}
-	}
-}
 
 func TestPolicyCheck(t *testing.T) {
 	unix := func(uid, gid uint32, groups ...uint32) Peer {
@@ -142,8 +136,8 @@ func TestNonRootPeer(t *testing.T) {
 	src.Close()
 	dst.Close()
 
-	serve := func(p Policy) (string, *testBackend) {
-		be := newTestBackend()
+	serve := func(p Policy) (string, *controltest.Backend) {
+		be := controltest.New()
 		srv := NewServer(Config{Backend: be, Policy: p, IOTimeout: 2 * time.Second})
 		sock := filepath.Join(dir, fmt.Sprintf("s%d", time.Now().UnixNano()), "init.sock")
 		l, err := ListenUnix(sock, len(p.UnixUIDs)+len(p.UnixGIDs) > 0)

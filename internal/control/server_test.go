@@ -1,10 +1,12 @@
-package control
+package control_test
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	. "github.com/nitroinit/nitroinit/internal/control"
+	"github.com/nitroinit/nitroinit/internal/control/controltest"
 	"io"
 	"net"
 	"os"
@@ -19,7 +21,7 @@ import (
 
 type testServer struct {
 	srv  *Server
-	be   *testBackend
+	be   *controltest.Backend
 	path string
 	// dialed records logs-stream dials, for tests that replace DialVsock.
 }
@@ -27,7 +29,7 @@ type testServer struct {
 // startServer serves a testBackend on a real Unix socket in a fresh dir.
 func startServer(t *testing.T, mod func(*Config)) *testServer {
 	t.Helper()
-	be := newTestBackend()
+	be := controltest.New()
 	cfg := Config{Backend: be, IOTimeout: 2 * time.Second, Logf: t.Logf}
 	if mod != nil {
 		mod(&cfg)
@@ -306,7 +308,7 @@ func TestLargeResponse(t *testing.T) {
 		os.WriteFile(filepath.Join(dir, "cmdline"), fmt.Appendf(nil, "/usr/bin/proc%d\x00--with-a-long-argument-%d\x00", pid, pid), 0o644)
 	}
 	ts := startServer(t, func(c *Config) { c.Proc.Root = root })
-	ts.be.managed[123] = "webapp"
+	ts.be.SetManaged(123, "webapp")
 	r := ts.do(t, wire.Request{Kind: wire.KindProcessList})
 	if r.Kind != wire.KindProcessList || len(r.Processes) != 5000 {
 		t.Fatalf("ProcessList: %s with %d processes, want 5000", r.Kind, len(r.Processes))

@@ -1,9 +1,10 @@
-package control
+package control_test
 
 import (
 	"bufio"
 	"context"
 	"fmt"
+	. "github.com/nitroinit/nitroinit/internal/control"
 	"net"
 	"path/filepath"
 	"strings"
@@ -40,7 +41,7 @@ func TestLogsStream(t *testing.T) {
 			return d.DialContext(ctx, "unix", hostPath(port))
 		}
 	})
-	ts.be.services["worker"].Active = true
+	ts.be.SetActive("worker", true)
 	listen := func(port uint32) <-chan net.Conn {
 		l, err := net.Listen("unix", hostPath(port))
 		if err != nil {
@@ -78,9 +79,9 @@ func TestLogsStream(t *testing.T) {
 	webC, workC := <-webCh, <-workCh
 	defer webC.Close()
 	web, work := bufio.NewReader(webC), bufio.NewReader(workC)
-	ts.be.publish("webapp", "web line 1")
-	ts.be.publish("worker", "work line 1")
-	ts.be.publish("webapp", "web line 2")
+	ts.be.Publish("webapp", "web line 1")
+	ts.be.Publish("worker", "work line 1")
+	ts.be.Publish("webapp", "web line 2")
 	for _, want := range []struct {
 		r    *bufio.Reader
 		line string
@@ -101,14 +102,14 @@ func TestLogsStream(t *testing.T) {
 	if _, err := web.ReadString('\n'); err == nil {
 		t.Error("webapp stream still open after stop")
 	}
-	if n := ts.be.openSubs("webapp"); n != 0 {
+	if n := ts.be.OpenSubs("webapp"); n != 0 {
 		t.Errorf("webapp has %d open subscriptions after stop", n)
 	}
 
 	// The host goes away: the worker stream is cleaned up on its own, even
 	// though the service writes nothing, and the service is untouched.
 	workC.Close()
-	waitFor(t, "worker stream cleanup", func() bool { return ts.srv.ActiveStreams() == 0 && ts.be.openSubs("worker") == 0 })
+	waitFor(t, "worker stream cleanup", func() bool { return ts.srv.ActiveStreams() == 0 && ts.be.OpenSubs("worker") == 0 })
 	for _, c := range ts.be.Calls() {
 		t.Errorf("streaming touched the service: %s", c)
 	}
@@ -141,8 +142,8 @@ func TestFollow(t *testing.T) {
 	if r := next(); r.Kind != wire.KindLogLine || r.Line != "[2026-01-01 10:00:01] ready" {
 		t.Errorf("history event: %+v", r)
 	}
-	waitFor(t, "subscription", func() bool { return ts.be.openSubs("webapp") == 1 })
-	ts.be.publish("webapp", "live 1")
+	waitFor(t, "subscription", func() bool { return ts.be.OpenSubs("webapp") == 1 })
+	ts.be.Publish("webapp", "live 1")
 	if r := next(); r.Kind != wire.KindLogLine || r.Line != "live 1" || r.Missed != 0 {
 		t.Errorf("live event: %+v", r)
 	}
@@ -150,7 +151,7 @@ func TestFollow(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Errorf("Follow after cancel: %v", err)
 	}
-	waitFor(t, "subscription closed after the client left", func() bool { return ts.be.openSubs("webapp") == 0 })
+	waitFor(t, "subscription closed after the client left", func() bool { return ts.be.OpenSubs("webapp") == 0 })
 
 	// An unknown service gets one Error and the stream ends.
 	var events []wire.Response

@@ -1,4 +1,7 @@
-package control
+// Package controltest provides an in-memory control.Backend for tests of the
+// control server and of initctl. It stands in for the supervisor only; the
+// sockets, processes and files around it in those tests are real.
+package controltest
 
 import (
 	"context"
@@ -7,12 +10,14 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/nitroinit/nitroinit/internal/control"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
-// testBackend is an in-memory Backend for exercising the server logic. It
-// records calls so tests can check what reached it (and what did not).
-type testBackend struct {
+// Backend is an in-memory control.Backend with three services (database,
+// webapp, worker). It records calls so tests can check what reached it (and
+// what did not).
+type Backend struct {
 	mu       sync.Mutex
 	services map[string]*wire.ServiceInfo
 	logs     map[string][]string
@@ -22,8 +27,9 @@ type testBackend struct {
 	shutdown []bool
 }
 
-func newTestBackend() *testBackend {
-	return &testBackend{
+// New returns a Backend in its initial state.
+func New() *Backend {
+	return &Backend{
 		services: map[string]*wire.ServiceInfo{
 			"webapp":   {Name: "webapp", Enabled: true, Active: true, RestartPolicy: "always", RestartCount: 3, State: "running"},
 			"database": {Name: "database", Enabled: true, Active: true, RestartPolicy: "always", RestartCount: 1, State: "running"},
@@ -37,13 +43,14 @@ func newTestBackend() *testBackend {
 	}
 }
 
-func (b *testBackend) record(format string, args ...any) {
+func (b *Backend) record(format string, args ...any) {
 	b.mu.Lock()
 	b.calls = append(b.calls, fmt.Sprintf(format, args...))
 	b.mu.Unlock()
 }
 
-func (b *testBackend) Calls() []string {
+// Calls returns the state-changing calls made so far, one line each.
+func (b *Backend) Calls() []string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return append([]string(nil), b.calls...)
@@ -51,7 +58,7 @@ func (b *testBackend) Calls() []string {
 
 func notFound(name string) error { return fmt.Errorf("Service '%s' not found", name) }
 
-func (b *testBackend) get(name string) (*wire.ServiceInfo, error) {
+func (b *Backend) get(name string) (*wire.ServiceInfo, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s, ok := b.services[name]
@@ -61,7 +68,7 @@ func (b *testBackend) get(name string) (*wire.ServiceInfo, error) {
 	return s, nil
 }
 
-func (b *testBackend) Services() []wire.ServiceInfo {
+func (b *Backend) Services() []wire.ServiceInfo {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var out []wire.ServiceInfo
@@ -71,7 +78,7 @@ func (b *testBackend) Services() []wire.ServiceInfo {
 	return out
 }
 
-func (b *testBackend) ServiceStatus(name string) (wire.ServiceStatus, error) {
+func (b *Backend) ServiceStatus(name string) (wire.ServiceStatus, error) {
 	s, err := b.get(name)
 	if err != nil {
 		return wire.ServiceStatus{}, err
@@ -89,20 +96,20 @@ func (b *testBackend) ServiceStatus(name string) (wire.ServiceStatus, error) {
 	return st, nil
 }
 
-func (b *testBackend) act(op, name string) error {
+func (b *Backend) act(op, name string) error {
 	b.record("%s %s", op, name)
 	_, err := b.get(name)
 	return err
 }
 
-func (b *testBackend) StartService(name string) error   { return b.act("start", name) }
-func (b *testBackend) StopService(name string) error    { return b.act("stop", name) }
-func (b *testBackend) RestartService(name string) error { return b.act("restart", name) }
-func (b *testBackend) EnableService(name string) error  { return b.act("enable", name) }
-func (b *testBackend) DisableService(name string) error { return b.act("disable", name) }
-func (b *testBackend) Reload() error                    { b.record("reload"); return nil }
+func (b *Backend) StartService(name string) error   { return b.act("start", name) }
+func (b *Backend) StopService(name string) error    { return b.act("stop", name) }
+func (b *Backend) RestartService(name string) error { return b.act("restart", name) }
+func (b *Backend) EnableService(name string) error  { return b.act("enable", name) }
+func (b *Backend) DisableService(name string) error { return b.act("disable", name) }
+func (b *Backend) Reload() error                    { b.record("reload"); return nil }
 
-func (b *testBackend) ServiceLogs(name string, n int) ([]string, error) {
+func (b *Backend) ServiceLogs(name string, n int) ([]string, error) {
 	if _, err := b.get(name); err != nil {
 		return nil, err
 	}
@@ -115,7 +122,7 @@ func (b *testBackend) ServiceLogs(name string, n int) ([]string, error) {
 	return append([]string{}, l...), nil
 }
 
-func (b *testBackend) ClearServiceLogs(name string) error {
+func (b *Backend) ClearServiceLogs(name string) error {
 	if err := b.act("clear", name); err != nil {
 		return err
 	}
@@ -154,7 +161,7 @@ func (s *testSub) isClosed() bool {
 	}
 }
 
-func (b *testBackend) SubscribeLogs(name string) (LogSubscription, error) {
+func (b *Backend) SubscribeLogs(name string) (control.LogSubscription, error) {
 	if _, err := b.get(name); err != nil {
 		return nil, err
 	}
@@ -165,8 +172,8 @@ func (b *testBackend) SubscribeLogs(name string) (LogSubscription, error) {
 	return s, nil
 }
 
-// publish appends a line to a service's log and hands it to subscribers.
-func (b *testBackend) publish(name, line string) {
+// Publish appends a line to a service's log and hands it to subscribers.
+func (b *Backend) Publish(name, line string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.logs[name] = append(b.logs[name], line)
@@ -177,8 +184,8 @@ func (b *testBackend) publish(name, line string) {
 	}
 }
 
-// openSubs counts subscriptions of name not yet closed.
-func (b *testBackend) openSubs(name string) int {
+// OpenSubs counts subscriptions of name not yet closed.
+func (b *Backend) OpenSubs(name string) int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	n := 0
@@ -190,7 +197,7 @@ func (b *testBackend) openSubs(name string) int {
 	return n
 }
 
-func (b *testBackend) ManagedPIDs() map[int]string {
+func (b *Backend) ManagedPIDs() map[int]string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	out := map[int]string{}
@@ -200,12 +207,12 @@ func (b *testBackend) ManagedPIDs() map[int]string {
 	return out
 }
 
-func (b *testBackend) StartProcess(command string, args, env []string) (int, error) {
+func (b *Backend) StartProcess(command string, args, env []string) (int, error) {
 	b.record("startprocess %s %v %v", command, args, env)
 	return 789, nil
 }
 
-func (b *testBackend) SignalProcess(pid int, sig syscall.Signal, stop bool) (string, error) {
+func (b *Backend) SignalProcess(pid int, sig syscall.Signal, stop bool) (string, error) {
 	b.record("signal %d %d %v", pid, int(sig), stop)
 	if stop {
 		return fmt.Sprintf("SIGTERM sent to process %d", pid), nil
@@ -213,7 +220,7 @@ func (b *testBackend) SignalProcess(pid int, sig syscall.Signal, stop bool) (str
 	return fmt.Sprintf("Signal %d sent to process %d", int(sig), pid), nil
 }
 
-func (b *testBackend) RestartProcess(pid int) (string, error) {
+func (b *Backend) RestartProcess(pid int) (string, error) {
 	b.record("restartprocess %d", pid)
 	b.mu.Lock()
 	name, ok := b.managed[pid]
@@ -224,10 +231,26 @@ func (b *testBackend) RestartProcess(pid int) (string, error) {
 	return fmt.Sprintf("Service '%s' restarted", name), nil
 }
 
-func (b *testBackend) Shutdown(reboot bool) {
+func (b *Backend) Shutdown(reboot bool) {
 	b.record("shutdown reboot=%v", reboot)
 }
 
-func (b *testBackend) SystemStatus() wire.SystemStatus {
+func (b *Backend) SystemStatus() wire.SystemStatus {
 	return wire.SystemStatus{UptimeSecs: 192735, TotalServices: 3, ActiveServices: 2, EnabledServices: 2, LogDir: "/log", ServiceDir: "/service", Mode: "supervisor"}
 }
+
+// SetActive marks a service active or not.
+func (b *Backend) SetActive(name string, active bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.services[name].Active = active
+}
+
+// SetManaged records pid as the main PID of service name.
+func (b *Backend) SetManaged(pid int, name string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.managed[pid] = name
+}
+
+var _ control.Backend = (*Backend)(nil)
