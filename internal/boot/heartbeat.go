@@ -81,6 +81,7 @@ func (b *booter) heartbeat(ctx context.Context) error {
 	err := b.step("heartbeat", func() error {
 		hctx, cancel := context.WithTimeout(ctx, b.cfg.HeartbeatTimeout)
 		defer cancel()
+		b.logf("boot: heartbeat to %d:%d (waiting up to %s for the parent)", cid, port, b.cfg.HeartbeatTimeout)
 		start := time.Now()
 		err := Heartbeat(hctx, func(ctx context.Context) (net.Conn, error) {
 			return b.ops.DialVsock(ctx, cid, port)
