@@ -1,0 +1,227 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/nitroinit/nitroinit/internal/procfs"
+	"github.com/nitroinit/nitroinit/internal/wire"
+)
+
+// printServiceList prints the reference's table. The STATE column is an
+// addition placed last so that awk's $1..$5 stay where scripts expect them.
+func printServiceList(w io.Writer, services []wire.ServiceInfo) {
+	withState := false
+	for _, s := range services {
+		withState = withState || s.State != ""
+	}
+	header := fmt.Sprintf("%-25s %-10s %-10s %-15s %s", "NAME", "ENABLED", "ACTIVE", "RESTART", "RESTARTS")
+	if withState {
+		header = fmt.Sprintf("%-25s %-10s %-10s %-15s %-10s %s", "NAME", "ENABLED", "ACTIVE", "RESTART", "RESTARTS", "STATE")
+	}
+	fmt.Fprintln(w, header)
+	fmt.Fprintln(w, strings.Repeat("-", 75))
+	for _, s := range services {
+		enabled, active := "disabled", "inactive"
+		if s.Enabled {
+			enabled = "enabled"
+		}
+		if s.Active {
+			active = "active"
+		}
+		if withState {
+			state := s.State
+			if s.Error != "" {
+				state += ": " + s.Error
+			}
+			fmt.Fprintf(w, "%-25s %-10s %-10s %-15s %-10d %s\n", s.Name, enabled, active, s.RestartPolicy, s.RestartCount, state)
+		} else {
+			fmt.Fprintf(w, "%-25s %-10s %-10s %-15s %d\n", s.Name, enabled, active, s.RestartPolicy, s.RestartCount)
+		}
+	}
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func printServiceStatus(w io.Writer, s *wire.ServiceStatus) {
+	if s == nil {
+		fmt.Fprintln(w, "(no status)")
+		return
+	}
+	fmt.Fprintf(w, "Service: %s\n", s.Name)
+	fmt.Fprintf(w, "  Enabled: %s\n", yesNo(s.Enabled))
+	state := s.State
+	if s.Active {
+		if state == "" {
+			state = "running"
+		}
+		fmt.Fprintf(w, "  Status: active (%s)\n", state)
+	} else {
+		if state == "" {
+			state = "dead"
+		}
+		fmt.Fprintf(w, "  Status: inactive (%s)\n", state)
+	}
+	if s.Error != "" {
+		fmt.Fprintf(w, "  Error: %s\n", s.Error)
+	}
+	if s.StatusText != "" {
+		fmt.Fprintf(w, "  Status Text: %s\n", s.StatusText)
+	}
+	if s.PID != nil {
+		fmt.Fprintf(w, "  PID: %d\n", *s.PID)
+	}
+	fmt.Fprintf(w, "  Command: %s\n", s.ExecStart)
+	if s.WorkingDirectory != nil {
+		fmt.Fprintf(w, "  Working Directory: %s\n", *s.WorkingDirectory)
+	}
+	if s.Type != "" {
+		fmt.Fprintf(w, "  Type: %s\n", s.Type)
+	}
+	fmt.Fprintf(w, "  Restart Policy: %s\n", s.RestartPolicy)
+	fmt.Fprintf(w, "  Restart Delay: %ds\n", s.RestartSec)
+	fmt.Fprintf(w, "  Restart Count: %d\n", s.RestartCount)
+	if s.ExitStatus != nil {
+		fmt.Fprintf(w, "  Last Exit Code: %d\n", *s.ExitStatus)
+	}
+	deps := []struct {
+		label string
+		list  []string
+	}{
+		{"After", s.Dependencies.After},
+		{"Requires", s.Dependencies.Requires},
+		{"Before", s.Dependencies.Before},
+		{"Required By", s.Dependencies.RequiredBy},
+	}
+	for _, d := range deps {
+		if len(d.list) > 0 {
+			fmt.Fprintf(w, "  %s: %s\n", d.label, strings.Join(d.list, ", "))
+		}
+	}
+	if s.Since > 0 {
+		fmt.Fprintf(w, "  Since: %s\n", time.Unix(s.Since, 0).UTC().Format(time.RFC3339))
+	}
+	if s.Path != "" {
+		fmt.Fprintf(w, "  File: %s\n", s.Path)
+	}
+	if s.ChangedOnDisk {
+		fmt.Fprintln(w, "  Warning: the service file changed on disk; run 'initctl reload' to apply it")
+	}
+}
+
+// humanKB formats a size in KiB the way the reference does: 512K, 8.2M,
+// 256M, 1.5G.
+func humanKB(kb uint64) string {
+	const k = 1024
+	trim := func(v float64, unit string) string {
+		return strings.TrimSuffix(fmt.Sprintf("%.1f", v), ".0") + unit
+	}
+	switch {
+	case kb < k:
+		return fmt.Sprintf("%dK", kb)
+	case kb < k*k:
+		return trim(float64(kb)/k, "M")
+	default:
+		return trim(float64(kb)/(k*k), "G")
+	}
+}
+
+// maxCommand is the widest COMMAND shown in ps list; longer ones end in ...
+const maxCommand = 60
+
+func printProcessList(w io.Writer, procs []wire.ProcessInfo) {
+	fmt.Fprintf(w, "%-8s %-8s %-12s %-6s %-8s %-10s %-10s %s\n", "PID", "PPID", "STATE", "CPU%", "MEM", "MANAGED", "SERVICE", "COMMAND")
+	fmt.Fprintln(w, strings.Repeat("-", 100))
+	for _, p := range procs {
+		svc := "-"
+		if p.ServiceName != nil {
+			svc = *p.ServiceName
+		}
+		cmd := p.Cmdline
+		if len(cmd) > maxCommand {
+			cmd = cmd[:maxCommand-3] + "..."
+		}
+		fmt.Fprintf(w, "%-8d %-8d %-12s %-6.1f %-8s %-10s %-10s %s\n", p.PID, p.PPID, procfs.StateName(p.State), p.CPUPercent, humanKB(p.MemoryKB), yesNo(p.Managed), svc, cmd)
+	}
+}
+
+func printProcessStatus(w io.Writer, p *wire.ProcessInfo) {
+	if p == nil {
+		fmt.Fprintln(w, "(no process)")
+		return
+	}
+	fmt.Fprintf(w, "Process: %d\n", p.PID)
+	fmt.Fprintf(w, "  Name: %s\n", p.Name)
+	fmt.Fprintf(w, "  Parent PID: %d\n", p.PPID)
+	fmt.Fprintf(w, "  State: %s\n", procfs.StateName(p.State))
+	fmt.Fprintf(w, "  Command: %s\n", p.Cmdline)
+	fmt.Fprintf(w, "  CPU: %.1f%%\n", p.CPUPercent)
+	fmt.Fprintf(w, "  Memory: %s\n", humanKB(p.MemoryKB))
+	fmt.Fprintf(w, "  Start Time: %d\n", p.StartTime)
+	fmt.Fprintf(w, "  Managed by Init: %s\n", yesNo(p.Managed))
+	if p.ServiceName != nil {
+		fmt.Fprintf(w, "  Service: %s\n", *p.ServiceName)
+	}
+}
+
+// uptime formats seconds as "2d 5h 32m 15s", leaving out leading zero units.
+func uptime(secs uint64) string {
+	d, h, m, s := secs/86400, secs/3600%24, secs/60%60, secs%60
+	switch {
+	case d > 0:
+		return fmt.Sprintf("%dd %dh %dm %ds", d, h, m, s)
+	case h > 0:
+		return fmt.Sprintf("%dh %dm %ds", h, m, s)
+	case m > 0:
+		return fmt.Sprintf("%dm %ds", m, s)
+	}
+	return fmt.Sprintf("%ds", s)
+}
+
+func printSystemStatus(w io.Writer, s *wire.SystemStatus) {
+	if s == nil {
+		fmt.Fprintln(w, "(no status)")
+		return
+	}
+	fmt.Fprintln(w, "System Status")
+	fmt.Fprintf(w, "  Uptime: %s\n", uptime(s.UptimeSecs))
+	fmt.Fprintf(w, "  Services: %d total, %d enabled, %d active\n", s.TotalServices, s.EnabledServices, s.ActiveServices)
+	fmt.Fprintf(w, "  Processes: %d total\n", s.TotalProcesses)
+	fmt.Fprintf(w, "  Service Directory: %s\n", s.ServiceDir)
+	fmt.Fprintf(w, "  Log Directory: %s\n", s.LogDir)
+	extra := []struct{ label, v string }{
+		{"Mode", s.Mode}, {"Version", s.Version}, {"Heartbeat", s.Heartbeat}, {"NSM", s.NSM},
+	}
+	for _, e := range extra {
+		if e.v != "" {
+			fmt.Fprintf(w, "  %s: %s\n", e.label, e.v)
+		}
+	}
+	for _, m := range s.Modules {
+		fmt.Fprintf(w, "  Module: %s\n", m)
+	}
+	if p := s.Policy; p != nil {
+		fmt.Fprintf(w, "  Control Policy:\n")
+		fmt.Fprintf(w, "    Unix: root, uids %s, gids %s: %s\n", ids(p.UnixUIDs, "none"), ids(p.UnixGIDs, "none"), strings.Join(p.UnixClasses, ", "))
+		fmt.Fprintf(w, "    Vsock: CIDs %s: %s\n", ids(p.VsockCIDs, "any"), strings.Join(p.VsockClasses, ", "))
+		fmt.Fprintf(w, "    This connection: %s\n", strings.Join(p.Caller, ", "))
+	}
+}
+
+func ids(v []uint32, empty string) string {
+	if len(v) == 0 {
+		return empty
+	}
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = fmt.Sprint(x)
+	}
+	return strings.Join(s, ",")
+}
