@@ -23,7 +23,7 @@ const usage = `usage: svc MODE [ARGS]
 modes:
   sleep                        sleep until killed
   exit CODE [DELAY]            exit with CODE after DELAY (default 0)
-  crash [DELAY]                kill itself with SIGSEGV after DELAY
+  crash [DELAY]                kill itself with SIGKILL after DELAY
   append FILE TEXT             append TEXT and a newline to FILE, then sleep
   notify DELAY [STATUS]        send READY=1 (and STATUS=) to $NOTIFY_SOCKET after DELAY, then sleep
   print N                      print N numbered lines to stdout and N to stderr, then sleep
@@ -49,8 +49,9 @@ func main() {
 		os.Exit(atoi(arg(args, 0, "0")))
 	case "crash":
 		time.Sleep(dur(args, 0))
-		signal.Reset(syscall.SIGSEGV)
-		syscall.Kill(os.Getpid(), syscall.SIGSEGV)
+		// SIGKILL: the Go runtime would turn a SIGSEGV sent by kill into an
+		// ordinary exit with code 2.
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		sleep()
 	case "append":
 		f, err := os.OpenFile(arg(args, 0, ""), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)

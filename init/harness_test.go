@@ -1,0 +1,275 @@
+package main
+
+// Integration tests: they build the real init binary and run it in
+// supervisor (subreaper) mode in a temporary directory, with real service
+// processes, and talk to it over its real control socket.
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nitroinit/nitroinit/internal/control"
+	"github.com/nitroinit/nitroinit/internal/wire"
+)
+
+var bins struct {
+	dir     string
+	init    string
+	svc     string
+	zombies string
+}
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "nitroinit-it-")
+	if err != nil {
+		panic(err)
+	}
+	bins.dir = dir
+	bins.init = filepath.Join(dir, "init")
+	bins.svc = filepath.Join(dir, "svc")
+	bins.zombies = filepath.Join(dir, "zombies")
+	for out, pkg := range map[string]string{bins.init: ".", bins.svc: "../internal/testprog/svc", bins.zombies: "../internal/testprog/zombies"} {
+		cmd := exec.Command("go", "build", "-o", out, pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "building %s: %v\n%s", pkg, err, b)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// syncBuffer collects init's console output.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type harness struct {
+	t       *testing.T
+	dir     string
+	svcDir  string
+	logDir  string
+	sock    string
+	cmd     *exec.Cmd
+	console *syncBuffer
+	exited  chan struct{}
+	exitErr error
+}
+
+// startInit writes the service files (name -> TOML) and an init.yaml with
+// extra appended, starts init, and waits for its control socket.
+func startInit(t *testing.T, services map[string]string, extra string) *harness {
+	t.Helper()
+	dir := t.TempDir()
+	h := &harness{
+		t: t, dir: dir,
+		svcDir:  filepath.Join(dir, "service"),
+		logDir:  filepath.Join(dir, "log"),
+		sock:    filepath.Join(dir, "run", "init.sock"),
+		console: &syncBuffer{},
+		exited:  make(chan struct{}),
+	}
+	if err := os.MkdirAll(h.svcDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range services {
+		h.writeService(name, body)
+	}
+	cfg := fmt.Sprintf("service_dir: %s\nlog_dir: %s\ncontrol:\n  unix_socket_path: %s\n%s", h.svcDir, h.logDir, h.sock, extra)
+	cfgPath := filepath.Join(dir, "init.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.cmd = exec.Command(bins.init, "--config", cfgPath)
+	h.cmd.Stdout, h.cmd.Stderr = h.console, h.console
+	h.cmd.Env = append(os.Environ(), "SVC="+bins.svc)
+	if err := h.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		h.exitErr = h.cmd.Wait()
+		close(h.exited)
+	}()
+	t.Cleanup(func() {
+		h.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-h.exited:
+		case <-time.After(30 * time.Second):
+			h.cmd.Process.Kill()
+			<-h.exited
+		}
+		if t.Failed() {
+			t.Logf("init console:\n%s", h.console.String())
+		}
+	})
+	h.eventually(10*time.Second, "control socket", func() bool {
+		_, err := h.try(wire.Request{Kind: wire.KindPing})
+		return err == nil
+	})
+	return h
+}
+
+func (h *harness) writeService(name, body string) {
+	h.t.Helper()
+	body = strings.ReplaceAll(body, "$SVC", bins.svc)
+	body = strings.ReplaceAll(body, "$DIR", h.dir)
+	if err := os.WriteFile(filepath.Join(h.svcDir, name), []byte(body), 0o644); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func (h *harness) target() control.Target {
+	return control.Target{Protocol: control.ProtocolUnix, UnixPath: h.sock}
+}
+
+func (h *harness) try(req wire.Request) (wire.Response, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return control.Do(ctx, h.target(), req)
+}
+
+// do sends a request and fails the test unless init answers without Error.
+func (h *harness) do(req wire.Request) wire.Response {
+	h.t.Helper()
+	r, err := h.try(req)
+	if err != nil {
+		h.t.Fatalf("%s: %v", req.Kind, err)
+	}
+	if r.Kind == wire.KindError {
+		h.t.Fatalf("%s %s: error: %s", req.Kind, req.Name, r.Message)
+	}
+	return r
+}
+
+func (h *harness) status(name string) wire.ServiceStatus {
+	h.t.Helper()
+	r := h.do(wire.Request{Kind: wire.KindServiceStatus, Name: name})
+	return *r.Status
+}
+
+func (h *harness) eventually(timeout time.Duration, what string, cond func() bool) {
+	h.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			h.t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (h *harness) waitState(name, state string, timeout time.Duration) wire.ServiceStatus {
+	h.t.Helper()
+	var st wire.ServiceStatus
+	h.eventually(timeout, name+" to be "+state, func() bool {
+		st = h.status(name)
+		return st.State == state
+	})
+	return st
+}
+
+func (h *harness) readFile(name string) string {
+	b, _ := os.ReadFile(filepath.Join(h.dir, name))
+	return string(b)
+}
+
+func (h *harness) logFile(name string) string {
+	b, _ := os.ReadFile(filepath.Join(h.logDir, name+".log"))
+	return string(b)
+}
+
+// shutdown sends SIGTERM and waits for init to exit.
+func (h *harness) shutdown() {
+	h.t.Helper()
+	h.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-h.exited:
+		if h.exitErr != nil {
+			h.t.Fatalf("init exited with %v", h.exitErr)
+		}
+	case <-time.After(60 * time.Second):
+		h.t.Fatal("init did not exit after SIGTERM")
+	}
+}
+
+// processesOf counts live processes whose command line contains substr.
+func processesOf(substr string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		st, _ := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if i := bytes.LastIndexByte(st, ')'); i > 0 && i+2 < len(st) && st[i+2] == 'Z' {
+			continue
+		}
+		if strings.Contains(strings.ReplaceAll(string(b), "\x00", " "), substr) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func alive(pid int) bool {
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(st, ')')
+	return i > 0 && i+2 < len(st) && st[i+2] != 'Z'
+}
+
+// zombieChildren counts zombies whose parent is pid.
+func zombieChildren(pid int) int {
+	ents, _ := os.ReadDir("/proc")
+	n := 0
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		st, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(st, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(st[i+1:]))
+		if len(f) > 1 && f[0] == "Z" && f[1] == strconv.Itoa(pid) {
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,307 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nitroinit/nitroinit/internal/wire"
+)
+
+func TestDependencyAndReadinessOrder(t *testing.T) {
+	// "web" requires "db" and is ordered after "cache"; "cache" is a notify
+	// service that becomes ready only after 700ms; "db" is ordered after
+	// "cache" too. Start order must be cache (ready), db, web.
+	h := startInit(t, map[string]string{
+		"cache.service": `ExecStart = "$SVC notify 700ms warm"
+Type = "notify"
+Before = ["db"]`,
+		"db.service": `ExecStart = "$SVC append $DIR/order db"`,
+		"web.service": `ExecStart = "$SVC append $DIR/order web"
+Requires = ["db"]
+After = ["cache"]`,
+		"aaa.service": `ExecStart = "$SVC append $DIR/order aaa"`,
+	}, "")
+	h.eventually(10*time.Second, "all four started", func() bool {
+		return strings.Count(h.readFile("order"), "\n") == 3
+	})
+	// A simple service counts as started once its exec succeeded, so the
+	// order of the processes' own writes is not the start order: compare
+	// the start lines init wrote to each log.
+	aaa := logTime(t, h.logFile("aaa"), "init: started")
+	db := logTime(t, h.logFile("db"), "init: started")
+	web := logTime(t, h.logFile("web"), "init: started")
+	if !aaa.Before(db) || !db.Before(web) {
+		t.Fatalf("start times aaa %v, db %v, web %v: want aaa < db < web", aaa, db, web)
+	}
+	st := h.waitState("cache", "running", 5*time.Second)
+	if st.StatusText != "warm" {
+		t.Errorf("cache STATUS= %q, want %q", st.StatusText, "warm")
+	}
+	// The notify service's readiness came before db started: db's log shows
+	// its start after cache's "ready" line.
+	ready := logTime(t, h.logFile("cache"), "init: ready")
+	dbStart := logTime(t, h.logFile("db"), "init: started")
+	if dbStart.Before(ready) {
+		t.Fatalf("db started at %v, before cache was ready at %v", dbStart, ready)
+	}
+}
+
+// logTime returns the timestamp of the first log line containing substr.
+func logTime(t *testing.T, log, substr string) time.Time {
+	t.Helper()
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, substr) && strings.HasPrefix(line, "[") {
+			ts, err := time.Parse("2006-01-02T15:04:05.000000Z", line[1:strings.IndexByte(line, ']')])
+			if err != nil {
+				t.Fatalf("log line %q: %v", line, err)
+			}
+			return ts
+		}
+	}
+	t.Fatalf("no log line with %q in:\n%s", substr, log)
+	return time.Time{}
+}
+
+func TestOutputCaptured(t *testing.T) {
+	h := startInit(t, map[string]string{"talk.service": `ExecStart = "$SVC print 3"`}, "")
+	h.eventually(10*time.Second, "output in the log file", func() bool {
+		l := h.logFile("talk")
+		return strings.Contains(l, "stdout line 3") && strings.Contains(l, "stderr line 3")
+	})
+	for _, line := range strings.Split(strings.TrimSpace(h.logFile("talk")), "\n") {
+		if !strings.HasPrefix(line, "[20") || !strings.Contains(line, "Z] ") {
+			t.Errorf("log line without a UTC timestamp: %q", line)
+		}
+	}
+	r := h.do(wire.Request{Kind: wire.KindServiceLogs, Name: "talk", Lines: 2})
+	if len(r.Logs) != 2 {
+		t.Fatalf("logs -n 2 gave %d lines: %q", len(r.Logs), r.Logs)
+	}
+}
+
+func TestRestartPolicies(t *testing.T) {
+	h := startInit(t, map[string]string{
+		"always.service":     "ExecStart = \"$SVC exit 0 100ms\"\nRestart = \"always\"\nRestartSec = 0.2\nStartLimitIntervalSec = 0",
+		"no.service":         "ExecStart = \"$SVC exit 1 100ms\"\nRestart = \"no\"",
+		"onfail-ok.service":  "ExecStart = \"$SVC exit 0 100ms\"\nRestart = \"on-failure\"\nRestartSec = 0.1",
+		"onfail-bad.service": "ExecStart = \"$SVC exit 3 100ms\"\nRestart = \"on-failure\"\nRestartSec = 0.1\nStartLimitIntervalSec = 0",
+		"onsucc.service":     "ExecStart = \"$SVC exit 0 100ms\"\nRestart = \"on-success\"\nRestartSec = 0.1\nStartLimitIntervalSec = 0",
+		"onabn-crash.service": "ExecStart = \"$SVC crash 100ms\"\nRestart = \"on-abnormal\"\nRestartSec = 0.1\nStartLimitIntervalSec = 0",
+		"onabn-exit.service":  "ExecStart = \"$SVC exit 4 100ms\"\nRestart = \"on-abnormal\"\nRestartSec = 0.1",
+	}, "")
+	restarted := []string{"always", "onfail-bad", "onsucc", "onabn-crash"}
+	for _, name := range restarted {
+		h.eventually(15*time.Second, name+" restarted twice", func() bool {
+			return h.status(name).RestartCount >= 2
+		})
+	}
+	for _, name := range []string{"no", "onfail-ok", "onabn-exit"} {
+		st := h.waitState(name, "exited", 10*time.Second)
+		if st.RestartCount != 0 {
+			t.Errorf("%s: restarted %d times, want 0", name, st.RestartCount)
+		}
+	}
+	if st := h.status("no"); st.ExitStatus == nil || *st.ExitStatus != 1 {
+		t.Errorf("no: exit status %v, want 1", st.ExitStatus)
+	}
+	if st := h.status("onabn-crash"); st.ExitStatus != nil && *st.ExitStatus != 128+int(syscall.SIGKILL) {
+		t.Errorf("onabn-crash: exit status %d, want %d", *st.ExitStatus, 128+int(syscall.SIGKILL))
+	}
+}
+
+func TestStartLimitFails(t *testing.T) {
+	h := startInit(t, map[string]string{
+		"flappy.service": "ExecStart = \"$SVC exit 1\"\nRestart = \"always\"\nRestartSec = 0\nStartLimitBurst = 3\nStartLimitIntervalSec = 30",
+	}, "")
+	st := h.waitState("flappy", "failed", 10*time.Second)
+	if !strings.Contains(st.Error, "start limit") {
+		t.Errorf("failed reason %q does not mention the start limit", st.Error)
+	}
+	if st.RestartCount != 3 {
+		t.Errorf("restart count %d, want 3 (3 starts allowed, the 4th refused)", st.RestartCount)
+	}
+	// It stays failed.
+	time.Sleep(300 * time.Millisecond)
+	if st := h.status("flappy"); st.State != "failed" {
+		t.Fatalf("state %q after failing, want failed", st.State)
+	}
+	list := h.do(wire.Request{Kind: wire.KindListServices})
+	if list.Services[0].State != "failed" || list.Services[0].Active {
+		t.Errorf("list shows %+v", list.Services[0])
+	}
+	// A manual start clears it (and it fails again, quickly, by the limit).
+	r, _ := h.try(wire.Request{Kind: wire.KindServiceStart, Name: "flappy"})
+	_ = r
+	h.eventually(10*time.Second, "flappy restarted after manual start", func() bool {
+		return h.status("flappy").RestartCount > 3
+	})
+}
+
+func TestStopEscalationKillsGroup(t *testing.T) {
+	h := startInit(t, map[string]string{
+		"stubborn.service": "ExecStart = \"$SVC stubborn $DIR/pids\"\nTimeoutStopSec = 1\nRestart = \"always\"",
+	}, "")
+	h.waitState("stubborn", "running", 5*time.Second)
+	h.eventually(5*time.Second, "pid file", func() bool { return len(strings.Fields(h.readFile("pids"))) == 2 })
+	var pids []int
+	for _, f := range strings.Fields(h.readFile("pids")) {
+		p, _ := strconv.Atoi(f)
+		pids = append(pids, p)
+	}
+	start := time.Now()
+	h.do(wire.Request{Kind: wire.KindServiceStop, Name: "stubborn"})
+	if d := time.Since(start); d < 900*time.Millisecond {
+		t.Errorf("stop returned after %s, before TimeoutStopSec", d)
+	}
+	for _, p := range pids {
+		h.eventually(5*time.Second, "pid "+strconv.Itoa(p)+" gone", func() bool { return !alive(p) })
+	}
+	if !strings.Contains(h.logFile("stubborn"), "sending SIGKILL") {
+		t.Errorf("log does not record the SIGKILL escalation:\n%s", h.logFile("stubborn"))
+	}
+	// A manual stop is remembered: Restart=always does not bring it back.
+	time.Sleep(500 * time.Millisecond)
+	if st := h.status("stubborn"); st.State != "inactive" || st.PID != nil {
+		t.Fatalf("after stop: %+v", st)
+	}
+}
+
+func TestReloadWithoutDuplicates(t *testing.T) {
+	h := startInit(t, map[string]string{
+		"keep.service":    "ExecStart = \"$SVC sleep keep-marker\"",
+		"stopped.service": "ExecStart = \"$SVC sleep stopped-marker\"\nRestart = \"always\"",
+		"gone.service":    "ExecStart = \"$SVC sleep gone-marker\"",
+		"change.service":  "ExecStart = \"$SVC sleep change-marker\"",
+	}, "")
+	for _, n := range []string{"keep", "stopped", "gone", "change"} {
+		h.waitState(n, "running", 5*time.Second)
+	}
+	keepPID := *h.status("keep").PID
+	h.do(wire.Request{Kind: wire.KindServiceStop, Name: "stopped"})
+	os.Remove(filepath.Join(h.svcDir, "gone.service"))
+	h.writeService("new.service", "ExecStart = \"$SVC sleep new-marker\"")
+	h.writeService("change.service", "ExecStart = \"$SVC sleep change-marker v2\"")
+	for i := 0; i < 3; i++ {
+		h.do(wire.Request{Kind: wire.KindSystemReload})
+	}
+	h.cmd.Process.Signal(syscall.SIGHUP)
+	h.waitState("new", "running", 5*time.Second)
+	time.Sleep(300 * time.Millisecond)
+
+	if got := *h.status("keep").PID; got != keepPID {
+		t.Errorf("keep: pid changed from %d to %d across reload", keepPID, got)
+	}
+	if st := h.status("stopped"); st.State != "inactive" {
+		t.Errorf("manually stopped service is %s after reload", st.State)
+	}
+	if st := h.status("change"); !st.ChangedOnDisk {
+		t.Errorf("change: changed_on_disk not reported")
+	}
+	if r, _ := h.try(wire.Request{Kind: wire.KindServiceStatus, Name: "gone"}); r.Kind != wire.KindError {
+		t.Errorf("removed service still known: %+v", r)
+	}
+	for marker, want := range map[string]int{"keep-marker": 1, "stopped-marker": 0, "gone-marker": 0, "new-marker": 1, "change-marker": 1} {
+		if got := len(processesOf(marker)); got != want {
+			t.Errorf("%d processes with %s, want %d", got, marker, want)
+		}
+	}
+	// The changed definition applies at the next restart.
+	h.do(wire.Request{Kind: wire.KindServiceRestart, Name: "change"})
+	if got := len(processesOf("change-marker v2")); got != 1 {
+		t.Errorf("%d processes of the new definition after restart, want 1", got)
+	}
+	if st := h.status("change"); st.ChangedOnDisk {
+		t.Errorf("still changed_on_disk after restart")
+	}
+}
+
+func TestOrphanStorm(t *testing.T) {
+	h := startInit(t, map[string]string{
+		"storm.service": "ExecStart = \"" + bins.zombies + " -n 10000\"",
+	}, "")
+	h.waitState("storm", "exited", 60*time.Second)
+	initPID := h.cmd.Process.Pid
+	h.eventually(60*time.Second, "no zombies left", func() bool { return zombieChildren(initPID) == 0 })
+	if !strings.Contains(h.logFile("storm"), "forked 10000 children") {
+		t.Fatalf("storm did not fork 10000 children:\n%s", h.logFile("storm"))
+	}
+}
+
+func TestBrokenServiceBesideGoodOnes(t *testing.T) {
+	h := startInit(t, map[string]string{
+		"good.service":     `ExecStart = "$SVC sleep"`,
+		"badtoml.service":  "ExecStart = \"$SVC sleep\"\nRestart = [",
+		"badval.service":   "ExecStart = \"$SVC sleep\"\nRestart = \"sometimes\"",
+		"noexec.service":   "Restart = \"always\"",
+		"cycle-a.service":  "ExecStart = \"$SVC sleep\"\nAfter = [\"cycle-b\"]",
+		"cycle-b.service":  "ExecStart = \"$SVC sleep\"\nAfter = [\"cycle-a\"]",
+		"needy.service":    "ExecStart = \"$SVC sleep\"\nRequires = [\"ghost\"]",
+		"unknown.service":  "ExecStart = \"$SVC sleep\"\nFrobnicate = 1",
+	}, "")
+	h.waitState("good", "running", 5*time.Second)
+	h.waitState("unknown", "running", 5*time.Second)
+	checks := map[string][]string{
+		"badtoml": {"invalid", "badtoml.service:2"},
+		"badval":  {"invalid", "badval.service:2", "Restart", "sometimes"},
+		"noexec":  {"invalid", "ExecStart"},
+		"cycle-a": {"held", "cycle-a -> cycle-b -> cycle-a"},
+		"needy":   {"held", `"ghost"`},
+	}
+	list := h.do(wire.Request{Kind: wire.KindListServices})
+	byName := map[string]wire.ServiceInfo{}
+	for _, s := range list.Services {
+		byName[s.Name] = s
+	}
+	for name, want := range checks {
+		st := h.status(name)
+		if st.State != want[0] {
+			t.Errorf("%s: state %q, want %q", name, st.State, want[0])
+		}
+		for _, w := range want[1:] {
+			if !strings.Contains(st.Error, w) {
+				t.Errorf("%s: status error %q lacks %q", name, st.Error, w)
+			}
+			if !strings.Contains(byName[name].Error, w) {
+				t.Errorf("%s: list error %q lacks %q", name, byName[name].Error, w)
+			}
+		}
+	}
+	if !strings.Contains(h.console.String(), "Frobnicate") {
+		t.Errorf("no warning about the unknown key on the console")
+	}
+}
+
+func TestShutdownOrder(t *testing.T) {
+	// Each service records its SIGTERM; web after db after base, so the
+	// stop order must be web, db, base.
+	h := startInit(t, map[string]string{
+		"base.service": `ExecStart = "$SVC trap $DIR/stops-base"`,
+		"db.service":   "ExecStart = \"$SVC trap $DIR/stops-db\"\nAfter = [\"base\"]",
+		"web.service":  "ExecStart = \"$SVC trap $DIR/stops-web\"\nRequires = [\"db\"]",
+	}, "")
+	for _, n := range []string{"base", "db", "web"} {
+		h.waitState(n, "running", 5*time.Second)
+	}
+	h.shutdown()
+	var times []time.Time
+	for _, n := range []string{"web", "db", "base"} {
+		fi, err := os.Stat(filepath.Join(h.dir, "stops-"+n))
+		if err != nil {
+			t.Fatalf("%s never got SIGTERM: %v", n, err)
+		}
+		times = append(times, fi.ModTime())
+	}
+	for i := 1; i < len(times); i++ {
+		if times[i].Before(times[i-1]) {
+			t.Fatalf("stop order wrong: web %v, db %v, base %v", times[0], times[1], times[2])
+		}
+	}
+	if !strings.Contains(h.console.String(), "all services stopped") {
+		t.Errorf("no final shutdown line on the console")
+	}
+}

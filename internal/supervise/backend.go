@@ -1,0 +1,461 @@
+package supervise
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nitroinit/nitroinit/internal/control"
+	"github.com/nitroinit/nitroinit/internal/logs"
+	"github.com/nitroinit/nitroinit/internal/unit"
+	"github.com/nitroinit/nitroinit/internal/wire"
+)
+
+// The methods in this file implement control.Backend. They run on the
+// caller's goroutine and reach service state through call.
+
+var _ control.Backend = (*Supervisor)(nil)
+
+func (sv *service) info() wire.ServiceInfo {
+	inf := wire.ServiceInfo{
+		Name:     sv.name,
+		Enabled:  sv.enabled(),
+		Active:   sv.isActive(),
+		State:    sv.state.String(),
+		Error:    sv.reason,
+	}
+	inf.RestartCount = sv.restarts
+	if u := sv.def(); u != nil {
+		inf.RestartPolicy = string(u.Restart)
+	}
+	if sv.state == stateInactive && sv.disabled {
+		inf.State = "disabled"
+	}
+	return inf
+}
+
+// Services lists every service by name.
+func (s *Supervisor) Services() []wire.ServiceInfo {
+	var out []wire.ServiceInfo
+	s.call(func() {
+		for _, n := range s.sortedNames() {
+			out = append(out, s.services[n].info())
+		}
+	})
+	return out
+}
+
+// ServiceStatus describes one service.
+func (s *Supervisor) ServiceStatus(name string) (wire.ServiceStatus, error) {
+	var st wire.ServiceStatus
+	var err error
+	s.call(func() {
+		sv := s.services[name]
+		if sv == nil {
+			err = notFound(name)
+			return
+		}
+		inf := sv.info()
+		st = wire.ServiceStatus{
+			Name: sv.name, Enabled: inf.Enabled, Active: inf.Active, RestartPolicy: inf.RestartPolicy,
+			RestartCount: sv.restarts, State: inf.State, Error: sv.reason, StatusText: sv.status,
+			ChangedOnDisk: sv.pending != nil, Since: sv.since.Unix(),
+			Dependencies: wire.Dependencies{Before: []string{}, After: []string{}, Requires: []string{}, RequiredBy: []string{}},
+		}
+		if sv.pid > 0 {
+			pid := sv.pid
+			st.PID = &pid
+		}
+		if sv.lastExit != nil {
+			code := sv.lastExit.StatusCode()
+			st.ExitStatus = &code
+		}
+		u := sv.unit
+		if u == nil {
+			u = sv.pending
+		}
+		if u != nil {
+			st.ExecStart = u.ExecStart
+			st.RestartSec = uint64(u.RestartSec / time.Second)
+			st.Type = string(u.Type)
+			st.Path = u.Path
+			if u.WorkingDirectory != "" {
+				wd := u.WorkingDirectory
+				st.WorkingDirectory = &wd
+			}
+			st.Dependencies = wire.Dependencies{
+				Before: nonNil(u.Before), After: nonNil(u.After), Requires: nonNil(u.Requires), RequiredBy: nonNil(u.RequiredBy),
+			}
+		}
+	})
+	return st, err
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// lookup finds a service for a request, or explains why it cannot be used.
+func (s *Supervisor) lookup(name string) (*service, error) {
+	if s.stopping != nil {
+		return nil, errShuttingDown
+	}
+	sv := s.services[name]
+	if sv == nil {
+		return nil, notFound(name)
+	}
+	return sv, nil
+}
+
+// StartService starts a service and the services it requires, and waits
+// until it is running or has failed.
+func (s *Supervisor) StartService(name string) error {
+	var err error
+	var timeout time.Duration
+	s.call(func() {
+		var sv *service
+		if sv, err = s.lookup(name); err != nil {
+			return
+		}
+		switch {
+		case sv.entryErr != nil:
+			err = fmt.Errorf("Service '%s' cannot start: %v", name, sv.entryErr)
+		case sv.held != "":
+			err = fmt.Errorf("Service '%s' is held back: %s", name, sv.held)
+		case sv.isActive():
+		default:
+			sv.limiter.Reset()
+			s.startSet([]string{name}, true)
+		}
+		timeout = sv.def().TimeoutStartSec + 5*time.Second
+	})
+	if err != nil {
+		return err
+	}
+	return s.waitSettled(name, timeout)
+}
+
+// waitSettled waits until a service is no longer waiting or starting and
+// reports an error unless it ended up running (or exited cleanly).
+func (s *Supervisor) waitSettled(name string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		var st State
+		var reason string
+		var ok bool
+		s.call(func() {
+			sv := s.services[name]
+			if ok = sv != nil; ok {
+				st, reason = sv.state, sv.reason
+			}
+		})
+		if !ok {
+			return notFound(name)
+		}
+		switch st {
+		case stateRunning, stateExited:
+			if st == stateExited && reason != "exited with code 0" {
+				return fmt.Errorf("Service '%s' %s", name, reason)
+			}
+			return nil
+		case stateWaiting, stateStarting:
+		default:
+			if reason == "" {
+				reason = st.String()
+			}
+			return fmt.Errorf("Service '%s' failed to start: %s", name, reason)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("Service '%s' is still %s after %s", name, st, timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// StopService stops a service and waits for it to be gone.
+func (s *Supervisor) StopService(name string) error {
+	var err error
+	var done chan struct{}
+	var timeout time.Duration
+	s.call(func() {
+		var sv *service
+		if sv, err = s.lookup(name); err != nil {
+			return
+		}
+		s.stop(sv, "stopped by request")
+		if sv.isActive() {
+			done = make(chan struct{})
+			sv.waiters = append(sv.waiters, done)
+			timeout = sv.unit.TimeoutStopSec + 5*time.Second
+		}
+	})
+	if err != nil || done == nil {
+		return err
+	}
+	select {
+	case <-done:
+		return nil
+	case <-time.After(timeout):
+		return fmt.Errorf("Service '%s' did not stop within %s", name, timeout)
+	}
+}
+
+// RestartService stops a service (if running) and starts it again with its
+// current definition on disk.
+func (s *Supervisor) RestartService(name string) error {
+	if err := s.StopService(name); err != nil {
+		return err
+	}
+	return s.StartService(name)
+}
+
+// EnableService renames the service file to its enabled name (fixing a
+// ServiceEnable = false inside it) and reloads.
+func (s *Supervisor) EnableService(name string) error { return s.setEnabled(name, true) }
+
+// DisableService renames the service file to name.service.disabled and
+// reloads. A running service keeps running until it is stopped.
+func (s *Supervisor) DisableService(name string) error { return s.setEnabled(name, false) }
+
+func (s *Supervisor) setEnabled(name string, enable bool) error {
+	if s.shutting.Load() {
+		return errShuttingDown
+	}
+	if s.cfg.App != nil && name == s.cfg.App.Name {
+		var isApp bool
+		s.call(func() { isApp = s.services[name] != nil && s.services[name].app })
+		if isApp {
+			return fmt.Errorf("Service '%s' comes from /cmd and has no service file to enable or disable", name)
+		}
+	}
+	if _, err := unit.SetEnabled(s.cfg.ServiceDir, name, enable); err != nil {
+		return err
+	}
+	if err := s.Reload(); err != nil {
+		return err
+	}
+	var got bool
+	var found bool
+	var why string
+	s.call(func() {
+		if sv := s.services[name]; sv != nil {
+			found, got = true, sv.enabled()
+			if sv.entryErr != nil {
+				why = sv.entryErr.Error()
+			}
+		}
+	})
+	switch {
+	case !found:
+		return notFound(name)
+	case got != enable && why != "":
+		return fmt.Errorf("Service '%s' is not usable: %s", name, why)
+	case got != enable:
+		return fmt.Errorf("Service '%s' is still %s after the change; check its file", name, map[bool]string{true: "enabled", false: "disabled"}[got])
+	}
+	return nil
+}
+
+// Reload re-reads the service directory and applies the difference.
+func (s *Supervisor) Reload() error {
+	var err error
+	s.call(func() {
+		if s.stopping != nil {
+			err = errShuttingDown
+			return
+		}
+		err = s.load(false)
+	})
+	return err
+}
+
+func (s *Supervisor) serviceLog(name string) (*logs.Log, error) {
+	var l *logs.Log
+	var err error
+	s.call(func() {
+		sv := s.services[name]
+		switch {
+		case sv == nil:
+			err = notFound(name)
+		case sv.log == nil:
+			err = fmt.Errorf("Service '%s' has no log", name)
+		default:
+			l = sv.log
+		}
+	})
+	return l, err
+}
+
+// ServiceLogs returns the last n lines of a service's log.
+func (s *Supervisor) ServiceLogs(name string, n int) ([]string, error) {
+	l, err := s.serviceLog(name)
+	if err != nil {
+		return nil, err
+	}
+	return l.Lines(n), nil
+}
+
+// ClearServiceLogs empties a service's log files and memory.
+func (s *Supervisor) ClearServiceLogs(name string) error {
+	l, err := s.serviceLog(name)
+	if err != nil {
+		return err
+	}
+	return l.Clear()
+}
+
+// SubscribeLogs follows a service's log.
+func (s *Supervisor) SubscribeLogs(name string) (control.LogSubscription, error) {
+	l, err := s.serviceLog(name)
+	if err != nil {
+		return nil, err
+	}
+	return &subscription{sub: l.Subscribe(1024)}, nil
+}
+
+type subscription struct{ sub *logs.Subscription }
+
+func (s *subscription) Next(ctx context.Context) (string, uint64, error) {
+	select {
+	case ev, ok := <-s.sub.C():
+		if !ok {
+			return "", 0, errors.New("log closed")
+		}
+		return ev.Line, ev.Missed, nil
+	case <-ctx.Done():
+		return "", 0, ctx.Err()
+	}
+}
+
+func (s *subscription) Close() { s.sub.Close() }
+
+// ManagedPIDs maps main PIDs to service names.
+func (s *Supervisor) ManagedPIDs() map[int]string {
+	m := map[int]string{}
+	s.call(func() {
+		for _, sv := range s.services {
+			if sv.pid > 0 {
+				m[sv.pid] = sv.name
+			}
+		}
+	})
+	return m
+}
+
+// StartProcess runs an unmanaged process with its output in the log of
+// ad-hoc processes (adhoc.log).
+func (s *Supervisor) StartProcess(command string, args, env []string) (int, error) {
+	if s.shutting.Load() {
+		return 0, errShuttingDown
+	}
+	if command == "" {
+		return 0, errors.New("no command given")
+	}
+	argv := append([]string{command}, args...)
+	for _, kv := range env {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return 0, fmt.Errorf("environment entry %q is not KEY=VALUE", kv)
+		}
+	}
+	var l *logs.Log
+	s.call(func() { l = s.adhoc })
+	var pid int
+	pid, err := s.spawn(argv, mergeEnv(s.cfg.Env, env), nil, l, func(p int, ws syscall.WaitStatus) {
+		if l != nil {
+			l.Printf("init: process %d (%s) %s", p, command, exitFromStatus(ws))
+		}
+	})
+	if err != nil {
+		return 0, fmt.Errorf("cannot start %s: %w", command, err)
+	}
+	if l != nil {
+		l.Printf("init: started process %d: %s", pid, strings.Join(argv, " "))
+	}
+	return pid, nil
+}
+
+// SignalProcess sends a signal to a process; for a service's main process a
+// stop (or a terminating signal) stops the service.
+func (s *Supervisor) SignalProcess(pid int, sig syscall.Signal, stop bool) (string, error) {
+	var msg string
+	s.call(func() {
+		for _, sv := range s.services {
+			if sv.pid != pid || pid <= 0 {
+				continue
+			}
+			if !stop && !terminating(sig) {
+				break
+			}
+			sv.manual = true
+			sv.stopWhy = "stopped by ps " + map[bool]string{true: "stop", false: "kill"}[stop]
+			if stop {
+				s.stop(sv, sv.stopWhy)
+				msg = fmt.Sprintf("%s sent to process %d (service '%s' stopped)", signalName(sv.unit.KillSignal), pid, sv.name)
+			} else {
+				s.signalStop(sv, sig, false)
+				msg = fmt.Sprintf("Signal %d sent to process %d (service '%s' stopped)", int(sig), pid, sv.name)
+			}
+			return
+		}
+	})
+	if msg != "" {
+		return msg, nil
+	}
+	if err := syscall.Kill(pid, sig); err != nil {
+		if err == syscall.ESRCH {
+			return "", fmt.Errorf("Process %d not found", pid)
+		}
+		return "", fmt.Errorf("cannot signal process %d: %w", pid, err)
+	}
+	if stop {
+		return fmt.Sprintf("SIGTERM sent to process %d", pid), nil
+	}
+	return fmt.Sprintf("Signal %d sent to process %d", int(sig), pid), nil
+}
+
+// RestartProcess restarts the service whose main process is pid.
+func (s *Supervisor) RestartProcess(pid int) (string, error) {
+	name := s.ManagedPIDs()[pid]
+	if name == "" {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
+			return "", fmt.Errorf("Process %d not found", pid)
+		}
+		return "", fmt.Errorf("Process %d is not managed by init, cannot restart", pid)
+	}
+	if err := s.RestartService(name); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("Service '%s' restarted", name), nil
+}
+
+// Shutdown begins an orderly shutdown and returns at once.
+func (s *Supervisor) Shutdown(reboot bool) {
+	go s.post(func() { s.beginShutdown(reboot) })
+}
+
+// SystemStatus reports counts and the boot information.
+func (s *Supervisor) SystemStatus() wire.SystemStatus {
+	st := s.cfg.Info
+	st.UptimeSecs = uint64(time.Since(s.started) / time.Second)
+	st.ServiceDir = s.cfg.ServiceDir
+	st.LogDir = s.cfg.Logs.Dir
+	s.call(func() {
+		for _, sv := range s.services {
+			st.TotalServices++
+			if sv.enabled() {
+				st.EnabledServices++
+			}
+			if sv.isActive() {
+				st.ActiveServices++
+			}
+		}
+	})
+	return st
+}

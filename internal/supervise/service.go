@@ -1,0 +1,470 @@
+package supervise
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nitroinit/nitroinit/internal/logs"
+	"github.com/nitroinit/nitroinit/internal/unit"
+)
+
+// State is a service's state as shown by list and status.
+type State int
+
+const (
+	stateInactive    State = iota // not running, never started or stopped by request
+	stateWaiting                  // queued to start, waiting for services it is ordered after
+	stateStarting                 // Type=notify, started, READY=1 not yet received
+	stateRunning                  // running (and ready)
+	stateStopping                 // stop signal sent, waiting for the exit
+	stateAutoRestart              // exited, restarting after RestartSec
+	stateExited                   // exited and not restarted by its policy
+	stateFailed                   // start limit hit, requirement failed, or could not start
+	stateHeld                     // held back by a dependency cycle or missing requirement
+	stateInvalid                  // the service file is broken
+)
+
+func (s State) String() string {
+	return [...]string{"inactive", "waiting", "starting", "running", "stopping", "auto-restart", "exited", "failed", "held", "invalid"}[s]
+}
+
+// service is one supervised service. Only the loop goroutine touches it.
+type service struct {
+	name     string
+	unit     *unit.Unit // definition in effect for the current or last run
+	pending  *unit.Unit // newer definition on disk, applied at the next start
+	entryErr error      // why the service file could not be used
+	disabled bool       // disabled on disk (suffix or ServiceEnable=false)
+	app      bool       // the AWS /cmd application: its exit shuts down
+	removed  bool       // its file is gone; forget it once stopped
+
+	state    State
+	reason   string
+	since    time.Time
+	held     string
+	pid      int
+	gen      int // bumped at every launch, to ignore stale timers and messages
+	lastExit *Exit
+	restarts int
+	manual   bool // stopped on request: the restart policy does not apply
+	stopWhy  string
+	limiter  StartLimiter
+	status   string // last STATUS= from sd_notify
+
+	restartTimer *time.Timer
+	stopTimer    *time.Timer
+	startTimer   *time.Timer
+	notify       *notifySocket
+	log          *logs.Log
+	waiters      []chan struct{} // closed when the service is no longer active
+}
+
+func (s *Supervisor) newService(name string) *service {
+	sv := &service{name: name, since: time.Now()}
+	l, err := logs.Open(s.cfg.Logs, name)
+	if err != nil {
+		s.logf("supervise: %s: log: %v (output will be discarded)", name, err)
+	} else {
+		sv.log = l
+	}
+	return sv
+}
+
+// def is the definition that the next start will use.
+func (sv *service) def() *unit.Unit {
+	if sv.pending != nil {
+		return sv.pending
+	}
+	return sv.unit
+}
+
+func (sv *service) enabled() bool {
+	return sv.entryErr == nil && sv.def() != nil && !sv.disabled
+}
+
+func (sv *service) isActive() bool {
+	return sv.state == stateStarting || sv.state == stateRunning || sv.state == stateStopping
+}
+
+// apply takes a freshly loaded entry for this service.
+func (sv *service) apply(e *unit.Entry) {
+	sv.entryErr = e.Err
+	if e.Err != nil {
+		if !sv.isActive() {
+			sv.state, sv.reason, sv.since = stateInvalid, e.Err.Error(), time.Now()
+		}
+		return
+	}
+	sv.disabled = !e.Unit.Enabled()
+	switch {
+	case sv.unit == nil:
+		sv.unit = e.Unit
+	case sv.unit.Hash == e.Unit.Hash:
+		sv.pending = nil
+	case sv.isActive() || sv.state == stateAutoRestart:
+		sv.pending = e.Unit
+	default:
+		sv.unit, sv.pending = e.Unit, nil
+	}
+	if sv.state == stateInvalid {
+		sv.state, sv.reason = stateInactive, ""
+	}
+	u := sv.def()
+	sv.limiter.Burst, sv.limiter.Interval = u.StartLimitBurst, u.StartLimitInterval
+}
+
+func (s *Supervisor) setState(sv *service, st State, reason string) {
+	sv.state, sv.reason, sv.since = st, reason, time.Now()
+	if !sv.isActive() && st != stateWaiting {
+		for _, w := range sv.waiters {
+			close(w)
+		}
+		sv.waiters = nil
+	}
+}
+
+func (sv *service) cancelTimers() {
+	for _, t := range []**time.Timer{&sv.restartTimer, &sv.stopTimer, &sv.startTimer} {
+		if *t != nil {
+			(*t).Stop()
+			*t = nil
+		}
+	}
+}
+
+func (sv *service) logLine(format string, args ...any) {
+	if sv.log != nil {
+		sv.log.Printf(format, args...)
+	}
+}
+
+// launch starts the service's main process. auto marks a start by the
+// restart policy, which is subject to the start limit.
+func (s *Supervisor) launch(sv *service, auto bool) {
+	if sv.pending != nil {
+		sv.unit, sv.pending = sv.pending, nil
+		sv.limiter.Burst, sv.limiter.Interval = sv.unit.StartLimitBurst, sv.unit.StartLimitInterval
+	}
+	u := sv.unit
+	if !auto {
+		sv.limiter.Reset()
+	}
+	if !sv.limiter.Allow(time.Now()) {
+		why := fmt.Sprintf("start limit hit: %d starts within %s; use initctl start, restart or reload to try again",
+			u.StartLimitBurst, u.StartLimitInterval)
+		s.setState(sv, stateFailed, why)
+		s.logf("supervise: %s: %s", sv.name, why)
+		sv.logLine("init: %s", why)
+		s.kick()
+		return
+	}
+	sv.manual = false
+	sv.gen++
+	gen := sv.gen
+	sv.status = ""
+
+	env := mergeEnv(s.cfg.Env, u.Environment)
+	if u.Type == unit.TypeNotify {
+		ns, err := listenNotify(filepath.Join(s.cfg.RuntimeDir, "notify", sv.name), func(msg string) {
+			s.post(func() { s.onNotify(sv, gen, msg) })
+		}, s.logf)
+		if err != nil {
+			s.failStart(sv, gen, fmt.Errorf("notify socket: %w", err))
+			return
+		}
+		sv.notify = ns
+		env = mergeEnv(env, []string{"NOTIFY_SOCKET=" + ns.path})
+	}
+
+	pid, err := s.spawn(u.Argv, env, u, sv.log, func(pid int, ws syscall.WaitStatus) {
+		s.post(func() { s.onExit(sv, gen, exitFromStatus(ws)) })
+	})
+	if err != nil {
+		s.failStart(sv, gen, err)
+		return
+	}
+	sv.pid = pid
+	sv.logLine("init: started %s (pid %d)", u.ExecStart, pid)
+	s.logf("supervise: %s: started (pid %d)", sv.name, pid)
+	if u.Type == unit.TypeNotify {
+		s.setState(sv, stateStarting, "waiting for READY=1")
+		if u.TimeoutStartSec > 0 {
+			sv.startTimer = time.AfterFunc(u.TimeoutStartSec, func() {
+				s.post(func() { s.onStartTimeout(sv, gen) })
+			})
+		}
+		return
+	}
+	s.setState(sv, stateRunning, "")
+	s.kick()
+}
+
+// failStart handles a service whose process could not be started at all.
+func (s *Supervisor) failStart(sv *service, gen int, err error) {
+	s.logf("supervise: %s: cannot start: %v", sv.name, err)
+	sv.logLine("init: cannot start: %v", err)
+	sv.closeNotify()
+	s.onExit(sv, gen, Exit{ExecErr: err})
+}
+
+func (sv *service) closeNotify() {
+	if sv.notify != nil {
+		sv.notify.Close()
+		sv.notify = nil
+	}
+}
+
+// onExit handles the end of the main process of generation gen.
+func (s *Supervisor) onExit(sv *service, gen int, e Exit) {
+	if gen != sv.gen {
+		return
+	}
+	timedOut := sv.state == stateStopping && sv.stopTimer == nil && sv.manual && e.Signal == syscall.SIGKILL
+	_ = timedOut
+	if sv.pid > 0 {
+		// Whatever is left of the process group goes with its leader, as
+		// with systemd's default control-group kill mode.
+		syscall.Kill(-sv.pid, syscall.SIGKILL)
+	}
+	sv.pid = 0
+	sv.cancelTimers()
+	sv.closeNotify()
+	sv.lastExit = &e
+	sv.logLine("init: %s", e)
+	s.logf("supervise: %s: %s", sv.name, e)
+
+	switch {
+	case s.stopping != nil || sv.manual || sv.removed:
+		why := sv.stopWhy
+		s.setState(sv, stateInactive, why)
+		if sv.removed {
+			s.forget(sv)
+		}
+		if s.stopping != nil {
+			s.stopping.progress(s)
+		}
+	case sv.app:
+		s.setState(sv, stateExited, e.String())
+		s.logf("supervise: application %s ended (%s): shutting down", sv.name, e)
+		s.beginShutdown(false)
+	case ShouldRestart(sv.unit.Restart, e):
+		s.setState(sv, stateAutoRestart, e.String())
+		sv.restarts++
+		delay := sv.unit.RestartSec
+		g := sv.gen
+		sv.restartTimer = time.AfterFunc(delay, func() {
+			s.post(func() {
+				if sv.gen == g && sv.state == stateAutoRestart {
+					sv.restartTimer = nil
+					s.launch(sv, true)
+				}
+			})
+		})
+	case e.ExecErr != nil:
+		s.setState(sv, stateFailed, e.String())
+	default:
+		s.setState(sv, stateExited, e.String())
+	}
+	s.kick()
+}
+
+func (s *Supervisor) onStartTimeout(sv *service, gen int) {
+	if gen != sv.gen || sv.state != stateStarting {
+		return
+	}
+	why := fmt.Sprintf("no READY=1 within %s", sv.unit.TimeoutStartSec)
+	s.logf("supervise: %s: %s, killing it", sv.name, why)
+	sv.logLine("init: %s, killing it", why)
+	syscall.Kill(-sv.pid, syscall.SIGKILL)
+}
+
+func (s *Supervisor) onNotify(sv *service, gen int, msg string) {
+	if gen != sv.gen {
+		return
+	}
+	for _, line := range strings.Split(msg, "\n") {
+		k, v, _ := strings.Cut(line, "=")
+		switch k {
+		case "READY":
+			if v == "1" && sv.state == stateStarting {
+				if sv.startTimer != nil {
+					sv.startTimer.Stop()
+					sv.startTimer = nil
+				}
+				s.setState(sv, stateRunning, "")
+				s.logf("supervise: %s: ready", sv.name)
+				sv.logLine("init: ready")
+				s.kick()
+			}
+		case "STATUS":
+			sv.status = v
+		case "STOPPING":
+			// The service announces its own exit; nothing to do until it exits.
+		}
+	}
+}
+
+// stop stops a service on request: KillSignal to the process group, SIGKILL
+// after TimeoutStopSec. A stop is remembered, so the restart policy does not
+// bring the service back.
+func (s *Supervisor) stop(sv *service, why string) {
+	sv.manual = true
+	sv.stopWhy = why
+	switch sv.state {
+	case stateWaiting, stateAutoRestart:
+		sv.cancelTimers()
+		s.setState(sv, stateInactive, why)
+		return
+	case stateStarting, stateRunning:
+	default:
+		return
+	}
+	s.signalStop(sv, sv.unit.KillSignal, true)
+}
+
+// signalStop sends sig (to the whole group when group is set) and arms the
+// SIGKILL escalation.
+func (s *Supervisor) signalStop(sv *service, sig syscall.Signal, group bool) {
+	target := sv.pid
+	if group {
+		target = -sv.pid
+	}
+	s.setState(sv, stateStopping, sv.stopWhy)
+	if err := syscall.Kill(target, sig); err != nil && err != syscall.ESRCH {
+		s.logf("supervise: %s: kill %d %s: %v", sv.name, target, signalName(sig), err)
+	}
+	if sig == syscall.SIGKILL {
+		return
+	}
+	gen := sv.gen
+	timeout := sv.unit.TimeoutStopSec
+	if sv.stopTimer != nil {
+		sv.stopTimer.Stop()
+	}
+	sv.stopTimer = time.AfterFunc(timeout, func() {
+		s.post(func() {
+			if sv.gen == gen && sv.state == stateStopping && sv.pid > 0 {
+				s.logf("supervise: %s: did not stop within %s, sending SIGKILL to its process group", sv.name, timeout)
+				sv.logLine("init: did not stop within %s, sending SIGKILL", timeout)
+				syscall.Kill(-sv.pid, syscall.SIGKILL)
+			}
+		})
+	})
+}
+
+// forget drops a service whose file is gone and which is no longer running.
+func (s *Supervisor) forget(sv *service) {
+	sv.cancelTimers()
+	sv.closeNotify()
+	if sv.log != nil {
+		sv.log.Close()
+	}
+	delete(s.services, sv.name)
+}
+
+// mergeEnv returns base with extra applied: a later KEY=VALUE replaces an
+// earlier one with the same key, and the first occurrence keeps its place.
+func mergeEnv(base, extra []string) []string {
+	out := make([]string, 0, len(base)+len(extra))
+	idx := map[string]int{}
+	for _, kv := range append(append([]string(nil), base...), extra...) {
+		k, _, _ := strings.Cut(kv, "=")
+		if i, ok := idx[k]; ok {
+			out[i] = kv
+			continue
+		}
+		idx[k] = len(out)
+		out = append(out, kv)
+	}
+	return out
+}
+
+// spawn starts argv in its own session and process group, with stdin on
+// /dev/null and stdout and stderr on one pipe into log.
+func (s *Supervisor) spawn(argv, env []string, u *unit.Unit, log *logs.Log, onExit func(int, syscall.WaitStatus)) (int, error) {
+	if len(argv) == 0 {
+		return 0, fmt.Errorf("empty command")
+	}
+	path := argv[0]
+	if !strings.Contains(path, "/") {
+		p, err := lookPath(path, env)
+		if err != nil {
+			return 0, err
+		}
+		path = p
+	}
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return 0, err
+	}
+	defer devnull.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		return 0, err
+	}
+	attr := &syscall.ProcAttr{
+		Env:   env,
+		Files: []uintptr{devnull.Fd(), w.Fd(), w.Fd()},
+		Sys:   &syscall.SysProcAttr{Setsid: true},
+	}
+	if u != nil {
+		attr.Dir = u.WorkingDirectory
+		cred, err := u.Credential()
+		if err != nil {
+			r.Close()
+			w.Close()
+			return 0, err
+		}
+		attr.Sys.Credential = cred
+	}
+	pid, err := s.cfg.Reaper.Start(path, argv, attr, onExit)
+	w.Close()
+	if err != nil {
+		r.Close()
+		return 0, err
+	}
+	go func() {
+		defer r.Close()
+		defer func() {
+			if v := recover(); v != nil {
+				s.logf("supervise: log capture panic: %v", v)
+			}
+		}()
+		if log != nil {
+			log.Capture(r)
+		} else {
+			buf := make([]byte, 32<<10)
+			for {
+				if _, err := r.Read(buf); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	return pid, nil
+}
+
+// lookPath finds a bare command name in the PATH of the service's
+// environment (or a sane default), as a shell would.
+func lookPath(name string, env []string) (string, error) {
+	pathVar := "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			pathVar = v
+		}
+	}
+	for _, dir := range filepath.SplitList(pathVar) {
+		if dir == "" {
+			dir = "."
+		}
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s: command not found in PATH %s", name, pathVar)
+}

@@ -1,0 +1,352 @@
+// Package supervise runs services: it starts them in dependency order,
+// captures their output, restarts them by policy, stops them with escalation,
+// applies reloads as a diff, and shuts everything down in reverse order.
+//
+// All service state is owned by one goroutine, the loop started by Run.
+// Everything else (exit statuses from the reaper, timers, sd_notify
+// messages, control requests) reaches that state by posting a function to
+// the loop, so there are no locks around service state.
+package supervise
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/nitroinit/nitroinit/internal/depgraph"
+	"github.com/nitroinit/nitroinit/internal/logs"
+	"github.com/nitroinit/nitroinit/internal/reap"
+	"github.com/nitroinit/nitroinit/internal/unit"
+	"github.com/nitroinit/nitroinit/internal/wire"
+)
+
+// Config configures a Supervisor.
+type Config struct {
+	ServiceDir string
+	Logs       logs.Config // Dir, MaxSize, MaxFiles, RingLines
+	// Env is the environment every service starts from (init's own
+	// environment with init.yaml's environment applied).
+	Env []string
+	// RuntimeDir holds sd_notify sockets. It is created if missing.
+	RuntimeDir string
+	Reaper     *reap.Reaper
+	Logf       func(format string, args ...any)
+	// App, when set, is a service defined outside the service directory
+	// (the AWS /cmd image layout). It is added only when the service
+	// directory defines no enabled service, and when it exits the system
+	// shuts down, as AWS's init does.
+	App *unit.Unit
+	// Info is copied into SystemStatus (mode, heartbeat, NSM, modules).
+	Info wire.SystemStatus
+}
+
+// Supervisor owns every service. Create it with New and run it with Run.
+type Supervisor struct {
+	cfg     Config
+	logf    func(string, ...any)
+	events  chan func()
+	started time.Time
+
+	// Owned by the loop goroutine.
+	services map[string]*service
+	plan     depgraph.Plan
+	stopping *shutdown
+	adhoc    *logs.Log
+
+	finished chan struct{} // closed when the shutdown sequence is complete
+	rebootF  atomic.Bool   // the shutdown asked for a reboot
+	shutting atomic.Bool
+	running  atomic.Bool
+}
+
+// New returns a supervisor for cfg.
+func New(cfg Config) *Supervisor {
+	logf := cfg.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	if cfg.Reaper == nil {
+		cfg.Reaper = reap.New(logf)
+	}
+	return &Supervisor{
+		cfg:      cfg,
+		logf:     logf,
+		events:   make(chan func(), 4096),
+		started:  time.Now(),
+		services: map[string]*service{},
+		finished: make(chan struct{}),
+	}
+}
+
+// post queues f to run on the loop goroutine. It is safe from any goroutine
+// but the loop itself.
+func (s *Supervisor) post(f func()) {
+	s.events <- f
+}
+
+// call runs f on the loop and waits for it.
+func (s *Supervisor) call(f func()) {
+	done := make(chan struct{})
+	s.post(func() {
+		defer close(done)
+		f()
+	})
+	<-done
+}
+
+// Run loads the service directory, starts every enabled service and
+// supervises them until a shutdown (ctx ending counts as a power-off
+// request) has stopped them all. It reports whether a reboot was asked for.
+func (s *Supervisor) Run(ctx context.Context) (reboot bool) {
+	if err := os.MkdirAll(filepath.Join(s.cfg.RuntimeDir, "notify"), 0o755); err != nil {
+		s.logf("supervise: runtime dir: %v (Type=notify services will fail)", err)
+	}
+	if l, err := logs.Open(s.cfg.Logs, "adhoc"); err != nil {
+		s.logf("supervise: log for ad-hoc processes: %v", err)
+	} else {
+		s.adhoc = l
+	}
+	s.running.Store(true)
+	s.load(true)
+	done := ctx.Done()
+	for {
+		select {
+		case f := <-s.events:
+			s.safely(f)
+		case <-done:
+			done = nil
+			s.beginShutdown(false)
+		case <-s.finished:
+			s.closeLogs()
+			return s.rebootF.Load()
+		}
+	}
+}
+
+func (s *Supervisor) safely(f func()) {
+	defer func() {
+		if v := recover(); v != nil {
+			s.logf("supervise: panic: %v\n%s", v, debug.Stack())
+		}
+	}()
+	f()
+}
+
+func (s *Supervisor) closeLogs() {
+	for _, sv := range s.services {
+		if sv.log != nil {
+			sv.log.Flush()
+			sv.log.Close()
+		}
+	}
+	if s.adhoc != nil {
+		s.adhoc.Close()
+	}
+}
+
+// load reads the service directory and brings the running set in line with
+// it. At boot every enabled service starts; on reload only new ones do,
+// changed ones keep running and take their new definition at the next
+// start, and removed ones are stopped.
+func (s *Supervisor) load(boot bool) error {
+	entries, dirErr := unit.LoadDir(s.cfg.ServiceDir)
+	if dirErr != nil {
+		s.logf("supervise: %v", dirErr)
+	}
+	seen := map[string]bool{}
+	anyEnabled := false
+	for _, e := range entries {
+		if e.Unit != nil && e.Unit.Enabled() {
+			anyEnabled = true
+		}
+	}
+	if s.cfg.App != nil && !anyEnabled {
+		entries = append(entries, &unit.Entry{Name: s.cfg.App.Name, Path: s.cfg.App.Path, Unit: s.cfg.App})
+	} else if s.cfg.App != nil && boot {
+		s.logf("supervise: /cmd ignored: the service directory %s defines enabled services", s.cfg.ServiceDir)
+	}
+	var toStart []string
+	for _, e := range entries {
+		seen[e.Name] = true
+		sv, ok := s.services[e.Name]
+		if !ok {
+			sv = s.newService(e.Name)
+			s.services[e.Name] = sv
+			sv.app = s.cfg.App != nil && e.Unit == s.cfg.App
+		}
+		isNew := !ok
+		sv.apply(e)
+		if e.Err != nil {
+			s.logf("supervise: %v", e.Err)
+			continue
+		}
+		for _, w := range e.Unit.Warnings {
+			s.logf("supervise: warning: %s", w)
+		}
+		switch {
+		case !sv.enabled():
+		case boot || isNew:
+			toStart = append(toStart, sv.name)
+		case sv.state == stateFailed && !sv.isActive():
+			// A reload clears a start-limit failure.
+			sv.limiter.Reset()
+			toStart = append(toStart, sv.name)
+		}
+	}
+	for name, sv := range s.services {
+		if seen[name] {
+			continue
+		}
+		s.logf("supervise: %s: service file removed", name)
+		sv.removed = true
+		if sv.isActive() || sv.state == stateAutoRestart || sv.state == stateWaiting {
+			s.stop(sv, "service file removed")
+		} else {
+			s.forget(sv)
+		}
+	}
+	s.replan()
+	s.startSet(toStart, false)
+	return dirErr
+}
+
+// replan recomputes the dependency plan from the current definitions and
+// marks services held back by it.
+func (s *Supervisor) replan() {
+	var nodes []depgraph.Node
+	for _, sv := range s.services {
+		if sv.removed || sv.def() == nil {
+			continue
+		}
+		u := sv.def()
+		nodes = append(nodes, depgraph.Node{
+			Name: sv.name, Disabled: !sv.enabled(),
+			Before: u.Before, After: u.After, Requires: u.Requires, RequiredBy: u.RequiredBy,
+		})
+	}
+	s.plan = depgraph.Resolve(nodes)
+	for _, sv := range s.services {
+		reason, held := s.plan.Held[sv.name]
+		sv.held = reason
+		if held && !sv.isActive() && sv.state != stateHeld {
+			s.setState(sv, stateHeld, reason)
+			s.logf("supervise: %s: held back: %s", sv.name, reason)
+		} else if !held && sv.state == stateHeld {
+			s.setState(sv, stateInactive, "")
+		}
+	}
+}
+
+// startSet starts the named services (and, when pull is set, the services
+// they require) in plan order, each after its ordering predecessors are
+// ready.
+func (s *Supervisor) startSet(names []string, pull bool) {
+	want := map[string]bool{}
+	var add func(n string)
+	add = func(n string) {
+		if want[n] {
+			return
+		}
+		want[n] = true
+		if pull {
+			for _, r := range s.plan.Requires[n] {
+				if sv, ok := s.services[r]; ok && !sv.isActive() {
+					add(r)
+				}
+			}
+		}
+	}
+	for _, n := range names {
+		add(n)
+	}
+	for _, n := range s.plan.Order {
+		if !want[n] {
+			continue
+		}
+		sv := s.services[n]
+		if sv == nil || sv.isActive() || sv.state == stateWaiting {
+			continue
+		}
+		sv.cancelTimers()
+		s.setState(sv, stateWaiting, "")
+	}
+	s.kick()
+}
+
+// kick starts every waiting service whose predecessors have settled, and
+// fails those whose requirements failed. It runs after every state change
+// that could unblock someone.
+func (s *Supervisor) kick() {
+	if s.stopping != nil {
+		return
+	}
+	for progress := true; progress; {
+		progress = false
+		for _, n := range s.plan.Order {
+			sv := s.services[n]
+			if sv == nil || sv.state != stateWaiting {
+				continue
+			}
+			blocked := false
+			for _, p := range s.plan.Waits[n] {
+				if ps := s.services[p]; ps != nil && (ps.state == stateWaiting || ps.state == stateStarting) {
+					blocked = true
+					break
+				}
+			}
+			if blocked {
+				continue
+			}
+			if why := s.unmetRequirement(sv); why != "" {
+				s.setState(sv, stateFailed, why)
+				s.logf("supervise: %s: not started: %s", sv.name, why)
+				progress = true
+				continue
+			}
+			s.launch(sv, false)
+			progress = true
+		}
+	}
+}
+
+func (s *Supervisor) unmetRequirement(sv *service) string {
+	for _, r := range s.plan.Requires[sv.name] {
+		rs := s.services[r]
+		switch {
+		case rs == nil:
+			return fmt.Sprintf("requirement %q does not exist", r)
+		case rs.state == stateRunning:
+		case rs.state == stateExited && rs.lastExit != nil && rs.lastExit.Clean():
+		default:
+			why := rs.state.String()
+			if rs.reason != "" {
+				why += ": " + rs.reason
+			}
+			return fmt.Sprintf("requirement %q failed (%s)", r, why)
+		}
+	}
+	return ""
+}
+
+// Errors shared by the control methods.
+var (
+	errShuttingDown = errors.New("init is shutting down")
+)
+
+func notFound(name string) error { return fmt.Errorf("Service '%s' not found", name) }
+
+// sortedNames returns the service names in order.
+func (s *Supervisor) sortedNames() []string {
+	names := make([]string, 0, len(s.services))
+	for n := range s.services {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
