@@ -86,11 +86,11 @@ func TestOutputCaptured(t *testing.T) {
 
 func TestRestartPolicies(t *testing.T) {
 	h := startInit(t, map[string]string{
-		"always.service":     "ExecStart = \"$SVC exit 0 100ms\"\nRestart = \"always\"\nRestartSec = 0.2\nStartLimitIntervalSec = 0",
-		"no.service":         "ExecStart = \"$SVC exit 1 100ms\"\nRestart = \"no\"",
-		"onfail-ok.service":  "ExecStart = \"$SVC exit 0 100ms\"\nRestart = \"on-failure\"\nRestartSec = 0.1",
-		"onfail-bad.service": "ExecStart = \"$SVC exit 3 100ms\"\nRestart = \"on-failure\"\nRestartSec = 0.1\nStartLimitIntervalSec = 0",
-		"onsucc.service":     "ExecStart = \"$SVC exit 0 100ms\"\nRestart = \"on-success\"\nRestartSec = 0.1\nStartLimitIntervalSec = 0",
+		"always.service":      "ExecStart = \"$SVC exit 0 100ms\"\nRestart = \"always\"\nRestartSec = 0.2\nStartLimitIntervalSec = 0",
+		"no.service":          "ExecStart = \"$SVC exit 1 100ms\"\nRestart = \"no\"",
+		"onfail-ok.service":   "ExecStart = \"$SVC exit 0 100ms\"\nRestart = \"on-failure\"\nRestartSec = 0.1",
+		"onfail-bad.service":  "ExecStart = \"$SVC exit 3 100ms\"\nRestart = \"on-failure\"\nRestartSec = 0.1\nStartLimitIntervalSec = 0",
+		"onsucc.service":      "ExecStart = \"$SVC exit 0 100ms\"\nRestart = \"on-success\"\nRestartSec = 0.1\nStartLimitIntervalSec = 0",
 		"onabn-crash.service": "ExecStart = \"$SVC crash 100ms\"\nRestart = \"on-abnormal\"\nRestartSec = 0.1\nStartLimitIntervalSec = 0",
 		"onabn-exit.service":  "ExecStart = \"$SVC exit 4 100ms\"\nRestart = \"on-abnormal\"\nRestartSec = 0.1",
 	}, "")
@@ -234,14 +234,14 @@ func TestOrphanStorm(t *testing.T) {
 
 func TestBrokenServiceBesideGoodOnes(t *testing.T) {
 	h := startInit(t, map[string]string{
-		"good.service":     `ExecStart = "$SVC sleep"`,
-		"badtoml.service":  "ExecStart = \"$SVC sleep\"\nRestart = [",
-		"badval.service":   "ExecStart = \"$SVC sleep\"\nRestart = \"sometimes\"",
-		"noexec.service":   "Restart = \"always\"",
-		"cycle-a.service":  "ExecStart = \"$SVC sleep\"\nAfter = [\"cycle-b\"]",
-		"cycle-b.service":  "ExecStart = \"$SVC sleep\"\nAfter = [\"cycle-a\"]",
-		"needy.service":    "ExecStart = \"$SVC sleep\"\nRequires = [\"ghost\"]",
-		"unknown.service":  "ExecStart = \"$SVC sleep\"\nFrobnicate = 1",
+		"good.service":    `ExecStart = "$SVC sleep"`,
+		"badtoml.service": "ExecStart = \"$SVC sleep\"\nRestart = [",
+		"badval.service":  "ExecStart = \"$SVC sleep\"\nRestart = \"sometimes\"",
+		"noexec.service":  "Restart = \"always\"",
+		"cycle-a.service": "ExecStart = \"$SVC sleep\"\nAfter = [\"cycle-b\"]",
+		"cycle-b.service": "ExecStart = \"$SVC sleep\"\nAfter = [\"cycle-a\"]",
+		"needy.service":   "ExecStart = \"$SVC sleep\"\nRequires = [\"ghost\"]",
+		"unknown.service": "ExecStart = \"$SVC sleep\"\nFrobnicate = 1",
 	}, "")
 	h.waitState("good", "running", 5*time.Second)
 	h.waitState("unknown", "running", 5*time.Second)

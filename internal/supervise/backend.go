@@ -22,11 +22,11 @@ var _ control.Backend = (*Supervisor)(nil)
 
 func (sv *service) info() wire.ServiceInfo {
 	inf := wire.ServiceInfo{
-		Name:     sv.name,
-		Enabled:  sv.enabled(),
-		Active:   sv.isActive(),
-		State:    sv.state.String(),
-		Error:    sv.reason,
+		Name:    sv.name,
+		Enabled: sv.enabled(),
+		Active:  sv.isActive(),
+		State:   sv.state.String(),
+		Error:   sv.reason,
 	}
 	inf.RestartCount = sv.restarts
 	if u := sv.def(); u != nil {
