@@ -59,6 +59,17 @@ func MapMemory(regions []Region, fds []int) (*Memory, error) {
 			m.Unmap()
 			return nil, fmt.Errorf("memory region %d: size %#x is implausible", i, r.Size)
 		}
+		// Touching a mapping beyond the end of its file raises SIGBUS,
+		// which would kill the process: check the file is large enough.
+		var st unix.Stat_t
+		if err := unix.Fstat(fds[i], &st); err != nil {
+			m.Unmap()
+			return nil, fmt.Errorf("memory region %d: fstat fd %d: %w", i, fds[i], err)
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFREG && uint64(st.Size) < r.MmapOffset+r.Size {
+			m.Unmap()
+			return nil, fmt.Errorf("memory region %d (offset %#x size %#x) extends past the end of its %d-byte file", i, r.MmapOffset, r.Size, st.Size)
+		}
 		mp, err := unix.Mmap(fds[i], int64(base), int(length), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 		if err != nil {
 			m.Unmap()

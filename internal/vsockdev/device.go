@@ -367,6 +367,9 @@ func (d *Device) dial(c *conn, port uint32) {
 // loop owns all stream state and the queues.
 func (d *Device) loop() {
 	defer close(d.loopEnd)
+	// A fault on guest memory (a mapping QEMU truncated) becomes a panic
+	// that step recovers from, instead of killing the process.
+	debug.SetPanicOnFault(true)
 	defer d.reset(false)
 	for {
 		if !d.step() {

@@ -298,10 +298,12 @@ func TestVM(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer open.Close()
+		start := time.Now()
 		if reply, err := vm.command("reboot"); err != nil || reply != "ok" {
 			t.Fatalf("reboot: %q %v", reply, err)
 		}
 		vm.waitHeartbeat(t, 60*time.Second)
+		t.Logf("heartbeat %v after the reboot command", time.Since(start))
 		open.SetDeadline(time.Now().Add(10 * time.Second))
 		if n, err := open.Read(make([]byte, 1)); err == nil {
 			t.Errorf("a stream from before the reboot still reads (%d bytes)", n)

@@ -1,0 +1,334 @@
+package vhostuser_test
+
+import (
+	"context"
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nitroinit/nitroinit/internal/vhostuser"
+	"github.com/nitroinit/nitroinit/internal/vhostuser/frontend"
+	"golang.org/x/sys/unix"
+)
+
+// recBackend records Start and Stop; the test goroutine uses the queues
+// in between, as a backend's worker would.
+type recBackend struct {
+	mu    sync.Mutex // held by the test while it uses the queues
+	start chan []*vhostuser.Queue
+	stop  chan struct{}
+}
+
+func (b *recBackend) Features() uint64 { return 1 << 1 }
+func (b *recBackend) Config() []byte   { return []byte{16, 0, 0, 0, 0, 0, 0, 0} }
+func (b *recBackend) NumQueues() int   { return 2 }
+func (b *recBackend) Start(qs []*vhostuser.Queue) {
+	b.start <- qs
+}
+func (b *recBackend) Stop() {
+	// Like a real backend, return only once the queues are no longer in
+	// use.
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.stop <- struct{}{}
+}
+
+func serve(t *testing.T) (*recBackend, string, *vhostuser.Server) {
+	t.Helper()
+	b := &recBackend{start: make(chan []*vhostuser.Queue, 16), stop: make(chan struct{}, 16)}
+	path := filepath.Join(t.TempDir(), "vu.sock")
+	s, err := vhostuser.Listen(path, b, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(context.Background()) }()
+	t.Cleanup(func() {
+		s.Close()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+		if _, err := os.Stat(path); err == nil {
+			t.Errorf("socket %s left behind after Close", path)
+		}
+	})
+	return b, path, s
+}
+
+func setup(t *testing.T, path string) *frontend.Frontend {
+	t.Helper()
+	f, err := frontend.Dial(path, 4<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Negotiate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.SetMemTable(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.AddRings(2, 16); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func waitStart(t *testing.T, b *recBackend) []*vhostuser.Queue {
+	t.Helper()
+	select {
+	case qs := <-b.start:
+		return qs
+	case <-time.After(5 * time.Second):
+		t.Fatal("backend not started")
+	}
+	return nil
+}
+
+func waitStop(t *testing.T, b *recBackend) {
+	t.Helper()
+	select {
+	case <-b.stop:
+	case <-time.After(5 * time.Second):
+		t.Fatal("backend not stopped")
+	}
+}
+
+func TestFlow(t *testing.T) {
+	b, path, _ := serve(t)
+	f, err := frontend.Dial(path, 4<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	features, err := f.Negotiate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := uint64(1<<32 | 1<<30 | 1<<1); features != want {
+		t.Errorf("features %#x, want %#x", features, want)
+	}
+	cfg, err := f.Config(8)
+	if err != nil || binary.LittleEndian.Uint64(cfg) != 16 {
+		t.Fatalf("config %x %v, want CID 16", cfg, err)
+	}
+	if err := f.SetMemTable(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.AddRings(2, 16); err != nil {
+		t.Fatal(err)
+	}
+	qs := waitStart(t, b)
+	if len(qs) != 2 {
+		t.Fatalf("%d queues", len(qs))
+	}
+	tx := f.Rings[1]
+	for i := range 3 {
+		if _, _, err := tx.AddBuffers([][]byte{[]byte("packet")}, nil); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-qs[1].Kick():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("kick %d not delivered", i)
+		}
+		var c vhostuser.Chain
+		b.mu.Lock()
+		ok, err := qs[1].Pop(&c)
+		if !ok || err != nil || string(c.Readable[0]) != "packet" {
+			b.mu.Unlock()
+			t.Fatalf("Pop: %v %v %q", ok, err, c.Readable)
+		}
+		qs[1].Push(c.Head, 0)
+		qs[1].Notify()
+		b.mu.Unlock()
+		var v [8]byte
+		if _, err := unix.Read(tx.Call, v[:]); err != nil {
+			t.Fatalf("no interrupt after Notify: %v", err)
+		}
+	}
+	if used := tx.Collect(time.Second); len(used) != 3 {
+		t.Fatalf("%d used elements, want 3", len(used))
+	}
+	// Driver stop: disable, GET_VRING_BASE stops the backend first and
+	// reports where the ring stopped.
+	base, err := f.StopRing(tx)
+	waitStop(t, b)
+	if err != nil || base != 3 {
+		t.Fatalf("GET_VRING_BASE = %d %v, want 3", base, err)
+	}
+	// Driver reload: the ring comes back at base 0.
+	if err := f.StartRing(tx); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Do(frontend.SetVringEnable, frontend.State(1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	qs = waitStart(t, b)
+	b.mu.Lock()
+	restartedAt := qs[1].LastAvail()
+	b.mu.Unlock()
+	if restartedAt != 0 {
+		t.Fatalf("restarted ring at %d, want 0", restartedAt)
+	}
+	// QEMU goes away: the backend is stopped.
+	f.Close()
+	waitStop(t, b)
+}
+
+func TestNextFrontEnd(t *testing.T) {
+	b, path, _ := serve(t)
+	for range 3 {
+		f := setup(t, path)
+		waitStart(t, b)
+		f.Close()
+		waitStop(t, b)
+	}
+}
+
+func countFds(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+func countMappings(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Count(string(b), "memfd:guest")
+}
+
+// TestNoLeaks replaces call fds and memory tables many times, as QEMU
+// does, and checks that no fd or mapping survives the connection.
+func TestNoLeaks(t *testing.T) {
+	b, path, _ := serve(t)
+	fds0, maps0 := countFds(t), countMappings(t)
+	f := setup(t, path)
+	waitStart(t, b)
+	for i := range 50 {
+		efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = f.Do(frontend.SetVringCall, frontend.U64(uint64(i%2)), efd)
+		unix.Close(efd)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 10 {
+		if err := f.SetMemTable(); err != nil {
+			t.Fatal(err)
+		}
+		waitStopOrNot(b)
+		if err := f.Do(frontend.SetVringKick, frontend.U64(1), f.Rings[1].Kick); err != nil {
+			t.Fatal(err)
+		}
+		waitStartOrNot(b)
+	}
+	// The front end's own memfd mapping is one of the mappings.
+	if n := countMappings(t); n > maps0+2 {
+		t.Errorf("%d guest memory mappings while connected, want at most 2 (ours and the server's)", n-maps0)
+	}
+	f.Close()
+	waitStop(t, b)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		fds, maps := countFds(t), countMappings(t)
+		if fds == fds0 && maps == maps0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the front end left: %d fds (was %d), %d guest mappings (was %d)", fds, fds0, maps, maps0)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func waitStopOrNot(b *recBackend) {
+	select {
+	case <-b.stop:
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+func waitStartOrNot(b *recBackend) {
+	select {
+	case <-b.start:
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+// TestBadRequests sends malformed messages; the server answers with a
+// failed ack and stays usable, or drops a connection it can no longer
+// parse, but never crashes.
+func TestBadRequests(t *testing.T) {
+	tests := []struct {
+		name      string
+		req       uint32
+		payload   []byte
+		withFd    bool
+		wantAlive bool
+	}{
+		{"unknown request", 99, nil, false, true},
+		{"queue index out of range", frontend.SetVringNum, frontend.State(7, 16), false, true},
+		{"ring size not a power of two", frontend.SetVringNum, frontend.State(0, 100), false, true},
+		{"short payload", frontend.SetVringAddr, []byte{1, 2, 3}, false, true},
+		{"kick without fd", frontend.SetVringKick, frontend.U64(0), false, true},
+		{"memory table without fds", frontend.SetMemTable, append(frontend.State(1, 0), make([]byte, 32)...), false, true},
+		{"memory table of 9 regions", frontend.SetMemTable, append(frontend.State(9, 0), make([]byte, 9*32)...), false, true},
+		{"mmap beyond the file", frontend.SetMemTable, append(frontend.State(1, 0), memRegion(0, 1<<40, 0x1000, 0)...), true, true},
+		{"oversized payload", frontend.SetFeatures, make([]byte, 8192), false, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, path, _ := serve(t)
+			f, err := frontend.Dial(path, 1<<20)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if _, err := f.Negotiate(); err != nil {
+				t.Fatal(err)
+			}
+			var fds []int
+			if tc.withFd {
+				efd, _ := unix.MemfdCreate("x", unix.MFD_CLOEXEC)
+				defer unix.Close(efd)
+				fds = append(fds, efd)
+			}
+			if err := f.Send(tc.req, 0x8, tc.payload, fds...); err != nil {
+				t.Fatal(err)
+			}
+			p, err := f.Reply(tc.req)
+			if !tc.wantAlive {
+				if err == nil {
+					t.Fatalf("server answered %x to an unparseable message", p)
+				}
+				return
+			}
+			if err != nil || len(p) != 8 || binary.LittleEndian.Uint64(p) == 0 {
+				t.Fatalf("ack %x %v, want a failure status", p, err)
+			}
+			if _, err := f.Config(8); err != nil {
+				t.Fatalf("connection unusable after the bad request: %v", err)
+			}
+		})
+	}
+}
+
+func memRegion(gpa, size, uaddr, off uint64) []byte {
+	b := binary.LittleEndian.AppendUint64(nil, gpa)
+	b = binary.LittleEndian.AppendUint64(b, size)
+	b = binary.LittleEndian.AppendUint64(b, uaddr)
+	return binary.LittleEndian.AppendUint64(b, off)
+}
