@@ -1,0 +1,224 @@
+package enclavesim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/mdlayher/vsock"
+
+	"github.com/nitroinit/nitroinit/internal/hvsock"
+	"github.com/nitroinit/nitroinit/internal/vsockdev"
+)
+
+// Backend is the host side of a VM's vsock: the device (on the vhost-user
+// route) and the parent's heartbeat listener. Start creates one; callers
+// that run QEMU themselves (vmtest) use StartBackend and VsockArgs.
+type Backend struct {
+	opts   Options
+	dev    *vsockdev.Device // nil on the vhost-vsock route
+	cancel context.CancelFunc
+	served chan error // Serve's result
+
+	hbLn   net.Listener
+	hbOnce sync.Once
+	hbDone chan struct{} // closed at the first good heartbeat
+	hbTime time.Time
+	hbErr  chan error // bad heartbeats, for diagnostics
+
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+}
+
+// StartBackend starts the vsock device (vhost-user route) and the heartbeat
+// listener for resolved options with Dir set. It must run before QEMU starts:
+// QEMU reads the device's configuration when it sets the device up.
+func StartBackend(o Options) (*Backend, error) {
+	if err := checkSocketPaths(o.Dir); err != nil {
+		return nil, err
+	}
+	b := &Backend{opts: o, hbDone: make(chan struct{}), hbErr: make(chan error, 16), served: make(chan error, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	b.cancel = cancel
+	var err error
+	switch o.Route {
+	case RouteVhostUser:
+		b.dev, err = vsockdev.New(vsockdev.Config{
+			VhostUserSocket: VhostUserSocket(o.Dir),
+			HybridSocket:    HybridSocket(o.Dir),
+			GuestCID:        o.GuestCID,
+			Logf:            o.Logf,
+		})
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("vsock device in %s: %w", o.Dir, err)
+		}
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			defer recoverTo(o.Logf, "vsock device")
+			b.served <- b.dev.Serve(ctx)
+		}()
+	case RouteVhostVsock:
+	default:
+		cancel()
+		return nil, fmt.Errorf("unknown vsock route %q", o.Route)
+	}
+	b.hbLn, err = b.ListenHost(HeartbeatPort)
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("heartbeat listener: %w", err)
+	}
+	b.wg.Add(1)
+	go b.acceptHeartbeats()
+	return b, nil
+}
+
+// recoverTo logs a panic of a background goroutine instead of crashing the
+// test binary or the initramfs command with a half-stopped VM.
+func recoverTo(logf func(string, ...any), what string) {
+	if r := recover(); r != nil && logf != nil {
+		logf("enclavesim: %s panicked: %v", what, r)
+	}
+}
+
+// acceptHeartbeats answers every heartbeat like nitro-cli does: read 0xB7,
+// write 0xB7 back. The first good one is recorded.
+func (b *Backend) acceptHeartbeats() {
+	defer b.wg.Done()
+	defer recoverTo(b.opts.Logf, "heartbeat listener")
+	for {
+		c, err := b.hbLn.Accept()
+		if err != nil {
+			return
+		}
+		at := time.Now()
+		c.SetDeadline(at.Add(10 * time.Second))
+		buf := make([]byte, 1)
+		_, err = c.Read(buf)
+		if err == nil && buf[0] != HeartbeatByte {
+			err = fmt.Errorf("heartbeat byte %#x, want %#x", buf[0], HeartbeatByte)
+		}
+		if err == nil {
+			_, err = c.Write([]byte{HeartbeatByte})
+		}
+		c.Close()
+		if err != nil {
+			select {
+			case b.hbErr <- err:
+			default:
+			}
+			b.opts.logf("enclavesim: bad heartbeat: %v", err)
+			continue
+		}
+		b.hbOnce.Do(func() {
+			b.hbTime = at
+			close(b.hbDone)
+		})
+	}
+}
+
+// HeartbeatReceived returns the time of the first good heartbeat, or false
+// when none has arrived yet.
+func (b *Backend) HeartbeatReceived() (time.Time, bool) {
+	select {
+	case <-b.hbDone:
+		return b.hbTime, true
+	default:
+		return time.Time{}, false
+	}
+}
+
+// HostCID is the CID the guest must dial to reach the host (heartbeat
+// vsock.cid in init.yaml): 3 on the vhost-user route, 2 on vhost-vsock.
+func (b *Backend) HostCID() uint32 {
+	if b.opts.Route == RouteVhostVsock {
+		return vsock.Host
+	}
+	return vsockdev.ParentCID
+}
+
+// GuestCID is the guest's CID.
+func (b *Backend) GuestCID() uint32 { return b.opts.GuestCID }
+
+// Route is the vsock route in use.
+func (b *Backend) Route() string { return b.opts.Route }
+
+// HybridSocket is the hybrid vsock socket (`initctl --vsock-uds` takes it),
+// "" on the vhost-vsock route, where hosts use AF_VSOCK to GuestCID.
+func (b *Backend) HybridSocket() string {
+	if b.opts.Route == RouteVhostVsock {
+		return ""
+	}
+	return HybridSocket(b.opts.Dir)
+}
+
+// DialOnce connects to the guest's port once: through the hybrid socket, or
+// AF_VSOCK on the vhost-vsock route.
+func (b *Backend) DialOnce(ctx context.Context, port uint32) (net.Conn, error) {
+	if b.opts.Route == RouteVhostVsock {
+		c, err := vsock.Dial(b.opts.GuestCID, port, nil)
+		if err != nil {
+			return nil, fmt.Errorf("vsock %d:%d: %w", b.opts.GuestCID, port, err)
+		}
+		return c, nil
+	}
+	return hvsock.Dial(ctx, HybridSocket(b.opts.Dir), port)
+}
+
+// ListenHost listens for guest connections to the host's port: the Unix
+// socket P_port on the vhost-user route, AF_VSOCK on vhost-vsock.
+func (b *Backend) ListenHost(port uint32) (net.Listener, error) {
+	if b.opts.Route == RouteVhostVsock {
+		l, err := vsock.Listen(port, nil)
+		if err != nil {
+			return nil, fmt.Errorf("AF_VSOCK listen on host port %d (another simulator running?): %w", port, err)
+		}
+		return l, nil
+	}
+	p := hvsock.ListenPath(HybridSocket(b.opts.Dir), port)
+	l, err := net.Listen("unix", p)
+	if err != nil {
+		return nil, fmt.Errorf("host port %d: %w", port, err)
+	}
+	return l, nil
+}
+
+// Stats returns the device's counters (zero on the vhost-vsock route).
+func (b *Backend) Stats() vsockdev.Stats {
+	if b.dev == nil {
+		return vsockdev.Stats{}
+	}
+	return b.dev.Stats()
+}
+
+// Close stops the heartbeat listener and the device. Call it after QEMU has
+// exited: QEMU 7.2 does not survive its backend going away.
+func (b *Backend) Close() error {
+	var err error
+	b.closeOnce.Do(func() {
+		if b.hbLn != nil {
+			b.hbLn.Close()
+			if b.opts.Route == RouteVhostUser {
+				os.Remove(hvsock.ListenPath(HybridSocket(b.opts.Dir), HeartbeatPort))
+			}
+		}
+		b.cancel()
+		if b.dev != nil {
+			err = b.dev.Close()
+		}
+		b.wg.Wait()
+		select {
+		case serr := <-b.served:
+			if serr != nil && !errors.Is(serr, context.Canceled) && err == nil {
+				err = serr
+			}
+		default:
+		}
+	})
+	return err
+}

@@ -1,0 +1,253 @@
+// Package enclavesim runs a Nitro-Enclave-like virtual machine for tests and
+// demos: QEMU boots a kernel and an initramfs whose /init is PID 1, with a
+// virtio-vsock device, the parent's heartbeat listener on port 9000 and the
+// console captured.
+//
+// Two vsock routes exist. "vhost-user" (always available) serves the device
+// from this process (internal/vsockdev) through QEMU's vhost-user-vsock-pci;
+// host programs reach the guest through a hybrid vsock Unix socket, and the
+// guest reaches the host at CID 3 (the Nitro parent's CID). "vhost-vsock"
+// uses the host kernel's /dev/vhost-vsock through QEMU's vhost-vsock-pci;
+// host programs use AF_VSOCK to the guest CID, and the guest must dial CID 2
+// because vhost-vsock only delivers packets addressed to the host's CID 2.
+// VM.HostCID says which, so images can put it into init.yaml.
+package enclavesim
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// vsock routes.
+const (
+	RouteVhostUser  = "vhost-user"
+	RouteVhostVsock = "vhost-vsock"
+)
+
+// HeartbeatPort is the vsock port the parent listens on for the enclave's
+// readiness heartbeat, and HeartbeatByte what both sides send.
+const (
+	HeartbeatPort = 9000
+	HeartbeatByte = 0xB7
+)
+
+// Options configure a VM. The zero value of each field means "choose for me"
+// (see Resolve).
+type Options struct {
+	// QEMU is the QEMU binary, or a command line whose first word is the
+	// binary and whose rest are extra arguments. "" means $VMTEST_QEMU, else
+	// qemu-system-x86_64.
+	QEMU string
+	// Kernel is the image for -kernel; "" means FindKernel's BootImage.
+	Kernel string
+	// Initrd is the initramfs (required).
+	Initrd string
+	// Append is added to the kernel command line after the simulator's own
+	// parameters (console=ttyS0 panic=-1 quiet).
+	Append string
+	// MemoryMB is the guest memory; 0 means 512.
+	MemoryMB int
+	// CPUs is the number of vCPUs; 0 means 1.
+	CPUs int
+	// GuestCID is the guest's CID; 0 means 16 (the first Nitro enclave).
+	GuestCID uint32
+	// Dir holds the sockets and console.log; "" means a new temporary
+	// directory, removed by Stop.
+	Dir string
+	// Console receives the guest's serial console as it arrives (besides
+	// Dir/console.log and ConsoleTail).
+	Console io.Writer
+	// Accel is "tcg" or "kvm"; "" means DetectAccel. A QEMU command line
+	// that chooses an accelerator itself (-accel, -enable-kvm) wins.
+	Accel string
+	// Route is RouteVhostUser or RouteVhostVsock; "" means vhost-vsock when
+	// /dev/vhost-vsock is usable, else vhost-user. NITROINIT_VSOCK_ROUTE
+	// overrides "".
+	Route string
+	// Timeout kills QEMU that long after start; 0 means no limit.
+	Timeout time.Duration
+	// Logf receives the simulator's diagnostics; nil discards them.
+	Logf func(format string, args ...any)
+}
+
+// Resolve fills in every choice Start would make, so a caller can show the
+// exact command line (initramfs boot --print-cmdline) or reuse it. Creating
+// a temporary Dir is left to Start.
+func (o Options) Resolve(ctx context.Context) (Options, error) {
+	if o.Initrd == "" {
+		return o, fmt.Errorf("no initramfs given: build one with `initramfs build`")
+	}
+	if _, err := os.Stat(o.Initrd); err != nil {
+		return o, fmt.Errorf("initramfs: %w", err)
+	}
+	if o.QEMU == "" {
+		o.QEMU = os.Getenv("VMTEST_QEMU")
+	}
+	if o.QEMU == "" {
+		o.QEMU = "qemu-system-x86_64"
+	}
+	qemu := strings.Fields(o.QEMU)
+	if len(qemu) == 0 {
+		return o, fmt.Errorf("QEMU command %q is empty", o.QEMU)
+	}
+	if o.Kernel == "" {
+		k, err := FindKernel()
+		if err != nil {
+			return o, err
+		}
+		o.Kernel = k.BootImage()
+	} else if _, err := os.Stat(o.Kernel); err != nil {
+		return o, fmt.Errorf("kernel: %w", err)
+	}
+	if o.MemoryMB == 0 {
+		o.MemoryMB = 512
+	}
+	if o.CPUs == 0 {
+		o.CPUs = 1
+	}
+	if o.GuestCID == 0 {
+		o.GuestCID = 16
+	}
+	if o.GuestCID <= 2 || o.GuestCID == 0xffffffff {
+		return o, fmt.Errorf("guest CID %d is reserved: use 3 or more (Nitro enclaves get 4 and up, 16 first)", o.GuestCID)
+	}
+	if o.Route == "" {
+		o.Route = os.Getenv("NITROINIT_VSOCK_ROUTE")
+	}
+	switch o.Route {
+	case "":
+		o.Route = RouteVhostUser
+		if VhostVsockUsable() == nil {
+			o.Route = RouteVhostVsock
+		}
+	case RouteVhostUser:
+	case RouteVhostVsock:
+		if err := VhostVsockUsable(); err != nil {
+			return o, fmt.Errorf("route %s: %w", RouteVhostVsock, err)
+		}
+	default:
+		return o, fmt.Errorf("unknown vsock route %q: want %s or %s", o.Route, RouteVhostUser, RouteVhostVsock)
+	}
+	if o.Route == RouteVhostUser && o.GuestCID == 3 {
+		return o, fmt.Errorf("guest CID 3 is the parent's CID on the %s route: pick another", o.Route)
+	}
+	if o.Accel == "" && !choosesAccel(qemu) {
+		accel, why := DetectAccel(ctx, qemu, o.Kernel)
+		o.logf("accelerator %s: %s", accel, why)
+		o.Accel = accel
+	}
+	switch o.Accel {
+	case "", AccelTCG, AccelKVM:
+	default:
+		return o, fmt.Errorf("unknown accelerator %q: want %s or %s", o.Accel, AccelTCG, AccelKVM)
+	}
+	return o, nil
+}
+
+func (o Options) logf(format string, args ...any) {
+	if o.Logf != nil {
+		o.Logf(format, args...)
+	}
+}
+
+// choosesAccel reports whether extra QEMU arguments already pick an
+// accelerator.
+func choosesAccel(qemu []string) bool {
+	for _, a := range qemu[1:] {
+		if a == "-enable-kvm" || a == "-accel" || a == "--accel" || strings.Contains(a, "accel=") {
+			return true
+		}
+	}
+	return false
+}
+
+// VhostUserSocket is where the vhost-user backend listens for QEMU in dir.
+func VhostUserSocket(dir string) string { return filepath.Join(dir, "vhost-user.sock") }
+
+// HybridSocket is the hybrid vsock socket in dir: `initctl --vsock-uds` and
+// hvsock.Dial take it.
+func HybridSocket(dir string) string { return filepath.Join(dir, "vsock.sock") }
+
+// ConsoleLog is where the console is written in dir.
+func ConsoleLog(dir string) string { return filepath.Join(dir, "console.log") }
+
+// maxSocketPath is sun_path's size less the terminating NUL.
+const maxSocketPath = 107
+
+// CommandLine returns QEMU's argv (argv[0] is the binary) for resolved
+// options, with sockets in o.Dir.
+func CommandLine(o Options) ([]string, error) {
+	if o.Route == "" || o.MemoryMB == 0 || o.Kernel == "" || o.Dir == "" {
+		return nil, fmt.Errorf("options not resolved (route %q, memory %d, kernel %q, dir %q): call Resolve and set Dir", o.Route, o.MemoryMB, o.Kernel, o.Dir)
+	}
+	qemu := strings.Fields(o.QEMU)
+	args := append([]string{}, qemu...)
+	args = append(args,
+		"-nodefaults", "-no-user-config", "-display", "none",
+		// A guest reboot ends QEMU too; the console tells reboot from
+		// power-off (see Exit).
+		"-no-reboot",
+		"-M", "q35,memory-backend=mem",
+		"-m", strconv.Itoa(o.MemoryMB)+"M",
+		"-smp", strconv.Itoa(o.CPUs),
+	)
+	switch o.Accel {
+	case AccelKVM:
+		args = append(args, "-accel", "kvm", "-cpu", "host")
+	case AccelTCG:
+		args = append(args, "-accel", "tcg")
+	}
+	args = append(args,
+		"-kernel", o.Kernel,
+		"-initrd", o.Initrd,
+		"-append", KernelCmdline(o.Append),
+		"-chardev", "stdio,id=con,signal=off",
+		"-serial", "chardev:con",
+	)
+	args = append(args, VsockArgs(o)...)
+	return args, nil
+}
+
+// KernelCmdline is the simulator's kernel command line plus extra.
+func KernelCmdline(extra string) string {
+	// panic=-1 turns a kernel panic into an immediate reboot, which
+	// -no-reboot turns into QEMU's exit: a crashed guest never hangs a test.
+	s := "console=ttyS0 panic=-1 quiet"
+	if extra != "" {
+		s += " " + extra
+	}
+	return s
+}
+
+// VsockArgs returns the QEMU arguments for guest memory and the vsock device
+// of resolved options, for callers that build their own QEMU command line
+// (hugelgupf/vmtest's qemu.ArbitraryArgs): memory must be a shared memfd
+// backend for vhost-user, since the backend maps guest memory. They include
+// no -m or -machine memory-backend=mem; add those.
+func VsockArgs(o Options) []string {
+	mem := fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", o.MemoryMB)
+	switch o.Route {
+	case RouteVhostVsock:
+		return []string{"-object", mem,
+			"-device", fmt.Sprintf("vhost-vsock-pci,guest-cid=%d", o.GuestCID)}
+	default:
+		return []string{"-object", mem,
+			"-chardev", "socket,id=vsock0,path=" + VhostUserSocket(o.Dir),
+			"-device", "vhost-user-vsock-pci,chardev=vsock0"}
+	}
+}
+
+// checkSocketPaths fails early when dir is too deep for Unix socket names.
+func checkSocketPaths(dir string) error {
+	longest := HybridSocket(dir) + "_4294967295"
+	if len(longest) > maxSocketPath {
+		return fmt.Errorf("directory %s is too deep for Unix socket names (%d bytes > %d): use a shorter Dir", dir, len(longest), maxSocketPath)
+	}
+	return nil
+}

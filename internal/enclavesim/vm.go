@@ -1,0 +1,350 @@
+package enclavesim
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// ExitKind says how a VM ended.
+type ExitKind int
+
+// How a VM can end.
+const (
+	// ExitPowerOff: the guest powered off (the kernel printed
+	// "reboot: Power down").
+	ExitPowerOff ExitKind = iota + 1
+	// ExitReboot: the guest asked for a reboot ("reboot: Restarting
+	// system"); -no-reboot made QEMU exit instead.
+	ExitReboot
+	// ExitPanic: the kernel panicked (panic=-1 rebooted, QEMU exited).
+	ExitPanic
+	// ExitTimeout: Options.Timeout passed and QEMU was killed.
+	ExitTimeout
+	// ExitStopped: Stop ended QEMU.
+	ExitStopped
+	// ExitFailed: QEMU failed (non-zero status, killed by someone else) or
+	// exited without the kernel saying why.
+	ExitFailed
+)
+
+func (k ExitKind) String() string {
+	switch k {
+	case ExitPowerOff:
+		return "power-off"
+	case ExitReboot:
+		return "reboot"
+	case ExitPanic:
+		return "kernel panic"
+	case ExitTimeout:
+		return "timeout"
+	case ExitStopped:
+		return "stopped"
+	case ExitFailed:
+		return "QEMU failed"
+	}
+	return fmt.Sprintf("ExitKind(%d)", int(k))
+}
+
+// Exit describes the end of a VM.
+type Exit struct {
+	Kind ExitKind
+	// Code is QEMU's exit status (-1 when killed by a signal).
+	Code int
+	// Detail is QEMU's last stderr line or the panic message, if any.
+	Detail string
+	// Uptime is the time from QEMU's start to its exit.
+	Uptime time.Duration
+}
+
+func (e Exit) String() string {
+	s := fmt.Sprintf("%s after %s (QEMU status %d)", e.Kind, e.Uptime.Round(time.Millisecond), e.Code)
+	if e.Detail != "" {
+		s += ": " + e.Detail
+	}
+	return s
+}
+
+// VM is a running simulated enclave.
+type VM struct {
+	*Backend
+	opts    Options
+	args    []string
+	cmd     *exec.Cmd
+	console *console
+	started time.Time
+	tempDir bool // Dir was created by Start and is removed by Stop
+
+	done     chan struct{} // closed when QEMU has exited and the console is drained
+	exit     Exit
+	stderr   bytes.Buffer
+	mu       sync.Mutex
+	stopping ExitKind // set before we kill QEMU: ExitStopped or ExitTimeout
+	stopOnce sync.Once
+}
+
+// Start boots a VM: resolves the options, starts the vsock backend and the
+// heartbeat listener, then QEMU. The VM runs until the guest powers off,
+// Options.Timeout passes or Stop is called; ctx only bounds the start.
+func Start(ctx context.Context, o Options) (*VM, error) {
+	o, err := o.Resolve(ctx)
+	if err != nil {
+		return nil, err
+	}
+	vm := &VM{opts: o, done: make(chan struct{})}
+	if o.Dir == "" {
+		// Short and under /tmp: Unix socket names are limited to 107 bytes.
+		d, err := os.MkdirTemp("", "esim")
+		if err != nil {
+			return nil, err
+		}
+		vm.opts.Dir, vm.tempDir = d, true
+	} else if err := os.MkdirAll(o.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("simulator directory: %w", err)
+	}
+	o = vm.opts
+	fail := func(err error) (*VM, error) {
+		if vm.Backend != nil {
+			vm.Backend.Close()
+		}
+		if vm.tempDir {
+			os.RemoveAll(o.Dir)
+		}
+		return nil, err
+	}
+	if vm.args, err = CommandLine(o); err != nil {
+		return fail(err)
+	}
+	logFile, err := os.Create(ConsoleLog(o.Dir))
+	if err != nil {
+		return fail(fmt.Errorf("console log: %w", err))
+	}
+	vm.console = newConsole(logFile, o.Console)
+	if vm.Backend, err = StartBackend(o); err != nil {
+		logFile.Close()
+		return fail(err)
+	}
+	cmd := exec.Command(vm.args[0], vm.args[1:]...)
+	cmd.Stdin = nil // /dev/null: the console is output only
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		logFile.Close()
+		return fail(err)
+	}
+	cmd.Stderr = &lockedWriter{mu: &vm.mu, w: &vm.stderr}
+	// Its own process group, so a terminal's Ctrl-C reaches us, and we stop
+	// QEMU in order (after which the backend may go).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	o.logf("enclavesim: %s", strings.Join(vm.args, " "))
+	vm.started = time.Now()
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return fail(fmt.Errorf("starting QEMU %s: %w (install qemu-system-x86 or set VMTEST_QEMU)", vm.args[0], err))
+	}
+	vm.cmd = cmd
+	pumped := make(chan struct{})
+	go func() {
+		defer close(pumped)
+		defer recoverTo(o.Logf, "console reader")
+		vm.console.pump(stdout)
+	}()
+	go vm.wait(pumped, logFile)
+	if o.Timeout > 0 {
+		go func() {
+			defer recoverTo(o.Logf, "timeout watcher")
+			select {
+			case <-time.After(o.Timeout):
+				vm.kill(ExitTimeout)
+			case <-vm.done:
+			}
+		}()
+	}
+	return vm, nil
+}
+
+// wait collects QEMU's exit, drains the console and classifies the end.
+func (vm *VM) wait(pumped chan struct{}, logFile *os.File) {
+	defer recoverTo(vm.opts.Logf, "QEMU waiter")
+	err := vm.cmd.Wait()
+	<-pumped
+	logFile.Close()
+	e := Exit{Uptime: time.Since(vm.started), Code: vm.cmd.ProcessState.ExitCode()}
+	vm.mu.Lock()
+	stopping := vm.stopping
+	stderr := lastLine(vm.stderr.String())
+	vm.mu.Unlock()
+	e.Kind, e.Detail = classify(err, vm.console.markers(), stopping, stderr)
+	vm.exit = e
+	vm.opts.logf("enclavesim: VM ended: %s", e)
+	close(vm.done)
+}
+
+// classify decides how a VM ended from QEMU's wait error, the kernel's last
+// words on the console, whether we were killing it, and QEMU's stderr. The
+// kernel's words win: a guest that powered off just as a timeout fired
+// still powered off.
+func classify(waitErr error, m markers, stopping ExitKind, stderr string) (ExitKind, string) {
+	switch {
+	case m.panic != "":
+		return ExitPanic, m.panic
+	case waitErr == nil && m.reboot:
+		return ExitReboot, ""
+	case waitErr == nil && m.powerOff:
+		return ExitPowerOff, ""
+	case stopping != 0:
+		return stopping, stderr
+	case stderr != "":
+		return ExitFailed, stderr
+	case waitErr != nil:
+		return ExitFailed, waitErr.Error()
+	}
+	return ExitFailed, "QEMU exited without the kernel printing a power-off, reboot or panic line"
+}
+
+// Args is QEMU's argv as started.
+func (vm *VM) Args() []string { return append([]string(nil), vm.args...) }
+
+// Dir is the directory with the sockets and console.log.
+func (vm *VM) Dir() string { return vm.opts.Dir }
+
+// Options returns the resolved options the VM runs with.
+func (vm *VM) Options() Options { return vm.opts }
+
+// Started is when QEMU was started.
+func (vm *VM) Started() time.Time { return vm.started }
+
+// Done is closed when the VM has ended.
+func (vm *VM) Done() <-chan struct{} { return vm.done }
+
+// Heartbeat waits for the guest's heartbeat and returns when it arrived.
+func (vm *VM) Heartbeat(ctx context.Context) (time.Time, error) {
+	select {
+	case <-vm.hbDone:
+		return vm.hbTime, nil
+	case <-vm.done:
+		if t, ok := vm.HeartbeatReceived(); ok {
+			return t, nil
+		}
+		return time.Time{}, fmt.Errorf("VM ended (%s) without a heartbeat; console:\n%s", vm.exit, vm.ConsoleTail(20))
+	case <-ctx.Done():
+		return time.Time{}, fmt.Errorf("no heartbeat on port %d: %w; console:\n%s", HeartbeatPort, ctx.Err(), vm.ConsoleTail(20))
+	}
+}
+
+// Dial connects to a guest port, retrying until ctx ends: a connection
+// attempt before the guest listens is reset, so the first tries after boot
+// are expected to fail.
+func (vm *VM) Dial(ctx context.Context, port uint32) (net.Conn, error) {
+	var last error
+	for {
+		attempt, cancel := context.WithTimeout(ctx, 5*time.Second)
+		c, err := vm.DialOnce(attempt, port)
+		cancel()
+		if err == nil {
+			return c, nil
+		}
+		last = err
+		select {
+		case <-vm.done:
+			return nil, fmt.Errorf("guest port %d: VM ended (%s): %w", port, vm.exit, last)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("guest port %d: %w (last try: %v)", port, ctx.Err(), last)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Wait waits for the VM to end and says how. It does not stop the VM when
+// ctx ends.
+func (vm *VM) Wait(ctx context.Context) (Exit, error) {
+	select {
+	case <-vm.done:
+		vm.Backend.Close()
+		return vm.exit, nil
+	case <-ctx.Done():
+		return Exit{}, fmt.Errorf("VM still running: %w", ctx.Err())
+	}
+}
+
+// kill ends QEMU: SIGTERM (QEMU shuts down and exits), SIGKILL after two
+// seconds.
+func (vm *VM) kill(why ExitKind) {
+	vm.mu.Lock()
+	if vm.stopping == 0 {
+		vm.stopping = why
+	}
+	vm.mu.Unlock()
+	select {
+	case <-vm.done:
+		return
+	default:
+	}
+	vm.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-vm.done:
+	case <-time.After(2 * time.Second):
+		vm.cmd.Process.Kill()
+		<-vm.done
+	}
+}
+
+// Stop ends the VM if it is still running, closes the backend and removes a
+// temporary Dir. It returns how the VM ended. It is safe to call more than
+// once and after Wait.
+func (vm *VM) Stop() Exit {
+	vm.stopOnce.Do(func() {
+		vm.kill(ExitStopped)
+		vm.Backend.Close()
+		if vm.tempDir {
+			os.RemoveAll(vm.opts.Dir)
+		}
+	})
+	<-vm.done
+	return vm.exit
+}
+
+// ConsoleTail returns the last n lines of the console.
+func (vm *VM) ConsoleTail(n int) string { return vm.console.tail(n) }
+
+// Console returns everything the console printed so far (up to the last
+// 1 MiB).
+func (vm *VM) Console() string { return vm.console.all() }
+
+// WaitConsole waits until the console has printed s, the VM ends or ctx
+// ends.
+func (vm *VM) WaitConsole(ctx context.Context, s string) error {
+	for {
+		if strings.Contains(vm.console.all(), s) {
+			return nil
+		}
+		select {
+		case <-vm.done:
+			if strings.Contains(vm.console.all(), s) {
+				return nil
+			}
+			return fmt.Errorf("VM ended (%s) before the console printed %q; console:\n%s", vm.exit, s, vm.ConsoleTail(20))
+		case <-ctx.Done():
+			return fmt.Errorf("console never printed %q: %w; console:\n%s", s, ctx.Err(), vm.ConsoleTail(20))
+		case <-vm.console.changed():
+		}
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
