@@ -427,7 +427,9 @@ func (s *Supervisor) spawn(argv, env []string, u *unit.Unit, log *logs.Log, onEx
 		r.Close()
 		return 0, err
 	}
+	s.captures.Add(1)
 	go func() {
+		defer s.captures.Done()
 		defer r.Close()
 		defer func() {
 			if v := recover(); v != nil {

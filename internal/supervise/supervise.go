@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -59,8 +60,9 @@ type Supervisor struct {
 	stopping *shutdown
 	adhoc    *logs.Log
 
-	finished chan struct{} // closed when the shutdown sequence is complete
-	rebootF  atomic.Bool   // the shutdown asked for a reboot
+	captures sync.WaitGroup // log capture goroutines, drained before the logs close
+	finished chan struct{}  // closed when the shutdown sequence is complete
+	rebootF  atomic.Bool    // the shutdown asked for a reboot
 	shutting atomic.Bool
 	running  atomic.Bool
 }
@@ -138,7 +140,19 @@ func (s *Supervisor) safely(f func()) {
 	f()
 }
 
+// closeLogs waits (briefly) for the output of the stopped services to be
+// drained into their logs, then flushes and closes them.
 func (s *Supervisor) closeLogs() {
+	drained := make(chan struct{})
+	go func() {
+		s.captures.Wait()
+		close(drained)
+	}()
+	select {
+	case <-drained:
+	case <-time.After(3 * time.Second):
+		s.logf("supervise: some service output still open after 3s (a process left its process group?); closing logs anyway")
+	}
 	for _, sv := range s.services {
 		if sv.log != nil {
 			sv.log.Flush()
