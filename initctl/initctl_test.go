@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -411,4 +412,9 @@ func TestFormatting(t *testing.T) {
 			t.Errorf("parseSignal(%q) accepted", bad)
 		}
 	}
+}
+
+// regexpLine reports whether some line of s matches pattern.
+func regexpLine(s, pattern string) bool {
+	return regexp.MustCompile(`(?m)` + pattern).MatchString(s)
 }
