@@ -1,0 +1,481 @@
+package vsockdev
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nitroinit/nitroinit/internal/hvsock"
+	"github.com/nitroinit/nitroinit/internal/vhostuser/frontend"
+)
+
+// fakeGuest drives the device through its real vhost-user socket as QEMU
+// and a guest driver would, packet by packet, so tests can check the wire
+// behaviour exactly and misbehave on purpose.
+type fakeGuest struct {
+	t      *testing.T
+	dev    *Device
+	hybrid string
+	f      *frontend.Frontend
+	rxBufs map[uint32][]byte // rx head -> its buffer
+	got    []rxPacket        // received, not yet consumed
+}
+
+type rxPacket struct {
+	h       header
+	payload []byte
+}
+
+const fakeRing = 64
+
+func newFakeGuest(t *testing.T) *fakeGuest {
+	t.Helper()
+	dir := t.TempDir()
+	dev, err := New(Config{VhostUserSocket: filepath.Join(dir, "vu.sock"), HybridSocket: filepath.Join(dir, "h.sock"), Logf: t.Logf, ConnectTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- dev.Serve(ctx) }()
+	g := &fakeGuest{t: t, dev: dev, hybrid: filepath.Join(dir, "h.sock"), rxBufs: map[uint32][]byte{}}
+	g.f, err = frontend.Dial(filepath.Join(dir, "vu.sock"), 8<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		g.f.Close()
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	if _, err := g.f.Negotiate(); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := g.f.Config(8)
+	if err != nil || binary.LittleEndian.Uint64(cfg) != DefaultGuestCID {
+		t.Fatalf("config space %x %v, want guest CID %d", cfg, err, DefaultGuestCID)
+	}
+	if err := g.f.SetMemTable(); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.f.AddRings(2, fakeRing); err != nil {
+		t.Fatal(err)
+	}
+	g.postRx(32)
+	return g
+}
+
+func (g *fakeGuest) rx() *frontend.Ring { return g.f.Rings[0] }
+func (g *fakeGuest) tx() *frontend.Ring { return g.f.Rings[1] }
+
+func (g *fakeGuest) postRx(n int) {
+	for range n {
+		head, bufs, err := g.rx().AddBuffers(nil, []int{4096})
+		if err != nil {
+			g.t.Fatal(err)
+		}
+		g.rxBufs[uint32(head)] = bufs[0]
+	}
+}
+
+func (g *fakeGuest) send(h header, payload []byte) {
+	g.t.Helper()
+	h.Len = uint32(len(payload))
+	if h.SrcCID == 0 {
+		h.SrcCID = DefaultGuestCID
+	}
+	if h.Type == 0 {
+		h.Type = typeStream
+	}
+	b := make([]byte, hdrSize+len(payload))
+	h.encode(b)
+	copy(b[hdrSize:], payload)
+	g.sendRaw(b)
+}
+
+func (g *fakeGuest) sendRaw(b []byte) {
+	g.t.Helper()
+	if _, _, err := g.tx().AddBuffers([][]byte{b}, nil); err != nil {
+		g.t.Fatal(err)
+	}
+	g.tx().Collect(5 * time.Second)
+}
+
+// recv returns the next packet the device put in the rx queue, reposting
+// the buffer, or fails after timeout.
+func (g *fakeGuest) recv(timeout time.Duration) (rxPacket, bool) {
+	g.t.Helper()
+	if len(g.got) == 0 {
+		used := g.rx().Collect(timeout)
+		// Repost only after reading every buffer of the batch: their
+		// descriptors are already free and would be reused.
+		defer g.postRx(len(used))
+		for _, u := range used {
+			buf := g.rxBufs[u.ID]
+			delete(g.rxBufs, u.ID)
+			if u.Len < hdrSize {
+				g.t.Fatalf("rx used length %d", u.Len)
+			}
+			h := decodeHeader(buf)
+			if int(h.Len) != int(u.Len)-hdrSize {
+				g.t.Fatalf("rx packet %v in a used length of %d", h, u.Len)
+			}
+			g.got = append(g.got, rxPacket{h: h, payload: append([]byte(nil), buf[hdrSize:u.Len]...)})
+		}
+	}
+	if len(g.got) == 0 {
+		return rxPacket{}, false
+	}
+	p := g.got[0]
+	g.got = g.got[1:]
+	return p, true
+}
+
+// expect returns the next packet, which must be op. Credit updates the
+// device volunteers are skipped unless op is one.
+func (g *fakeGuest) expect(op uint16) rxPacket {
+	g.t.Helper()
+	p, ok := g.recv(5 * time.Second)
+	for ok && p.h.Op == opCreditUpdate && op != opCreditUpdate {
+		p, ok = g.recv(5 * time.Second)
+	}
+	if !ok {
+		g.t.Fatalf("no packet from the device, want %s", opName(op))
+	}
+	if p.h.Op != op {
+		g.t.Fatalf("got %v, want %s", p.h, opName(op))
+	}
+	return p
+}
+
+func (g *fakeGuest) expectNothing(d time.Duration) {
+	g.t.Helper()
+	if p, ok := g.recv(d); ok {
+		g.t.Fatalf("unexpected packet %v", p.h)
+	}
+}
+
+// connectOut opens a guest->host stream to P_port (listening here) and
+// returns the host side.
+func (g *fakeGuest) connectOut(guestPort, hostPort uint32, bufAlloc uint32) net.Conn {
+	g.t.Helper()
+	ln, err := net.Listen("unix", hvsock.ListenPath(g.hybrid, hostPort))
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	defer ln.Close()
+	g.send(header{DstCID: ParentCID, SrcPort: guestPort, DstPort: hostPort, Op: opRequest, BufAlloc: bufAlloc}, nil)
+	p := g.expect(opResponse)
+	if p.h.SrcCID != ParentCID || p.h.SrcPort != hostPort || p.h.DstCID != DefaultGuestCID || p.h.DstPort != guestPort {
+		g.t.Fatalf("RESPONSE %v does not answer 16:%d -> 3:%d", p.h, guestPort, hostPort)
+	}
+	c, err := ln.Accept()
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	g.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestFakeGuestStream(t *testing.T) {
+	g := newFakeGuest(t)
+	hc := g.connectOut(5555, 1234, 1<<20)
+	hc.SetDeadline(time.Now().Add(5 * time.Second))
+
+	g.send(header{DstCID: ParentCID, SrcPort: 5555, DstPort: 1234, Op: opRW, BufAlloc: 1 << 20}, []byte("hello"))
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(hc, buf); err != nil || string(buf) != "hello" {
+		t.Fatalf("host read %q %v", buf, err)
+	}
+	// The device reports the 5 bytes forwarded: the buffer ran empty.
+	if p := g.expect(opCreditUpdate); p.h.FwdCnt != 5 || p.h.BufAlloc != bufAlloc {
+		t.Fatalf("credit update %v, want fwd_cnt 5 buf_alloc %d", p.h, bufAlloc)
+	}
+	if _, err := hc.Write([]byte("world")); err != nil {
+		t.Fatal(err)
+	}
+	if p := g.expect(opRW); string(p.payload) != "world" || p.h.SrcCID != ParentCID || p.h.SrcPort != 1234 || p.h.DstPort != 5555 {
+		t.Fatalf("got %v %q", p.h, p.payload)
+	}
+	// CREDIT_REQUEST is answered.
+	g.send(header{DstCID: ParentCID, SrcPort: 5555, DstPort: 1234, Op: opCreditRequest, BufAlloc: 1 << 20}, nil)
+	g.expect(opCreditUpdate)
+	// Host half-close reaches the guest as SHUTDOWN(SEND) after the data.
+	hc.Write([]byte("bye"))
+	hc.(*net.UnixConn).CloseWrite()
+	if p := g.expect(opRW); string(p.payload) != "bye" {
+		t.Fatalf("got %v %q before the shutdown", p.h, p.payload)
+	}
+	if p := g.expect(opShutdown); p.h.Flags != shutdownSend {
+		t.Fatalf("shutdown flags %#x, want SEND", p.h.Flags)
+	}
+	// The guest closes: SHUTDOWN(both) -> RST, host sees EOF after the
+	// last data.
+	g.send(header{DstCID: ParentCID, SrcPort: 5555, DstPort: 1234, Op: opRW, BufAlloc: 1 << 20}, []byte("last"))
+	g.send(header{DstCID: ParentCID, SrcPort: 5555, DstPort: 1234, Op: opShutdown, Flags: shutdownRcv | shutdownSend}, nil)
+	g.expect(opRST)
+	rest, err := io.ReadAll(hc)
+	if err != nil || string(rest) != "last" {
+		t.Fatalf("host read %q %v, want \"last\" then EOF", rest, err)
+	}
+}
+
+func TestFakeGuestCredit(t *testing.T) {
+	g := newFakeGuest(t)
+	hc := g.connectOut(6000, 1235, 1000)
+	data := make([]byte, 2500)
+	for i := range data {
+		data[i] = byte(i)
+	}
+	if _, err := hc.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	for len(got) < 1000 {
+		p := g.expect(opRW)
+		got = append(got, p.payload...)
+	}
+	if len(got) != 1000 {
+		t.Fatalf("device sent %d bytes against a credit of 1000", len(got))
+	}
+	g.expectNothing(200 * time.Millisecond)
+	// The guest read 600 bytes: 600 more may come.
+	g.send(header{DstCID: ParentCID, SrcPort: 6000, DstPort: 1235, Op: opCreditUpdate, BufAlloc: 1000, FwdCnt: 600}, nil)
+	for len(got) < 1600 {
+		got = append(got, g.expect(opRW).payload...)
+	}
+	g.expectNothing(200 * time.Millisecond)
+	g.send(header{DstCID: ParentCID, SrcPort: 6000, DstPort: 1235, Op: opCreditUpdate, BufAlloc: 1000, FwdCnt: 1600}, nil)
+	for len(got) < 2500 {
+		got = append(got, g.expect(opRW).payload...)
+	}
+	for i := range got {
+		if got[i] != byte(i) {
+			t.Fatalf("byte %d is %d", i, got[i])
+		}
+	}
+}
+
+func TestFakeGuestRefused(t *testing.T) {
+	g := newFakeGuest(t)
+	// Nothing listens on P_4444.
+	g.send(header{DstCID: 2, SrcPort: 7000, DstPort: 4444, Op: opRequest, BufAlloc: 4096}, nil)
+	if p := g.expect(opRST); p.h.SrcCID != 2 || p.h.SrcPort != 4444 || p.h.DstPort != 7000 {
+		t.Fatalf("RST %v does not answer 16:7000 -> 2:4444", p.h)
+	}
+	// Data for a stream that does not exist is answered with RST; an
+	// RST for one is not answered at all.
+	g.send(header{DstCID: 3, SrcPort: 7001, DstPort: 4445, Op: opRW}, []byte("x"))
+	g.expect(opRST)
+	g.send(header{DstCID: 3, SrcPort: 7001, DstPort: 4445, Op: opRST}, nil)
+	g.expectNothing(200 * time.Millisecond)
+}
+
+// TestFakeGuestMisbehaves feeds the device malformed chains and packets;
+// each must be survived, and streams must keep working.
+func TestFakeGuestMisbehaves(t *testing.T) {
+	g := newFakeGuest(t)
+	hc := g.connectOut(8000, 1300, 1<<20)
+	tx := g.tx()
+	valid := func() []byte {
+		b := make([]byte, hdrSize+1)
+		(&header{SrcCID: DefaultGuestCID, DstCID: 3, SrcPort: 8000, DstPort: 1300, Len: 1, Type: typeStream, Op: opRW}).encode(b)
+		b[hdrSize] = '!'
+		return b
+	}
+	gpa, _ := g.f.Alloc(64)
+	tests := []struct {
+		name  string
+		descs []frontend.Desc
+		raw   []byte
+		h     *header
+	}{
+		{name: "descriptor loop", descs: []frontend.Desc{{Addr: gpa, Len: 8, Flags: frontend.DescNext, Next: 1}, {Addr: gpa, Len: 8, Flags: frontend.DescNext, Next: 0}}},
+		{name: "address outside memory", descs: []frontend.Desc{{Addr: 0x10, Len: 64}}},
+		{name: "length past the end", descs: []frontend.Desc{{Addr: gpa, Len: 0xffffff00}}},
+		{name: "next out of range", descs: []frontend.Desc{{Addr: gpa, Len: 8, Flags: frontend.DescNext, Next: 999}}},
+		{name: "indirect", descs: []frontend.Desc{{Addr: gpa, Len: 64, Flags: frontend.DescIndirect}}},
+		{name: "short header", raw: make([]byte, 20)},
+		{name: "len beyond payload", h: &header{DstCID: 3, SrcPort: 8000, DstPort: 1300, Op: opRW, Len: 5000}},
+		{name: "spoofed source CID", h: &header{SrcCID: 99, DstCID: 3, SrcPort: 8000, DstPort: 1300, Op: opRST}},
+		{name: "unknown op", h: &header{DstCID: 3, SrcPort: 9000, DstPort: 9000, Op: 42}},
+		{name: "seqpacket", h: &header{DstCID: 3, SrcPort: 9001, DstPort: 9001, Op: opRequest, Type: 2}},
+	}
+	for _, tc := range tests {
+		switch {
+		case tc.descs != nil:
+			for i, d := range tc.descs {
+				tx.SetDesc(uint16(fakeRing-1-i), d)
+			}
+			// Shift Next fields onto the descriptors used here.
+			for i, d := range tc.descs {
+				if d.Flags&frontend.DescNext != 0 && d.Next < uint16(len(tc.descs)) {
+					d.Next = uint16(fakeRing - 1 - int(d.Next))
+					tx.SetDesc(uint16(fakeRing-1-i), d)
+				}
+			}
+			tx.Publish(fakeRing - 1)
+			tx.Collect(5 * time.Second)
+		case tc.raw != nil:
+			g.sendRaw(tc.raw)
+		default:
+			b := make([]byte, hdrSize)
+			h := *tc.h
+			if h.SrcCID == 0 {
+				h.SrcCID = DefaultGuestCID
+			}
+			if h.Type == 0 {
+				h.Type = typeStream
+			}
+			h.encode(b)
+			g.sendRaw(b)
+		}
+		// The stream still works after each.
+		g.sendRaw(valid())
+		hc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b := make([]byte, 1)
+		if _, err := io.ReadFull(hc, b); err != nil || b[0] != '!' {
+			t.Fatalf("after %s: stream read %q %v", tc.name, b, err)
+		}
+	}
+	// Drain what the device answered (RSTs, credit updates); nothing else
+	// must have gone wrong.
+	for {
+		p, ok := g.recv(300 * time.Millisecond)
+		if !ok {
+			break
+		}
+		if p.h.Op != opRST && p.h.Op != opCreditUpdate {
+			t.Errorf("unexpected %v", p.h)
+		}
+	}
+}
+
+func TestFakeGuestCreditOverrun(t *testing.T) {
+	g := newFakeGuest(t)
+	hc := g.connectOut(8100, 1301, 1<<20)
+	// The host does not read; the guest ignores the advertised credit.
+	chunk := make([]byte, 60<<10)
+	// The host socket itself buffers a few hundred KiB: go well past that.
+	for sent := 0; sent <= 8*bufAlloc; sent += len(chunk) {
+		g.send(header{DstCID: 3, SrcPort: 8100, DstPort: 1301, Op: opRW, BufAlloc: 1 << 20}, chunk)
+	}
+	for {
+		p, ok := g.recv(2 * time.Second)
+		if !ok {
+			t.Fatal("no RST after the guest overran its credit")
+		}
+		if p.h.Op == opRST {
+			break
+		}
+	}
+	hc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.Copy(io.Discard, hc); err != nil && !errors.Is(err, io.EOF) {
+		t.Logf("host side after overrun: %v", err)
+	}
+}
+
+func TestFakeGuestBrokenRingAndReset(t *testing.T) {
+	g := newFakeGuest(t)
+	hc := g.connectOut(8200, 1302, 1<<20)
+	// The driver claims more buffers than the ring holds.
+	g.tx().SetAvailIdx(fakeRing + 5)
+	g.tx().Notify()
+	time.Sleep(100 * time.Millisecond)
+	// The driver resets: every stream is dropped, nothing is sent, and
+	// the host side sees EOF.
+	for _, r := range g.f.Rings {
+		if _, err := g.f.StopRing(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := hc.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("host side of a reset stream: %d %v, want EOF", n, err)
+	}
+	for _, r := range g.f.Rings {
+		if err := g.f.StartRing(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range g.f.Rings {
+		if err := g.f.Do(frontend.SetVringEnable, frontend.State(uint32(r.Index), 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g.rxBufs = map[uint32][]byte{}
+	g.postRx(32)
+	// Works again.
+	hc2 := g.connectOut(8201, 1303, 1<<20)
+	g.send(header{DstCID: 3, SrcPort: 8201, DstPort: 1303, Op: opRW, BufAlloc: 1 << 20}, []byte("again"))
+	hc2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b := make([]byte, 5)
+	if _, err := io.ReadFull(hc2, b); err != nil || string(b) != "again" {
+		t.Fatalf("after reset: %q %v", b, err)
+	}
+	if s := g.dev.Stats(); s.Resets == 0 {
+		t.Errorf("reset not counted: %+v", s)
+	}
+}
+
+// TestFakeGuestHostConnect covers host->guest: CONNECT, REQUEST to the
+// guest, RESPONSE, OK; RST from the guest closes the client without a
+// reply; no answer at all times out.
+func TestFakeGuestHostConnect(t *testing.T) {
+	g := newFakeGuest(t)
+	tests := []struct {
+		name   string
+		answer uint16 // 0: none
+		wantOK bool
+	}{
+		{"accepted", opResponse, true},
+		{"refused", opRST, false},
+		{"no answer", 0, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			type result struct {
+				c   net.Conn
+				err error
+			}
+			res := make(chan result, 1)
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				c, err := hvsock.Dial(ctx, g.hybrid, 5000)
+				res <- result{c, err}
+			}()
+			p := g.expect(opRequest)
+			if p.h.SrcCID != ParentCID || p.h.DstPort != 5000 || p.h.SrcPort < firstHostPort {
+				t.Fatalf("REQUEST %v", p.h)
+			}
+			if tc.answer != 0 {
+				g.send(header{DstCID: p.h.SrcCID, SrcPort: p.h.DstPort, DstPort: p.h.SrcPort, Op: tc.answer, BufAlloc: 1 << 16}, nil)
+			}
+			r := <-res
+			if tc.wantOK != (r.err == nil) {
+				t.Fatalf("Dial: %v, want success %v", r.err, tc.wantOK)
+			}
+			if tc.answer == 0 {
+				// The device gave up and tells the guest.
+				g.expect(opRST)
+			}
+			if r.c != nil {
+				r.c.Write([]byte("ping"))
+				if q := g.expect(opRW); string(q.payload) != "ping" {
+					t.Fatalf("got %v %q", q.h, q.payload)
+				}
+				r.c.Close()
+				// The client vanished: the guest gets a SHUTDOWN.
+				g.expect(opShutdown)
+			}
+		})
+	}
+}
