@@ -1,7 +1,7 @@
 # Build, test and demo targets. Everything builds static binaries
 # (CGO_ENABLED=0) with the Go toolchain named in go.mod.
 
-GO      ?= go
+GO      ?= $(CURDIR)/ci/go
 BIN     ?= bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
@@ -37,10 +37,10 @@ demo: deps build
 test: unit vmtest
 
 unit:
-	ci/test.sh unit $(UNIT_PKGS)
+	GO=$(GO) ci/test.sh unit $(UNIT_PKGS)
 
 vmtest:
-	ci/test.sh vmtest ./vmtests/...
+	GO=$(GO) ci/test.sh vmtest ./vmtests/...
 
 bench: build
 	ci/bench.sh

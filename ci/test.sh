@@ -22,8 +22,8 @@ else
 fi
 
 set +e
-go test "${args[@]}" "$@" >"$out/json"
+"${GO:-go}" test "${args[@]}" "$@" >"$out/json"
 rc=$?
 set -e
-go run ./ci/report -kind "$kind" <"$out/json" || rc=1
+"${GO:-go}" run ./ci/report -kind "$kind" <"$out/json" || rc=1
 exit $rc
