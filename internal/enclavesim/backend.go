@@ -135,12 +135,7 @@ func (b *Backend) HeartbeatReceived() (time.Time, bool) {
 
 // HostCID is the CID the guest must dial to reach the host (heartbeat
 // vsock.cid in init.yaml): 3 on the vhost-user route, 2 on vhost-vsock.
-func (b *Backend) HostCID() uint32 {
-	if b.opts.Route == RouteVhostVsock {
-		return vsock.Host
-	}
-	return vsockdev.ParentCID
-}
+func (b *Backend) HostCID() uint32 { return HostCIDFor(b.opts.Route) }
 
 // GuestCID is the guest's CID.
 func (b *Backend) GuestCID() uint32 { return b.opts.GuestCID }

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# demo.sh: see nitroinit work in one command. Builds init, initctl and the
+# example service program, builds an enclave image, boots it in the enclave
+# simulator (QEMU + our userspace vsock device), manages it with initctl from
+# the host through the hybrid vsock socket, and shuts it down.
+#
+# Needs: Go, and what `make deps` installs (QEMU, the test kernel).
+# Extra arguments go to `initramfs demo` (for example --keep, -v, --accel tcg).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CGO_ENABLED=0
+
+if ! command -v qemu-system-x86_64 >/dev/null && [ -z "${VMTEST_QEMU:-}" ]; then
+	echo "demo: QEMU is missing: run ci/install-deps.sh (or make deps)" >&2
+	exit 1
+fi
+if [ -z "${NITROINIT_KERNEL:-}" ] && [ ! -e "${NITROINIT_CACHE:-$HOME/.cache/nitroinit}/kernel/current/VERSION" ]; then
+	echo "demo: no test kernel yet, fetching it" >&2
+	ci/fetch-kernel.sh
+fi
+
+echo "==> Building bin/init, bin/initctl, bin/initramfs, bin/svc"
+mkdir -p bin
+for p in init initctl initramfs; do
+	go build -trimpath -o "bin/$p" "./$p"
+done
+go build -trimpath -o bin/svc ./internal/testprog/svc
+
+exec bin/initramfs demo --init bin/init --initctl bin/initctl --svc bin/svc "$@"
