@@ -18,8 +18,9 @@ import (
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
-// requestTimeout bounds one request/response exchange.
-const requestTimeout = 30 * time.Second
+// requestTimeout bounds one request/response exchange. It is long because
+// a stop waits for the service to exit (TimeoutStopSec, then SIGKILL).
+const requestTimeout = 5 * time.Minute
 
 const defaultConfigPath = "/etc/initctl.yaml"
 

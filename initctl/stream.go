@@ -24,6 +24,10 @@ import (
 // for this long.
 const quietAfter = 2 * time.Second
 
+// connectBackTimeout bounds the wait for init to dial the logs-stream
+// listener after it said the stream started.
+const connectBackTimeout = 30 * time.Second
+
 // followLogs prints the last n lines and then new ones as they come, over
 // the control connection itself (ServiceLogsFollow), until Ctrl-C.
 func (a *app) followLogs(name string, n int) error {
@@ -147,7 +151,7 @@ func (a *app) logsStream(name string, cid, port uint32, output string, follow bo
 	case conn = <-accepted:
 	case <-ctx.Done():
 		return a.stopStream(name)
-	case <-time.After(requestTimeout):
+	case <-time.After(connectBackTimeout):
 		a.stopStream(name)
 		return &control.UnreachableError{Target: t, Err: fmt.Errorf("init said the stream started but never connected to %s", l.Addr())}
 	}

@@ -67,6 +67,7 @@ type Server struct {
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]struct{}
 	streams   map[streamKey]*stream
 	wg        sync.WaitGroup
 }
@@ -97,6 +98,7 @@ func NewServer(cfg Config) *Server {
 		ctx:       ctx,
 		cancel:    cancel,
 		listeners: map[net.Listener]struct{}{},
+		conns:     map[net.Conn]struct{}{},
 		streams:   map[streamKey]*stream{},
 	}
 }
@@ -207,24 +209,52 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, t Transport) error {
 			continue
 		}
 		backoff = 0
+		if !s.track(c) {
+			c.Close()
+			<-s.sem
+			return nil
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			defer func() { <-s.sem }()
-			defer c.Close()
+			defer s.untrack(c)
 			defer s.recoverPanic("connection")
 			s.handle(c, t)
 		}()
 	}
 }
 
-// Close stops every listener, log stream and follow, and waits for the
-// connection goroutines to finish.
+// track registers a connection so that Close can cut it; it reports false
+// once the server is closed.
+func (s *Server) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ctx.Err() != nil {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(c net.Conn) {
+	c.Close()
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// Close stops every listener, log stream and follow, closes the open
+// connections (so that a silent client cannot delay a shutdown by the I/O
+// timeout) and waits for their goroutines to finish.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	s.cancel()
 	for l := range s.listeners {
 		l.Close()
+	}
+	for c := range s.conns {
+		c.Close()
 	}
 	for k, st := range s.streams {
 		st.cancel()
