@@ -34,6 +34,10 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
+	// Services run as other users (User=) must be able to exec the binaries.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		panic(err)
+	}
 	bins.dir = dir
 	bins.init = filepath.Join(dir, "init")
 	bins.svc = filepath.Join(dir, "svc")

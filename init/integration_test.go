@@ -305,3 +305,79 @@ func TestShutdownOrder(t *testing.T) {
 		t.Errorf("no final shutdown line on the console")
 	}
 }
+
+func TestEnvironmentCredentialsAndSignals(t *testing.T) {
+	h := startInit(t, map[string]string{
+		"env.service":    "ExecStart = \"$SVC env\"\nEnvironment = [\"FROM_UNIT=unit\", \"SHARED=unit wins\"]",
+		"nobody.service": "ExecStart = \"$SVC ids\"\nUser = \"65534\"\nGroup = \"65534\"\nWorkingDirectory = \"/\"",
+		"root.service":   "ExecStart = \"$SVC ids\"",
+	}, "environment:\n  FROM_INIT: yaml\n  SHARED: yaml\n")
+	h.eventually(10*time.Second, "env output", func() bool { return strings.Contains(h.logFile("env"), "FROM_UNIT=") })
+	env := h.logFile("env")
+	for _, want := range []string{"FROM_INIT=yaml", "FROM_UNIT=unit", "SHARED=unit wins"} {
+		if !strings.Contains(env, want) {
+			t.Errorf("service environment lacks %s:\n%s", want, env)
+		}
+	}
+	if strings.Contains(env, "SHARED=yaml") {
+		t.Errorf("init.yaml's SHARED was not replaced by the service's")
+	}
+	h.eventually(10*time.Second, "ids output", func() bool {
+		return strings.Contains(h.logFile("nobody"), "SigIgn") && strings.Contains(h.logFile("root"), "SigIgn")
+	})
+	if !strings.Contains(h.logFile("nobody"), "uid=65534 gid=65534") {
+		t.Errorf("User/Group not applied:\n%s", h.logFile("nobody"))
+	}
+	// init catches every signal, but its children start with nothing
+	// blocked and nothing ignored.
+	for _, name := range []string{"root", "nobody"} {
+		l := h.logFile(name)
+		for _, want := range []string{"SigBlk: 0000000000000000", "SigIgn: 0000000000000000"} {
+			if !strings.Contains(l, want) {
+				t.Errorf("%s: %s not in:\n%s", name, want, l)
+			}
+		}
+	}
+}
+
+func TestEnableDisable(t *testing.T) {
+	h := startInit(t, map[string]string{
+		"a.service":          "ExecStart = \"$SVC sleep\"",
+		"off.service":        "ExecStart = \"$SVC sleep\"\nServiceEnable = false",
+		"d.service.disabled": "ExecStart = \"$SVC sleep\"",
+	}, "")
+	h.waitState("a", "running", 5*time.Second)
+	if st := h.status("off"); st.Enabled || st.Active {
+		t.Fatalf("ServiceEnable=false service: %+v", st)
+	}
+	if st := h.status("d"); st.Enabled || st.State != "disabled" {
+		t.Fatalf(".disabled service: %+v", st)
+	}
+	// Enabling a file that says ServiceEnable = false must really enable it.
+	h.do(wire.Request{Kind: wire.KindServiceEnable, Name: "off"})
+	if st := h.status("off"); !st.Enabled {
+		t.Fatalf("off still disabled after enable: %+v", st)
+	}
+	h.do(wire.Request{Kind: wire.KindServiceEnable, Name: "d"})
+	if _, err := os.Stat(filepath.Join(h.svcDir, "d.service")); err != nil {
+		t.Fatalf("enable did not rename the file: %v", err)
+	}
+	h.do(wire.Request{Kind: wire.KindServiceDisable, Name: "a"})
+	if _, err := os.Stat(filepath.Join(h.svcDir, "a.service.disabled")); err != nil {
+		t.Fatalf("disable did not rename the file: %v", err)
+	}
+	st := h.status("a")
+	if st.Enabled {
+		t.Fatalf("a still enabled: %+v", st)
+	}
+	// Disabling does not stop a running service (as in systemd).
+	if !st.Active {
+		t.Fatalf("disable stopped a: %+v", st)
+	}
+	if r, _ := h.try(wire.Request{Kind: wire.KindServiceEnable, Name: "../etc/passwd"}); r.Kind != wire.KindError {
+		t.Fatalf("enable of a path-like name: %+v", r)
+	}
+	if r, _ := h.try(wire.Request{Kind: wire.KindServiceEnable, Name: "nosuch"}); r.Kind != wire.KindError || !strings.Contains(r.Message, "nosuch") {
+		t.Fatalf("enable of a missing service: %+v", r)
+	}
+}

@@ -33,6 +33,7 @@ modes:
   echo-vsock PORT              echo every connection on vsock PORT (any CID)
   echo-unix PATH               echo every connection on the Unix socket PATH
   env                          print the environment, then sleep
+  ids                          print uid, gid and the signal masks from /proc/self/status, then sleep
 `
 
 func main() {
@@ -113,6 +114,16 @@ func main() {
 		l, err := net.Listen("unix", arg(args, 0, ""))
 		check(err)
 		serveEcho(l)
+	case "ids":
+		fmt.Printf("uid=%d gid=%d\n", os.Getuid(), os.Getgid())
+		b, err := os.ReadFile("/proc/self/status")
+		check(err)
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "SigBlk:") || strings.HasPrefix(line, "SigIgn:") {
+				fmt.Println(strings.Join(strings.Fields(line), " "))
+			}
+		}
+		sleep()
 	case "env":
 		for _, kv := range os.Environ() {
 			fmt.Println(kv)
