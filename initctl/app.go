@@ -258,8 +258,11 @@ Exit codes: 0 ok, 1 init reported an error, 2 usage or configuration error,
 		PersistentPreRunE: func(*cobra.Command, []string) error {
 			return a.checkFormat()
 		},
+		Args: cobra.ArbitraryArgs,
+		RunE: needSubcommand,
 	}
 	root.Flags().BoolP("version", "V", false, "print the version")
+	root.SetVersionTemplate("initctl {{.Version}}\n")
 	a.addGlobalFlags(root.Flags())
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err} })
 	for _, c := range a.serviceCmds() {
@@ -290,4 +293,15 @@ func (a *app) withGlobals(c *cobra.Command) {
 	for _, sub := range c.Commands() {
 		a.withGlobals(sub)
 	}
+}
+
+// needSubcommand is the action of commands that only group others: as with
+// the reference, a missing or unknown subcommand is a usage error.
+func needSubcommand(c *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return &usageError{fmt.Errorf("unknown command %q for %q; see '%s --help'", args[0], c.CommandPath(), c.CommandPath())}
+	}
+	c.SetOut(c.ErrOrStderr())
+	c.Help()
+	return &usageError{fmt.Errorf("%s needs a command", c.CommandPath())}
 }

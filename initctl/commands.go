@@ -156,10 +156,8 @@ func (a *app) psCmd() *cobra.Command {
 	ps := &cobra.Command{
 		Use:   "ps",
 		Short: "Process management",
-		Args:  cobra.NoArgs,
-		RunE: func(c *cobra.Command, _ []string) error {
-			return c.Help()
-		},
+		Args:  cobra.ArbitraryArgs,
+		RunE:  needSubcommand,
 	}
 	list := &cobra.Command{
 		Use:   "list",
