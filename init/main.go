@@ -125,6 +125,12 @@ func main() {
 			fmt.Println("init", version)
 			return
 		}
+		// Outside an enclave a typo should not silently run with the
+		// default configuration; as PID 1 unknown words are only logged.
+		if len(a.ignored) > 0 {
+			fmt.Fprintf(os.Stderr, "init: unknown argument %q\n\n%s", a.ignored[0], usage)
+			os.Exit(2)
+		}
 	}
 	log := &logger{console: os.Stderr}
 	defer func() {
