@@ -51,6 +51,7 @@ type service struct {
 	lastExit *Exit
 	restarts int
 	manual   bool // stopped on request: the restart policy does not apply
+	timedOut bool // init killed it after a start or stop timeout
 	stopWhy  string
 	limiter  StartLimiter
 	status   string // last STATUS= from sd_notify
@@ -223,8 +224,10 @@ func (s *Supervisor) onExit(sv *service, gen int, e Exit) {
 	if gen != sv.gen {
 		return
 	}
-	timedOut := sv.state == stateStopping && sv.stopTimer == nil && sv.manual && e.Signal == syscall.SIGKILL
-	_ = timedOut
+	if sv.timedOut {
+		e.TimedOut = true
+		sv.timedOut = false
+	}
 	if sv.pid > 0 {
 		// Whatever is left of the process group goes with its leader, as
 		// with systemd's default control-group kill mode.
@@ -279,6 +282,7 @@ func (s *Supervisor) onStartTimeout(sv *service, gen int) {
 	why := fmt.Sprintf("no READY=1 within %s", sv.unit.TimeoutStartSec)
 	s.logf("supervise: %s: %s, killing it", sv.name, why)
 	sv.logLine("init: %s, killing it", why)
+	sv.timedOut = true
 	syscall.Kill(-sv.pid, syscall.SIGKILL)
 }
 
@@ -350,6 +354,7 @@ func (s *Supervisor) signalStop(sv *service, sig syscall.Signal, group bool) {
 			if sv.gen == gen && sv.state == stateStopping && sv.pid > 0 {
 				s.logf("supervise: %s: did not stop within %s, sending SIGKILL to its process group", sv.name, timeout)
 				sv.logLine("init: did not stop within %s, sending SIGKILL", timeout)
+				sv.timedOut = true
 				syscall.Kill(-sv.pid, syscall.SIGKILL)
 			}
 		})
