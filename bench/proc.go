@@ -1,0 +1,173 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func becomeSubreaper() error {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("prctl(PR_SET_CHILD_SUBREAPER): %w", err)
+	}
+	return nil
+}
+
+// children returns the direct children of pid, read from every thread's
+// /proc children list (a Go program forks from any of its threads, and
+// orphans are reparented to one of them). Zombies are included: they stay
+// on the list until their parent reaps them.
+func children(pid int) []int {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	var out []int
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(f); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// countChildren counts pid's children without building a list: the reaping
+// benchmark polls it while ten thousand zombies are listed.
+func countChildren(pid int, buf []byte) int {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	n := 0
+	for _, t := range tasks {
+		f, err := os.Open(t)
+		if err != nil {
+			continue
+		}
+		for {
+			k, err := f.Read(buf)
+			n += bytes.Count(buf[:k], []byte{' '})
+			if err != nil || k == 0 {
+				break
+			}
+		}
+		f.Close()
+	}
+	return n
+}
+
+// descendants returns every process below pid.
+func descendants(pid int) []int {
+	var out []int
+	queue := []int{pid}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		for _, c := range children(p) {
+			out = append(out, c)
+			queue = append(queue, c)
+		}
+	}
+	return out
+}
+
+func cmdline(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return string(bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
+}
+
+func isZombie(pid int) bool {
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	i := bytes.LastIndexByte(st, ')')
+	return i < 0 || i+2 >= len(st) || st[i+2] == 'Z'
+}
+
+// memKB returns a process's VmRSS and Pss (from smaps_rollup) in KiB.
+// Pss splits shared pages among the processes that map them, so summing it
+// over a tree of processes does not count the shared C library many times.
+func memKB(pid int) (rss, pss int64, err error) {
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	rss = field(st, "VmRSS:")
+	sm, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return rss, 0, err
+	}
+	return rss, field(sm, "Pss:"), nil
+}
+
+func field(b []byte, key string) int64 {
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, key) {
+			f := strings.Fields(l[len(key):])
+			if len(f) > 0 {
+				n, _ := strconv.ParseInt(f[0], 10, 64)
+				return n
+			}
+		}
+	}
+	return 0
+}
+
+// killTree SIGKILLs cmd's process and everything below it, then reaps
+// them all: cmd with Wait, the rest (reparented to us, the subreaper) with
+// wait4. Supervisors are killed rather than stopped so that every tool's
+// teardown costs the same and cannot skew the next run.
+func killTree(cmd *exec.Cmd) {
+	if cmd == nil || cmd.Process == nil {
+		return
+	}
+	for i := 0; i < 50; i++ {
+		pids := append(descendants(cmd.Process.Pid), cmd.Process.Pid)
+		live := 0
+		for _, p := range pids {
+			if !isZombie(p) {
+				live++
+				syscall.Kill(p, syscall.SIGKILL)
+			}
+		}
+		if live == 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cmd.Wait()
+	reapStray()
+}
+
+// reapStray reaps every exited child that no exec.Cmd waits for.
+func reapStray() {
+	for {
+		var ws syscall.WaitStatus
+		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+		if pid <= 0 || errors.Is(err, syscall.ECHILD) {
+			return
+		}
+	}
+}
+
+// waitFor polls cond every step until it holds or timeout passes.
+func waitFor(timeout, step time.Duration, what string, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(step)
+	}
+	return nil
+}
