@@ -77,7 +77,6 @@ func measureStorm(sup *exec.Cmd, fifo string, out *tail) ([]float64, error) {
 	return []float64{float64(time.Since(start).Microseconds()) / 1000}, nil
 }
 
-
 func mkfifo(dir string) (string, error) {
 	p := filepath.Join(dir, "report")
 	if err := syscall.Mkfifo(p, 0o600); err != nil {
