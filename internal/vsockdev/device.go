@@ -591,14 +591,18 @@ func (d *Device) markReady(c *conn) {
 	}
 }
 
-// maybeCreditUpdate tells the guest about freed buffer space: after a
-// quarter of the buffer, or when the buffer ran empty (so a guest waiting
-// for credit always hears about it).
+// maybeCreditUpdate tells the guest about freed buffer space once the
+// guest's own view of it runs low: when the bytes it believes still in
+// flight (received minus the fwd_cnt it last heard) reach half the
+// buffer. Every packet to the guest carries fwd_cnt too, so request/reply
+// traffic needs no extra packets, while a one-way stream gets an update
+// about every half buffer and can never stall: a guest out of credit has
+// a full buffer in flight, and the next write completion reports it.
 func (d *Device) maybeCreditUpdate(c *conn) {
 	if c.creditQueued || c.guestNoSend || c.fwdCnt == c.lastFwdSent {
 		return
 	}
-	if c.fwdCnt-c.lastFwdSent >= bufAlloc/4 || c.buffered() == 0 {
+	if c.rxCnt-c.lastFwdSent >= bufAlloc/2 {
 		c.creditQueued = true
 		d.queueCtrl(c, opCreditUpdate, 0)
 	}

@@ -91,22 +91,23 @@ func TestCredit(t *testing.T) {
 }
 
 // TestCreditUpdatePolicy checks when the device volunteers a
-// CREDIT_UPDATE for guest->host data: after a quarter of the buffer was
-// forwarded, or when the buffer ran empty, never twice in a row.
+// CREDIT_UPDATE for guest->host data: once the guest believes half the
+// buffer is in flight and something was forwarded since it last heard,
+// never twice in a row.
 func TestCreditUpdatePolicy(t *testing.T) {
 	tests := []struct {
 		name                      string
 		rxCnt, fwdCnt, lastSent   uint32
 		queued, guestNoSend, want bool
 	}{
-		{"nothing forwarded", 100, 0, 0, false, false, false},
-		{"a little forwarded, more buffered", 100000, 1000, 0, false, false, false},
-		{"buffer ran empty", 1000, 1000, 0, false, false, true},
-		{"quarter forwarded", bufAlloc, bufAlloc / 4, 0, false, false, true},
-		{"already told", 1000, 1000, 1000, false, false, false},
-		{"already queued", 1000, 1000, 0, true, false, false},
-		{"guest will not send", 1000, 1000, 0, false, true, false},
-		{"wrapped counters", 5, 5, 0xfffffff0, false, false, true},
+		{"nothing forwarded", bufAlloc, 0, 0, false, false, false},
+		{"small exchange, guest has plenty of credit", 1000, 1000, 0, false, false, false},
+		{"half the buffer in flight, some forwarded", bufAlloc / 2, 1, 0, false, false, true},
+		{"guest out of credit, all forwarded", bufAlloc, bufAlloc, 0, false, false, true},
+		{"already told", bufAlloc, bufAlloc, bufAlloc, false, false, false},
+		{"already queued", bufAlloc, bufAlloc, 0, true, false, false},
+		{"guest will not send", bufAlloc, bufAlloc, 0, false, true, false},
+		{"wrapped counters", bufAlloc/2 - 16, 5, 0xfffffff0, false, false, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
