@@ -24,6 +24,17 @@ type exitError struct {
 func (e *exitError) Error() string { return e.err.Error() }
 
 func main() {
+	if err := newRoot().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "initramfs:", err)
+		var ee *exitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.code)
+		}
+		os.Exit(1)
+	}
+}
+
+func newRoot() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "initramfs",
 		Short: "Build nitroinit enclave images and boot them in the enclave simulator",
@@ -36,12 +47,5 @@ The test kernel comes from ci/fetch-kernel.sh (or NITROINIT_KERNEL).`,
 		SilenceErrors: true,
 	}
 	root.AddCommand(buildCmd(), bootCmd(), demoCmd())
-	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "initramfs:", err)
-		var ee *exitError
-		if errors.As(err, &ee) {
-			os.Exit(ee.code)
-		}
-		os.Exit(1)
-	}
+	return root
 }

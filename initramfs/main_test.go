@@ -1,0 +1,162 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/nitroinit/nitroinit/internal/enclavesim"
+)
+
+// run executes the command line in-process and returns its output.
+func run(t *testing.T, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	root := newRoot()
+	var o, e bytes.Buffer
+	root.SetOut(&o)
+	root.SetErr(&e)
+	root.SetArgs(args)
+	err = root.Execute()
+	return o.String(), e.String(), err
+}
+
+func TestBuild(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	initBin := write("init", "INIT")
+	cfg := write("init.yaml", "service_dir: /service\n")
+	svc := write("a.service", "ExecStart = \"/bin/a\"\n")
+	extra := write("extra", "E")
+	base := []string{"build", "--init", initBin, "--config", cfg, "--service", svc, "--file", extra + ":/usr/bin/extra"}
+
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+	}{
+		{"ok", nil, ""},
+		{"no output", []string{}, "no output given"},
+		{"missing service", []string{"--service", filepath.Join(dir, "gone.service")}, "--service " + filepath.Join(dir, "gone.service")},
+		{"bad file arg", []string{"--file", "nocolon"}, "want SRC:/DST"},
+		{"missing init", []string{"--init", filepath.Join(dir, "noinit")}, "--init " + filepath.Join(dir, "noinit")},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "out.cpio")
+			args := append([]string{}, base...)
+			if tc.name != "no output" {
+				args = append(args, "-o", out)
+			}
+			args = append(args, tc.args...)
+			_, _, err := run(t, args...)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+				}
+				if _, serr := os.Stat(out); serr == nil {
+					t.Errorf("a failed build left %s behind", out)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A second build must give the same bytes.
+			out2 := filepath.Join(t.TempDir(), "out2.cpio")
+			if _, _, err := run(t, append(append([]string{}, base...), "-o", out2)...); err != nil {
+				t.Fatal(err)
+			}
+			a, _ := os.ReadFile(out)
+			b, _ := os.ReadFile(out2)
+			if len(a) == 0 || !bytes.Equal(a, b) {
+				t.Errorf("two builds differ or are empty (%d, %d bytes)", len(a), len(b))
+			}
+		})
+	}
+}
+
+// TestPrintCmdline checks that `boot --print-cmdline` prints the QEMU
+// command line the simulator would run, without running anything.
+func TestPrintCmdline(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "x.cpio")
+	kernel := filepath.Join(dir, "bzImage")
+	os.WriteFile(img, nil, 0o644)
+	os.WriteFile(kernel, nil, 0o644)
+	tests := []struct {
+		route string
+		want  []string
+	}{
+		{enclavesim.RouteVhostUser, []string{"-device vhost-user-vsock-pci,chardev=vsock0", "path=" + dir + "/sim/vhost-user.sock", "-accel tcg", "-m 256M", "share=on", "'console=ttyS0 panic=-1 quiet a=b'"}},
+	}
+	for _, tc := range tests {
+		out, _, err := run(t, "boot", "--print-cmdline", "--kernel", kernel, "--accel", "tcg", "--route", tc.route,
+			"--memory", "256", "--dir", filepath.Join(dir, "sim"), "--append", "a=b", img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%s: command line lacks %q:\n%s", tc.route, w, out)
+			}
+		}
+	}
+}
+
+func TestShellJoin(t *testing.T) {
+	tests := []struct {
+		in   []string
+		want string
+	}{
+		{[]string{"a", "b=c", "/x/y.sock"}, "a b=c /x/y.sock"},
+		{[]string{"has space", "it's", ""}, `'has space' 'it'\''s' ''`},
+	}
+	for _, tc := range tests {
+		if got := shellJoin(tc.in); got != tc.want {
+			t.Errorf("shellJoin(%q) = %s, want %s", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestDemo runs the README's first command end to end: build, boot, initctl
+// from the host, shutdown, power-off.
+func TestDemo(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a VM; skipped with -short")
+	}
+	if _, err := enclavesim.FindKernel(); err != nil {
+		t.Skipf("%v", err)
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil && os.Getenv("VMTEST_QEMU") == "" {
+		t.Skip("qemu-system-x86_64 not installed: run ci/install-deps.sh")
+	}
+	bin := t.TempDir()
+	for _, p := range []string{"init", "initctl", "internal/testprog/svc"} {
+		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", filepath.Join(bin, filepath.Base(p)), "../"+p)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Skipf("building %s: %v\n%s", p, err, out)
+		}
+	}
+	out, stderr, err := run(t, "demo", "--timeout", "5m",
+		"--init", filepath.Join(bin, "init"), "--initctl", filepath.Join(bin, "initctl"), "--svc", filepath.Join(bin, "svc"))
+	t.Logf("demo output:\n%s%s", out, stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"heartbeat received", "greeter", "running", "/usr/bin/svc sleep", "VM ended: power-off", "Demo done"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q", want)
+		}
+	}
+}
