@@ -33,44 +33,60 @@ const (
 
 var guestModules = []string{"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"}
 
-// kernelFiles locates the test kernel the way ci/fetch-kernel.sh caches it:
-// $NITROINIT_CACHE (default ~/.cache/nitroinit)/kernel/{vmlinux|vmlinuz,
-// modules/**/<name>.ko.xz}.
+// kernelFiles locates the test kernel the way internal/enclavesim does
+// (that package imports this one, so the lookup is repeated here):
+// NITROINIT_KERNEL (+ NITROINIT_MODULES_DIR), else the cache that
+// ci/fetch-kernel.sh fills, ${NITROINIT_CACHE:-~/.cache/nitroinit}/kernel/
+// current/{vmlinux,vmlinuz,modules/}. A module that is not found is taken
+// as built in (the guest skips it).
 type kernelFiles struct {
 	kernel  string
 	modules map[string]string
 }
 
 func findKernel() (*kernelFiles, error) {
-	cache := os.Getenv("NITROINIT_CACHE")
-	if cache == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			return nil, err
-		}
-		cache = filepath.Join(home, ".cache", "nitroinit")
-	}
-	dir := filepath.Join(cache, "kernel")
 	k := &kernelFiles{modules: map[string]string{}}
-	for _, name := range []string{"vmlinux", "vmlinuz"} {
-		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
-			k.kernel = filepath.Join(dir, name)
-			break
+	modDir := os.Getenv("NITROINIT_MODULES_DIR")
+	if img := os.Getenv("NITROINIT_KERNEL"); img != "" {
+		if _, err := os.Stat(img); err != nil {
+			return nil, fmt.Errorf("NITROINIT_KERNEL=%s: %w", img, err)
 		}
+		k.kernel = img
+	} else {
+		cache := os.Getenv("NITROINIT_CACHE")
+		if cache == "" {
+			home, err := os.UserHomeDir()
+			if err != nil {
+				return nil, err
+			}
+			cache = filepath.Join(home, ".cache", "nitroinit")
+		}
+		dir := filepath.Join(cache, "kernel", "current")
+		for _, name := range []string{"vmlinux", "vmlinuz"} {
+			if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+				k.kernel = filepath.Join(dir, name)
+				break
+			}
+		}
+		if k.kernel == "" {
+			return nil, fmt.Errorf("no vmlinux or vmlinuz in %s (run ci/fetch-kernel.sh, or set NITROINIT_KERNEL and NITROINIT_MODULES_DIR)", dir)
+		}
+		modDir = filepath.Join(dir, "modules")
 	}
-	if k.kernel == "" {
-		return nil, fmt.Errorf("no vmlinux or vmlinuz in %s (run ci/fetch-kernel.sh or set NITROINIT_CACHE)", dir)
-	}
-	filepath.WalkDir(filepath.Join(dir, "modules"), func(p string, e fs.DirEntry, err error) error {
-		if err == nil && !e.IsDir() && strings.HasSuffix(p, ".ko.xz") {
-			k.modules[strings.TrimSuffix(e.Name(), ".ko.xz")] = p
-		}
-		return nil
-	})
-	for _, m := range guestModules {
-		if k.modules[m] == "" {
-			return nil, fmt.Errorf("module %s.ko.xz not found under %s/modules", m, dir)
-		}
+	if modDir != "" {
+		filepath.WalkDir(modDir, func(p string, e fs.DirEntry, err error) error {
+			if err != nil || e.IsDir() {
+				return nil
+			}
+			for _, m := range guestModules {
+				for _, ext := range []string{".ko", ".ko.xz", ".ko.zst", ".ko.gz"} {
+					if e.Name() == m+ext && k.modules[m] == "" {
+						k.modules[m] = p
+					}
+				}
+			}
+			return nil
+		})
 	}
 	return k, nil
 }
@@ -143,11 +159,14 @@ func buildInitramfs(tb testing.TB, k *kernelFiles, path string) {
 		cpio.StaticFile("init", string(init), 0o755),
 	}
 	for _, m := range guestModules {
+		if k.modules[m] == "" {
+			continue // built into the kernel
+		}
 		b, err := os.ReadFile(k.modules[m])
 		if err != nil {
 			tb.Fatal(err)
 		}
-		recs = append(recs, cpio.StaticFile("modules/"+m+".ko.xz", string(b), 0o644))
+		recs = append(recs, cpio.StaticFile("modules/"+filepath.Base(k.modules[m]), string(b), 0o644))
 	}
 	var buf bytes.Buffer
 	w := cpio.Newc.Writer(&buf)
