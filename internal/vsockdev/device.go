@@ -396,10 +396,14 @@ func (d *Device) step() (cont bool) {
 	case <-d.quit:
 		return false
 	case req := <-d.ctl:
+		n := len(d.conns)
 		d.reset(true)
 		d.rxq, d.txq = nil, nil
 		if len(req.start) == 2 {
 			d.rxq, d.txq = req.start[0], req.start[1]
+			d.logf("vsockdev: guest driver started (CID %d)", d.cfg.GuestCID)
+		} else {
+			d.logf("vsockdev: guest driver stopped, %d streams reset", n)
 		}
 		close(req.done)
 	case <-rxKick:

@@ -290,6 +290,35 @@ func TestVM(t *testing.T) {
 		}
 	})
 
+	t.Run("DriverReload", func(t *testing.T) {
+		resets := vm.dev.Stats().Resets
+		open, err := vm.dial(portEcho)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer open.Close()
+		if reply, err := vm.command("reload"); err != nil || reply != "ok" {
+			t.Fatalf("reload: %q %v", reply, err)
+		}
+		vm.waitHeartbeat(t, 60*time.Second)
+		open.SetDeadline(time.Now().Add(10 * time.Second))
+		if n, err := open.Read(make([]byte, 1)); err == nil {
+			t.Errorf("a stream from before the driver reload still reads (%d bytes)", n)
+		}
+		if vm.dev.Stats().Resets == resets {
+			t.Errorf("no transport reset counted across the driver reload")
+		}
+		c, err := vm.dial(portEcho)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(time.Minute))
+		if err := echoCheck(c, 1<<20, 8); err != nil {
+			t.Fatalf("echo after driver reload: %v", err)
+		}
+	})
+
 	t.Run("GuestReboot", func(t *testing.T) {
 		resets := vm.dev.Stats().Resets
 		// An open stream must be reset with the guest.

@@ -9,7 +9,7 @@
 //	     "dial <cid> <port>": connect, send "hello\n", read to EOF, reply
 //	                          "ok <peer cid> <data>" or "err <error>"
 //	     "reboot", "poweroff": reply "ok", then do it
-//	     "reload": reply "ok", unload and reload the virtio transport,
+//	     "reload": reply "ok", unbind and rebind the virtio-vsock driver,
 //	               listen again and send a new heartbeat
 //
 // It is test-only and runs nowhere else.
@@ -238,23 +238,26 @@ func dial(cid, port uint32) string {
 	return fmt.Sprintf("ok %d %s", c.RemoteAddr().(*vsock.Addr).ContextID, strings.TrimSpace(string(data)))
 }
 
+// reload unbinds the virtio-vsock driver from its device and binds it
+// again: the device sees a driver stop and start while sockets are open
+// (unloading the module would need every socket closed first).
 func (s *server) reload() {
 	time.Sleep(200 * time.Millisecond)
 	s.stop()
-	var err error
-	for i := 0; i < 50; i++ {
-		if err = unix.DeleteModule("vmw_vsock_virtio_transport", unix.O_NONBLOCK); err == nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
+	const drv = "/sys/bus/virtio/drivers/vmw_vsock_virtio_transport"
+	devs, _ := filepath.Glob(drv + "/virtio*")
+	if len(devs) != 1 {
+		logf("reload: want one device under %s, found %v", drv, devs)
+		return
 	}
-	if err != nil {
-		logf("unloading transport: %v", err)
+	name := filepath.Base(devs[0])
+	if err := os.WriteFile(drv+"/unbind", []byte(name), 0o200); err != nil {
+		logf("unbind %s: %v", name, err)
 	} else {
-		logf("transport unloaded")
+		logf("driver unbound from %s", name)
 	}
-	if err := load("vmw_vsock_virtio_transport"); err != nil {
-		logf("%v", err)
+	if err := os.WriteFile(drv+"/bind", []byte(name), 0o200); err != nil {
+		logf("bind %s: %v", name, err)
 	}
 	s.start()
 	heartbeat()
