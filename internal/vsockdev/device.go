@@ -84,6 +84,10 @@ const bufAlloc = 256 << 10
 // Linux vhost-vsock).
 const ctrlLimit = 1024
 
+// maxStreams bounds the stream table, and with it the goroutines and
+// buffers a guest or host clients can make the device hold.
+const maxStreams = 4096
+
 // firstHostPort is where host-side port numbers for host-initiated streams
 // start, as in Firecracker.
 const firstHostPort = 1 << 30
@@ -567,6 +571,11 @@ func (d *Device) hostConnect(ev event) {
 		ev.uc.Close()
 		return
 	}
+	if len(d.conns) >= maxStreams {
+		d.warnOnce("streams", "%d streams open: refusing new ones", maxStreams)
+		ev.uc.Close()
+		return
+	}
 	key := connKey{hostCID: uint64(d.cfg.HostCID), guestPort: ev.port}
 	for i := 0; ; i++ {
 		key.hostPort = d.nextPort
@@ -684,6 +693,11 @@ func (d *Device) handlePacket(ch *vhostuser.Chain) {
 	key := connKey{hostCID: h.DstCID, hostPort: h.DstPort, guestPort: h.SrcPort}
 	c := d.conns[key]
 	if c == nil {
+		if h.Op == opRequest && len(d.conns) >= maxStreams {
+			d.warnOnce("streams", "%d streams open: refusing new ones", maxStreams)
+			d.rstReply(h)
+			return
+		}
 		if h.Op == opRequest {
 			c = d.newConn(key, stDialing, nil, nil)
 			c.peerBufAlloc, c.peerFwdCnt = h.BufAlloc, h.FwdCnt

@@ -211,6 +211,8 @@ type testVM struct {
 	hbLn       net.Listener
 	cancel     context.CancelFunc
 	logs       *syncBuffer
+	// What startQEMU needs to boot the guest again.
+	kernel, initrd, vhostSock string
 }
 
 type vmOptions struct {
@@ -274,12 +276,14 @@ func startVM(tb testing.TB, opt vmOptions) *testVM {
 		}
 	}()
 
-	vm.startQEMU(tb, k.kernel, initrd, dev.cfg.VhostUserSocket)
+	vm.kernel, vm.initrd, vm.vhostSock = k.kernel, initrd, dev.cfg.VhostUserSocket
+	vm.startQEMU(tb)
 	return vm
 }
 
-func (vm *testVM) startQEMU(tb testing.TB, kernel, initrd, vhostSock string) {
+func (vm *testVM) startQEMU(tb testing.TB) {
 	tb.Helper()
+	kernel, initrd, vhostSock := vm.kernel, vm.initrd, vm.vhostSock
 	vm.cmd = exec.Command("qemu-system-x86_64",
 		"-machine", "q35,accel=tcg,memory-backend=mem",
 		"-m", "256M",
@@ -297,7 +301,8 @@ func (vm *testVM) startQEMU(tb testing.TB, kernel, initrd, vhostSock string) {
 	if err := vm.cmd.Start(); err != nil {
 		tb.Fatalf("starting QEMU: %v", err)
 	}
-	go func() { vm.qemuDone <- vm.cmd.Wait() }()
+	cmd := vm.cmd
+	go func() { vm.qemuDone <- cmd.Wait() }()
 }
 
 // stopQEMU asks the guest to power off and waits for QEMU, killing it if

@@ -10,6 +10,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -350,6 +351,72 @@ func TestVM(t *testing.T) {
 			t.Fatalf("echo after reboot: %v", err)
 		}
 	})
+}
+
+// TestQEMUReplaced kills QEMU under an open stream and boots a new one on
+// the same device: streams of the old guest end, the new guest is served.
+func TestQEMUReplaced(t *testing.T) {
+	vm := startVM(t, vmOptions{guestCID: 42})
+	defer vm.close(t)
+	vm.waitHeartbeat(t, 60*time.Second)
+	c, err := vm.dial(portEcho)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	if _, err := io.ReadFull(c, make([]byte, 1<<20)); err != nil {
+		t.Fatalf("echo before the kill: %v", err)
+	}
+	vm.cmd.Process.Kill()
+	<-vm.qemuDone
+	vm.cmd = nil
+	// Closed by the device: EOF, or ECONNRESET because the device closed
+	// with our unread data in its socket.
+	if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("stream of the killed guest: %v, want EOF or ECONNRESET", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for vm.dev.Stats().Active != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d streams left after QEMU died", vm.dev.Stats().Active)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	vm.startQEMU(t)
+	vm.waitHeartbeat(t, 60*time.Second)
+	c2, err := vm.dial(portEcho)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	c2.SetDeadline(time.Now().Add(time.Minute))
+	if err := echoCheck(c2, 1<<20, 3); err != nil {
+		t.Fatalf("echo with the second QEMU: %v", err)
+	}
+	// The guest dialled from the configured CID.
+	ln, err := net.Listen("unix", hvsock.ListenPath(vm.hybrid, 7100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			c.Close()
+		}
+	}()
+	if reply, err := vm.command("dial 3 7100"); err != nil || reply != "ok 3" {
+		t.Fatalf("guest dial: %q %v", reply, err)
+	}
 }
 
 // TestHybridBeforeGuest checks what hybrid clients see without a guest
