@@ -41,6 +41,9 @@ type metric struct {
 	// worst aggregates with the maximum instead of the median (used for
 	// counts that must be zero, where one bad run must show).
 	worst bool
+	// noRatio leaves the ratio out: the metric only restates another one
+	// for reading (restarts per second, say), where higher is better.
+	noRatio bool
 	// format renders a value of this metric.
 	format func(float64) string
 }
@@ -57,6 +60,7 @@ type contender struct {
 
 // row is one comparison of the table.
 type row struct {
+	id      string // the row number: "1", "5a", …
 	title   string
 	metrics []metric
 	ours    contender
@@ -79,7 +83,7 @@ func main() {
 	e := &env{}
 	var (
 		runs  = flag.Int("runs", 5, "runs per measurement; the median is reported")
-		only  = flag.String("only", "", "comma-separated row numbers to run (default all)")
+		only  = flag.String("only", "", "comma-separated rows to run, as numbered in the table (5 selects 5a, 5b and 5c; default all)")
 		out   = flag.String("o", "", "also write the table to this file")
 		quick = flag.Bool("quick", false, "smaller workloads, for trying the harness out (numbers are not the documented ones)")
 	)
@@ -106,9 +110,9 @@ func main() {
 	b.WriteString("| # | Measurement (lower is better) | nitroinit | Other | Other's figure | Ratio ours/other | Notes |\n")
 	b.WriteString("|---|---|---|---|---|---|---|\n")
 	fmt.Print(b.String())
-	for i, r := range rows {
-		num := fmt.Sprint(i + 1)
-		if len(want) > 0 && !want[num] {
+	for _, r := range rows {
+		num := r.id
+		if len(want) > 0 && !want[num] && !want[strings.TrimRight(num, "abc")] {
 			continue
 		}
 		lines := r.run(e, num)
@@ -219,7 +223,7 @@ func (r row) run(e *env, num string) string {
 		}
 		for i := 1; i < len(all); i++ {
 			ratio := "–"
-			if res[0].values != nil && res[i].values != nil && res[i].values[m] != 0 {
+			if !mt.noRatio && res[0].values != nil && res[i].values != nil && res[i].values[m] != 0 {
 				ratio = fmt.Sprintf("%.2f", res[0].values[m]/res[i].values[m])
 			}
 			note := all[i].note
