@@ -283,4 +283,3 @@ func cliRow(runs int) row {
 		runs:    runs,
 	}
 }
-
