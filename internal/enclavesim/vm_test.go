@@ -33,15 +33,15 @@ func startGuest(t *testing.T, k Kernel, initrd, appendArgs string, timeout time.
 }
 
 // command sends one line to the guest's test server and returns the reply.
-func command(t *testing.T, c net.Conn, r *bufio.Reader, line string) string {
+func command(t *testing.T, vm *VM, c net.Conn, r *bufio.Reader, line string) string {
 	t.Helper()
 	c.SetDeadline(time.Now().Add(30 * time.Second))
 	if _, err := fmt.Fprintln(c, line); err != nil {
-		t.Fatalf("sending %q: %v", line, err)
+		t.Fatalf("sending %q: %v; device %+v; console:\n%s", line, err, vm.Stats(), vm.ConsoleTail(10))
 	}
 	reply, err := r.ReadString('\n')
 	if err != nil {
-		t.Fatalf("reply to %q: %v", line, err)
+		t.Fatalf("reply to %q: %v; device %+v; console:\n%s", line, err, vm.Stats(), vm.ConsoleTail(10))
 	}
 	return strings.TrimSuffix(reply, "\n")
 }
@@ -78,11 +78,11 @@ func TestBootHeartbeatConnectionsPowerOff(t *testing.T) {
 
 			c, err := vm.Dial(ctx, simGuestPort)
 			if err != nil {
-				t.Fatal(err)
+				t.Fatalf("%v; console:\n%s", err, vm.ConsoleTail(10))
 			}
 			defer c.Close()
 			r := bufio.NewReader(c)
-			if got := command(t, c, r, "echo hello through hybrid vsock"); got != "hello through hybrid vsock" {
+			if got := command(t, vm, c, r, "echo hello through hybrid vsock"); got != "hello through hybrid vsock" {
 				t.Errorf("echo: %q", got)
 			}
 
@@ -101,7 +101,7 @@ func TestBootHeartbeatConnectionsPowerOff(t *testing.T) {
 				line, _ := bufio.NewReader(hc).ReadString('\n')
 				fmt.Fprintf(hc, "host got %s", line)
 			}()
-			if got := command(t, c, r, "dial 7000 ping"); got != "host got ping" {
+			if got := command(t, vm, c, r, "dial 7000 ping"); got != "host got ping" {
 				t.Errorf("guest to host: %q", got)
 			}
 
