@@ -1,0 +1,645 @@
+// Package logs keeps the output of each service: a log file with size-based
+// rotation, an in-memory ring of the last lines, and live subscribers.
+//
+// Every line is stored as "[2006-01-02T15:04:05.000000Z] text" (UTC,
+// microseconds). The file never misses a line: writes are synchronous in the
+// goroutine that reads the service's pipe, so a slow disk slows the reader,
+// the pipe fills and the service blocks on write, as with any pipe.
+// Subscribers, on the other hand, never slow anything down: a subscriber that
+// does not keep up loses lines and is told how many.
+package logs
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Defaults used for zero fields of Config.
+const (
+	DefaultMaxSize  = 10485760  // bytes per file
+	DefaultMaxFiles = 5         // files kept, the live one included
+	DefaultMaxLine  = 16 * 1024 // longer lines are split
+	DefaultBuffer   = 256       // subscription channel size
+)
+
+// Config says where and how a Log stores its lines.
+type Config struct {
+	Dir       string    // directory of <name>.log; created 0755 if missing
+	MaxSize   int64     // rotate before a file would exceed this many bytes; 0 = DefaultMaxSize
+	MaxFiles  int       // files kept, <name>.log included; 1 = truncate instead of rotating; 0 = DefaultMaxFiles
+	RingLines int       // lines kept in memory for Lines; 0 = none (Lines reads the files)
+	MaxLine   int       // longest line in bytes (without the timestamp); 0 = DefaultMaxLine
+	Console   io.Writer // optional: every stored line is also written here (init's own log)
+}
+
+// Event is one line delivered to a subscriber.
+type Event struct {
+	Line   string // the formatted line, without the newline
+	Missed uint64 // lines dropped just before this one because the subscriber was slow
+}
+
+// Log is the log of one service. All methods are safe for concurrent use.
+type Log struct {
+	cfg  Config
+	name string
+	path string
+
+	// mu is the one owner of everything below: the file, the ring, the
+	// subscribers. Holding it for a whole batch of lines keeps the cost per
+	// line at a few hundred nanoseconds.
+	mu     sync.Mutex
+	f      *os.File
+	w      *bufio.Writer
+	size   int64 // bytes in the file, buffered ones included
+	ring   ring
+	subs   map[*Subscription]struct{}
+	stamp  stamp
+	closed bool
+	err    error // last file error, reported by Err
+}
+
+// Open opens (appending) or creates the log file <Dir>/<name>.log.
+func Open(cfg Config, name string) (*Log, error) {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+		return nil, fmt.Errorf("invalid log name %q: it must be a plain file name", name)
+	}
+	if cfg.MaxSize <= 0 {
+		cfg.MaxSize = DefaultMaxSize
+	}
+	if cfg.MaxFiles <= 0 {
+		cfg.MaxFiles = DefaultMaxFiles
+	}
+	if cfg.MaxLine <= 0 {
+		cfg.MaxLine = DefaultMaxLine
+	}
+	if cfg.RingLines < 0 {
+		cfg.RingLines = 0
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("cannot create log directory %s (set log_dir in init.yaml to a writable place): %w", cfg.Dir, err)
+	}
+	l := &Log{
+		cfg:  cfg,
+		name: name,
+		path: filepath.Join(cfg.Dir, name+".log"),
+		ring: newRing(cfg.RingLines),
+		subs: map[*Subscription]struct{}{},
+	}
+	if err := l.openFile(); err != nil {
+		return nil, err
+	}
+	l.w = bufio.NewWriterSize(l.f, 64*1024)
+	return l, nil
+}
+
+func (l *Log) openFile() error {
+	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return fmt.Errorf("cannot open log file %s: %w", l.path, err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("cannot stat log file %s: %w", l.path, err)
+	}
+	l.f, l.size = f, st.Size()
+	return nil
+}
+
+// Name returns the service name the log was opened for.
+func (l *Log) Name() string { return l.name }
+
+// Path returns the path of the live log file.
+func (l *Log) Path() string { return l.path }
+
+// Err returns the last error met while writing or rotating the file, if any.
+// Lines still reach the ring and subscribers when the file fails.
+func (l *Log) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+// Capture stores what r yields, line by line, until r reports EOF or an
+// error. Run one Capture per pipe (stdout, stderr) in its own goroutine. A
+// final line without a newline is stored at EOF; a line longer than MaxLine is
+// stored as several lines; a trailing '\r' is dropped. Memory use is bounded
+// whatever r yields. After Close, Capture keeps reading and discards, so the
+// service is never blocked by a closed log. A panic is recovered, reported on
+// Console (or stderr) and the rest of r is discarded.
+func (l *Log) Capture(r io.Reader) {
+	defer func() {
+		if p := recover(); p != nil {
+			l.reportPanic(p)
+			_, _ = io.Copy(io.Discard, r)
+		}
+	}()
+	max := l.cfg.MaxLine
+	size := 64 * 1024
+	if size < 2*max {
+		size = 2 * max
+	}
+	buf := make([]byte, size)
+	var lines [][]byte
+	start, end := 0, 0
+	for {
+		n, err := r.Read(buf[end:])
+		end += n
+		lines = lines[:0]
+		for start < end {
+			i := bytes.IndexByte(buf[start:end], '\n')
+			if i < 0 {
+				if end-start < max {
+					break
+				}
+				lines = append(lines, buf[start:start+max])
+				start += max
+				continue
+			}
+			line := buf[start : start+i]
+			start += i + 1
+			for len(line) > max {
+				lines = append(lines, line[:max])
+				line = line[max:]
+			}
+			lines = append(lines, trimCR(line))
+		}
+		if err != nil && start < end {
+			lines = append(lines, trimCR(buf[start:end]))
+			start = end
+		}
+		if len(lines) > 0 {
+			l.writeBatch(lines)
+		}
+		// Keep the partial line at the front; it is shorter than max, so
+		// there is always room for the next read.
+		copy(buf, buf[start:end])
+		end -= start
+		start = 0
+		if err != nil {
+			return
+		}
+	}
+}
+
+func trimCR(b []byte) []byte {
+	if n := len(b); n > 0 && b[n-1] == '\r' {
+		return b[:n-1]
+	}
+	return b
+}
+
+func (l *Log) reportPanic(p any) {
+	w := l.cfg.Console
+	if w == nil {
+		w = os.Stderr
+	}
+	fmt.Fprintf(w, "logs: panic while capturing %s, discarding its output from now on: %v\n%s", l.name, p, debug.Stack())
+}
+
+// writeBatch stores lines that arrived together, under one lock and with one
+// timestamp, then flushes the buffer to the file.
+func (l *Log) writeBatch(lines [][]byte) {
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return
+	}
+	l.reopenLocked()
+	for _, line := range lines {
+		l.writeLine(now, line)
+	}
+	l.flushLocked()
+}
+
+// Printf stores a line written by init about the service (started, exited,
+// ...). A message with newlines becomes several lines.
+func (l *Log) Printf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	msg = strings.TrimSuffix(msg, "\n")
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return
+	}
+	l.reopenLocked()
+	for _, line := range strings.Split(msg, "\n") {
+		for len(line) > l.cfg.MaxLine {
+			l.writeLine(now, []byte(line[:l.cfg.MaxLine]))
+			line = line[l.cfg.MaxLine:]
+		}
+		l.writeLine(now, []byte(line))
+	}
+	l.flushLocked()
+}
+
+// writeLine stores one line; l.mu is held.
+func (l *Log) writeLine(now time.Time, line []byte) {
+	prefix := l.stamp.format(now)
+	n := int64(len(prefix) + len(line) + 1)
+	if l.size > 0 && l.size+n > l.cfg.MaxSize {
+		l.rotateLocked()
+	}
+	if l.f != nil {
+		l.w.Write(prefix)
+		l.w.Write(line)
+		l.w.WriteByte('\n')
+		l.size += n
+	}
+	l.ring.add(prefix, line)
+	if l.cfg.Console != nil {
+		// One Write per line so that concurrent writers to the console do
+		// not interleave inside a line.
+		b := make([]byte, 0, len(prefix)+len(line)+1)
+		b = append(append(append(b, prefix...), line...), '\n')
+		_, _ = l.cfg.Console.Write(b)
+	}
+	if len(l.subs) > 0 {
+		s := string(prefix) + string(line)
+		for sub := range l.subs {
+			sub.send(s)
+		}
+	}
+}
+
+// reopenLocked retries opening the file after a failed rotation, once per
+// batch, so that a transient error does not stop logging for good.
+func (l *Log) reopenLocked() {
+	if l.f != nil {
+		return
+	}
+	if err := l.openFile(); err != nil {
+		l.setErr(err)
+		return
+	}
+	l.w.Reset(l.f)
+}
+
+func (l *Log) flushLocked() {
+	if l.f == nil {
+		return
+	}
+	if err := l.w.Flush(); err != nil {
+		l.setErr(fmt.Errorf("writing %s: %w", l.path, err))
+		// bufio.Writer keeps a write error forever; start afresh so that
+		// the log recovers when the disk does (the buffered lines are lost).
+		l.w.Reset(l.f)
+	}
+}
+
+func (l *Log) setErr(err error) {
+	if l.err == nil || l.err.Error() != err.Error() {
+		w := l.cfg.Console
+		if w == nil {
+			w = os.Stderr
+		}
+		fmt.Fprintf(w, "logs: %v\n", err)
+	}
+	l.err = err
+}
+
+// rotateLocked shifts name.log -> name.log.1 -> ... -> name.log.(MaxFiles-1),
+// dropping the oldest, and starts an empty name.log. With MaxFiles 1 the file
+// is truncated instead.
+func (l *Log) rotateLocked() {
+	if l.f == nil {
+		return
+	}
+	l.flushLocked()
+	if l.cfg.MaxFiles <= 1 {
+		if err := l.f.Truncate(0); err != nil {
+			l.setErr(fmt.Errorf("truncating %s: %w", l.path, err))
+			return
+		}
+		l.size = 0
+		return
+	}
+	l.f.Close()
+	l.f = nil
+	last := l.numbered(l.cfg.MaxFiles - 1)
+	if err := os.Remove(last); err != nil && !errors.Is(err, os.ErrNotExist) {
+		l.setErr(fmt.Errorf("removing old log %s: %w", last, err))
+	}
+	for i := l.cfg.MaxFiles - 2; i >= 1; i-- {
+		if err := os.Rename(l.numbered(i), l.numbered(i+1)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			l.setErr(fmt.Errorf("rotating %s: %w", l.numbered(i), err))
+		}
+	}
+	if err := os.Rename(l.path, l.numbered(1)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		l.setErr(fmt.Errorf("rotating %s: %w", l.path, err))
+	}
+	if err := l.openFile(); err != nil {
+		l.setErr(err)
+		return
+	}
+	l.w.Reset(l.f)
+}
+
+func (l *Log) numbered(i int) string {
+	if i == 0 {
+		return l.path
+	}
+	return l.path + "." + strconv.Itoa(i)
+}
+
+// Lines returns the last n lines, oldest first. They come from the ring when
+// it holds enough, otherwise from the tail of the files, rotated ones
+// included, read backwards so that huge files are not loaded whole.
+func (l *Log) Lines(n int) []string {
+	if n <= 0 {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if n <= l.ring.n {
+		return l.ring.last(n)
+	}
+	l.flushLocked()
+	var chunks [][]string // newest file first
+	need := n
+	for i := 0; i < l.cfg.MaxFiles && need > 0; i++ {
+		got, err := tailFile(l.numbered(i), need)
+		if err != nil {
+			if !errors.Is(err, os.ErrNotExist) {
+				l.setErr(err)
+			}
+			break
+		}
+		chunks = append(chunks, got)
+		need -= len(got)
+	}
+	out := make([]string, 0, n-need)
+	for i := len(chunks) - 1; i >= 0; i-- {
+		out = append(out, chunks[i]...)
+	}
+	return out
+}
+
+// Clear empties the live file, removes the rotated ones and empties the ring.
+func (l *Log) Clear() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var errs []error
+	if l.f != nil {
+		l.w.Reset(l.f) // drop what is buffered: it is being cleared anyway
+		if err := l.f.Truncate(0); err != nil {
+			errs = append(errs, fmt.Errorf("truncating %s: %w", l.path, err))
+		}
+	} else if err := os.Truncate(l.path, 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("truncating %s: %w", l.path, err))
+	}
+	l.size = 0
+	old, _ := filepath.Glob(l.path + ".*")
+	for _, p := range old {
+		if _, err := strconv.Atoi(strings.TrimPrefix(p, l.path+".")); err != nil {
+			continue // not one of ours (name.log.bak, ...)
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("removing %s: %w", p, err))
+		}
+	}
+	l.ring.reset()
+	return errors.Join(errs...)
+}
+
+// Flush writes buffered lines to the file and fsyncs it.
+func (l *Log) Flush() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		return l.err
+	}
+	if err := l.w.Flush(); err != nil {
+		l.w.Reset(l.f)
+		return fmt.Errorf("writing %s: %w", l.path, err)
+	}
+	if err := l.f.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", l.path, err)
+	}
+	return nil
+}
+
+// Close flushes and closes the file and closes every subscription's channel.
+// Capture goroutines still running discard what they read from then on.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil
+	}
+	l.closed = true
+	for sub := range l.subs {
+		sub.closeLocked()
+	}
+	if l.f == nil {
+		return nil
+	}
+	err := l.w.Flush()
+	if serr := l.f.Sync(); err == nil {
+		err = serr
+	}
+	if cerr := l.f.Close(); err == nil {
+		err = cerr
+	}
+	l.f = nil
+	if err != nil {
+		return fmt.Errorf("closing %s: %w", l.path, err)
+	}
+	return nil
+}
+
+// Subscription receives every line stored after Subscribe, until it or the
+// Log is closed.
+type Subscription struct {
+	l      *Log
+	ch     chan Event
+	missed uint64
+	closed bool
+}
+
+// Subscribe starts delivering new lines on a channel of the given buffer size
+// (DefaultBuffer when buffer < 1). Delivery never blocks the log: when the
+// channel is full the line is dropped for this subscriber and counted in the
+// next Event's Missed.
+func (l *Log) Subscribe(buffer int) *Subscription {
+	if buffer < 1 {
+		buffer = DefaultBuffer
+	}
+	s := &Subscription{l: l, ch: make(chan Event, buffer)}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		s.closeLocked()
+		return s
+	}
+	l.subs[s] = struct{}{}
+	return s
+}
+
+// C returns the channel of lines; it is closed when the subscription or the
+// Log is closed.
+func (s *Subscription) C() <-chan Event { return s.ch }
+
+// Close stops delivery and closes the channel. It may be called more than
+// once.
+func (s *Subscription) Close() {
+	s.l.mu.Lock()
+	defer s.l.mu.Unlock()
+	s.closeLocked()
+}
+
+func (s *Subscription) closeLocked() {
+	if s.closed {
+		return
+	}
+	s.closed = true
+	delete(s.l.subs, s)
+	close(s.ch)
+}
+
+// send delivers without blocking; s.l.mu is held.
+func (s *Subscription) send(line string) {
+	select {
+	case s.ch <- Event{Line: line, Missed: s.missed}:
+		s.missed = 0
+	default:
+		s.missed++
+	}
+}
+
+// stamp caches the formatted date and time down to the second, so that a
+// line costs only six digits of formatting.
+type stamp struct {
+	sec int64
+	buf [30]byte // "[2006-01-02T15:04:05.000000Z] "
+	ok  bool
+}
+
+func (s *stamp) format(t time.Time) []byte {
+	t = t.UTC()
+	if sec := t.Unix(); !s.ok || sec != s.sec {
+		s.sec, s.ok = sec, true
+		t.AppendFormat(s.buf[:0], "[2006-01-02T15:04:05.")
+		s.buf[27], s.buf[28], s.buf[29] = 'Z', ']', ' '
+	}
+	us := t.Nanosecond() / 1000
+	for i := 26; i >= 21; i-- {
+		s.buf[i] = byte('0' + us%10)
+		us /= 10
+	}
+	return s.buf[:]
+}
+
+// ring keeps the last formatted lines, reusing their buffers.
+type ring struct {
+	slots   [][]byte
+	head, n int // oldest slot, number of lines held
+}
+
+func newRing(size int) ring { return ring{slots: make([][]byte, size)} }
+
+func (r *ring) add(prefix, line []byte) {
+	if len(r.slots) == 0 {
+		return
+	}
+	i := (r.head + r.n) % len(r.slots)
+	if r.n == len(r.slots) {
+		i = r.head
+		r.head = (r.head + 1) % len(r.slots)
+	} else {
+		r.n++
+	}
+	b := r.slots[i][:0]
+	if need := len(prefix) + len(line); cap(b) > 4096 && need < 1024 {
+		b = nil // do not let one long line pin a big buffer forever
+	}
+	b = append(append(b, prefix...), line...)
+	r.slots[i] = b
+}
+
+func (r *ring) last(n int) []string {
+	if n > r.n {
+		n = r.n
+	}
+	out := make([]string, n)
+	for k := 0; k < n; k++ {
+		out[k] = string(r.slots[(r.head+r.n-n+k)%len(r.slots)])
+	}
+	return out
+}
+
+func (r *ring) reset() { r.head, r.n = 0, 0 }
+
+// tailChunk is how much tailFile reads at a time; maxTailLine bounds the
+// memory spent on a file that has no newline for megabytes (not one of ours).
+const (
+	tailChunk   = 64 * 1024
+	maxTailLine = 4 << 20
+)
+
+// tailFile returns up to n last lines of the file at path, oldest first,
+// reading backwards from the end.
+func tailFile(path string, n int) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("stat %s: %w", path, err)
+	}
+	pos := st.Size()
+	var rev []string // newest first
+	var rest []byte  // the start of a line whose beginning is further back
+	first := true
+	for pos > 0 && len(rev) < n {
+		step := int64(tailChunk)
+		if step > pos {
+			step = pos
+		}
+		pos -= step
+		buf := make([]byte, step, int(step)+len(rest))
+		if _, err := f.ReadAt(buf, pos); err != nil {
+			return nil, fmt.Errorf("reading %s: %w", path, err)
+		}
+		buf = append(buf, rest...)
+		end := len(buf)
+		if first && end > 0 && buf[end-1] == '\n' {
+			end-- // the file's final newline ends the last line
+		}
+		first = false
+		for len(rev) < n {
+			i := bytes.LastIndexByte(buf[:end], '\n')
+			if i < 0 {
+				break
+			}
+			rev = append(rev, string(buf[i+1:end]))
+			end = i
+		}
+		rest = buf[:end]
+		if len(rest) > maxTailLine {
+			break // not a file we wrote: no newline for far too long
+		}
+	}
+	if pos == 0 && len(rev) < n && len(rest) > 0 {
+		rev = append(rev, string(rest))
+	}
+	out := make([]string, len(rev))
+	for i, s := range rev {
+		out[len(rev)-1-i] = s
+	}
+	return out, nil
+}
