@@ -13,5 +13,4 @@ done
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 CGO_ENABLED=0 go build -o "$tmp/bench" ./bench
-# The benchmark must be run as root: it reads other processes' smaps.
 "$tmp/bench" -runs "${BENCH_RUNS:-5}" -init bin/init -initctl bin/initctl "$@"
