@@ -126,9 +126,6 @@ func (d *Device) writer(c *conn, preamble []byte) {
 		closeWrite, closeAll := c.wbuf.closeWrite, c.wbuf.closeAll
 		c.wbuf.mu.Unlock()
 		if len(data) > 0 {
-			if closeAll {
-				c.uc.SetWriteDeadline(time.Now().Add(flushTimeout))
-			}
 			n, err := c.uc.Write(data)
 			if n > 0 {
 				d.post(event{kind: evWritten, c: c, n: n})

@@ -471,6 +471,9 @@ func (d *Device) closeGracefully(c *conn) {
 	c.wbuf.mu.Lock()
 	c.wbuf.closeAll = true
 	c.wbuf.mu.Unlock()
+	// A client that stopped reading must not pin the writer (and the
+	// buffer) forever: a write already blocked is bounded too.
+	c.uc.SetWriteDeadline(time.Now().Add(flushTimeout))
 	c.wbuf.signal()
 }
 
