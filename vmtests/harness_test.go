@@ -1,0 +1,454 @@
+package vmtests
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nitroinit/nitroinit/initramfs/image"
+	"github.com/nitroinit/nitroinit/internal/control"
+	"github.com/nitroinit/nitroinit/internal/enclavesim"
+	"github.com/nitroinit/nitroinit/internal/wire"
+)
+
+// controlPort is init's vsock control port in every image (the default).
+const controlPort = 9001
+
+// Timeouts. Everything runs under TCG on two shared cores in CI, where a Go
+// program takes a noticeable fraction of a second to start; these are upper
+// bounds for waits that normally end in well under a second, not expected
+// durations.
+const (
+	bootTimeout = 90 * time.Second // QEMU start to heartbeat
+	waitTimeout = 30 * time.Second // a service reaching a state
+	vmLifetime  = 8 * time.Minute  // Options.Timeout: a forgotten VM dies
+)
+
+// guest describes an initramfs image. Text fields may use $HOSTCID, replaced
+// by the CID the guest must dial to reach the host on the vsock route in use.
+type guest struct {
+	config   string            // /etc/init.yaml
+	services map[string]string // /service/<file name> -> TOML
+	files    []image.File      // more files
+	rootfs   string            // host directory copied to /rootfs
+	append   string            // extra kernel command-line words
+	memoryMB int               // 0: 1024
+}
+
+// enclave is a booted VM running init as PID 1.
+type enclave struct {
+	name    string
+	dir     string // sockets, image, console.log; removed by stop
+	vm      *enclavesim.VM
+	hostCID uint32
+	target  control.Target
+	simLog  *syncBuffer // the simulator's own diagnostics
+	booted  time.Duration
+	hb      time.Duration // QEMU start to first heartbeat
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// boot builds g's image and boots it, and waits for the heartbeat. The VM
+// is not tied to t: shared VMs outlive the test that booted them, so
+// nothing here logs to t from a background goroutine.
+func boot(t testing.TB, name string, g guest) (*enclave, error) {
+	t.Helper()
+	// Short and under /tmp: Unix socket names are limited to 107 bytes.
+	dir, err := os.MkdirTemp("", "vmt-"+name+"-")
+	if err != nil {
+		return nil, err
+	}
+	e := &enclave{name: name, dir: dir, simLog: &syncBuffer{}}
+	logf := func(format string, args ...any) { fmt.Fprintf(e.simLog, format+"\n", args...) }
+
+	// Resolve first: the route decides the host CID, which goes into the
+	// image. Resolve wants an initrd that exists; the real one comes next.
+	initrd := filepath.Join(dir, "initrd.cpio")
+	if err := os.WriteFile(initrd, nil, 0o644); err != nil {
+		return nil, err
+	}
+	mem := g.memoryMB
+	if mem == 0 {
+		mem = 1024
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+	defer cancel()
+	opts, err := enclavesim.Options{
+		Initrd:   initrd,
+		Kernel:   kernel.BootImage(),
+		Append:   g.append,
+		MemoryMB: mem,
+		Dir:      dir,
+		Timeout:  vmLifetime,
+		Logf:     logf,
+		Console:  consoleEcho(name),
+	}.Resolve(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("resolving simulator options: %w", err)
+	}
+	e.hostCID = 3
+	if opts.Route == enclavesim.RouteVhostVsock {
+		e.hostCID = 2
+	}
+	spec, err := g.spec(dir, e.hostCID)
+	if err != nil {
+		return nil, err
+	}
+	if err := spec.WriteFile(initrd); err != nil {
+		return nil, fmt.Errorf("building the %s image: %w", name, err)
+	}
+	start := time.Now()
+	e.vm, err = enclavesim.Start(ctx, opts)
+	if err != nil {
+		return nil, fmt.Errorf("starting the %s VM: %w", name, err)
+	}
+	if opts.Route == enclavesim.RouteVhostVsock {
+		e.target = control.Target{Protocol: control.ProtocolVsock, VsockCID: opts.GuestCID, VsockPort: controlPort}
+	} else {
+		e.target = control.Target{Protocol: control.ProtocolHybrid, HybridPath: e.vm.HybridSocket(), VsockPort: controlPort}
+	}
+	hb, err := e.vm.Heartbeat(ctx)
+	if err != nil {
+		e.vm.Stop()
+		return nil, fmt.Errorf("%s: %w\nsimulator log:\n%s", name, err, e.simLog.String())
+	}
+	e.hb = hb.Sub(e.vm.Started())
+	// The control socket comes up after the heartbeat: wait for a Pong.
+	for {
+		r, err := e.try(wire.Request{Kind: wire.KindPing})
+		if err == nil && r.Kind == wire.KindPong {
+			break
+		}
+		if ctx.Err() != nil {
+			e.vm.Stop()
+			return nil, fmt.Errorf("%s: init never answered a ping on vsock port %d (last: %v, %+v); console:\n%s", name, controlPort, err, r, e.vm.ConsoleTail(40))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.booted = time.Since(start)
+	return e, nil
+}
+
+// consoleEcho streams a VM's console to stderr when NITROINIT_VMTEST_CONSOLE
+// is set, for watching a guest live; otherwise the console is only kept
+// (and printed when a test fails).
+func consoleEcho(name string) io.Writer {
+	if os.Getenv("NITROINIT_VMTEST_CONSOLE") == "" {
+		return nil
+	}
+	return &prefixWriter{prefix: name + "| "}
+}
+
+type prefixWriter struct{ prefix string }
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	for _, line := range strings.SplitAfter(string(b), "\n") {
+		if line != "" {
+			fmt.Fprint(os.Stderr, p.prefix+line)
+		}
+	}
+	return len(b), nil
+}
+
+// spec turns g into an image spec, with the service files and init.yaml
+// written to dir.
+func (g guest) spec(dir string, hostCID uint32) (image.Spec, error) {
+	sub := func(s string) string { return strings.ReplaceAll(s, "$HOSTCID", strconv.Itoa(int(hostCID))) }
+	cfg := filepath.Join(dir, "init.yaml")
+	if err := os.WriteFile(cfg, []byte(sub(g.config)), 0o644); err != nil {
+		return image.Spec{}, err
+	}
+	spec := image.Spec{
+		Init:    bin.init,
+		Initctl: bin.initctl,
+		Config:  cfg,
+		Modules: kernel.Modules,
+		Rootfs:  g.rootfs,
+		Files: append([]image.File{
+			{Src: bin.svc, Dst: "/bin/svc", Mode: 0o755},
+			{Src: bin.zombies, Dst: "/bin/zombies", Mode: 0o755},
+		}, g.files...),
+	}
+	svcDir := filepath.Join(dir, "service")
+	if err := os.MkdirAll(svcDir, 0o755); err != nil {
+		return image.Spec{}, err
+	}
+	names := make([]string, 0, len(g.services))
+	for n := range g.services {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		p := filepath.Join(svcDir, n)
+		if err := os.WriteFile(p, []byte(sub(g.services[n])), 0o644); err != nil {
+			return image.Spec{}, err
+		}
+		spec.Services = append(spec.Services, p)
+	}
+	return spec, nil
+}
+
+// moduleYAML lists the kernel's modules for init.yaml: every module but nsm
+// goes to kernel_modules, nsm to nsm_driver_path.
+func moduleYAML() string {
+	var b strings.Builder
+	nsm := "null"
+	b.WriteString("kernel_modules:\n")
+	for _, m := range kernel.Modules {
+		if strings.HasPrefix(filepath.Base(m), "nsm.") {
+			nsm = image.ModulePath(m)
+			continue
+		}
+		fmt.Fprintf(&b, "  - %s\n", image.ModulePath(m))
+	}
+	fmt.Fprintf(&b, "nsm_driver_path: %s\n", nsm)
+	return b.String()
+}
+
+// try sends one control request over vsock.
+func (e *enclave) try(req wire.Request) (wire.Response, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return control.Do(ctx, e.target, req)
+}
+
+// do sends a request and fails the test unless init answers without Error.
+func (e *enclave) do(t testing.TB, req wire.Request) wire.Response {
+	t.Helper()
+	r, err := e.try(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Kind, req.Name, err)
+	}
+	if r.Kind == wire.KindError {
+		t.Fatalf("%s %s: init answered an error: %s", req.Kind, req.Name, r.Message)
+	}
+	return r
+}
+
+func (e *enclave) status(t testing.TB, name string) wire.ServiceStatus {
+	t.Helper()
+	r := e.do(t, wire.Request{Kind: wire.KindServiceStatus, Name: name})
+	if r.Status == nil {
+		t.Fatalf("ServiceStatus %s: response without a status: %+v", name, r)
+	}
+	return *r.Status
+}
+
+// logs returns the last n lines of a service's log.
+func (e *enclave) logs(t testing.TB, name string, n int) []string {
+	t.Helper()
+	return e.do(t, wire.Request{Kind: wire.KindServiceLogs, Name: name, Lines: n}).Logs
+}
+
+// waitState polls until the service is in state.
+func (e *enclave) waitState(t testing.TB, name, state string) wire.ServiceStatus {
+	t.Helper()
+	var st wire.ServiceStatus
+	eventually(t, waitTimeout, name+" to be "+state, func() (bool, string) {
+		st = e.status(t, name)
+		return st.State == state, fmt.Sprintf("state %q, error %q, restarts %d", st.State, st.Error, st.RestartCount)
+	})
+	return st
+}
+
+// waitLog polls until a line of the service's log contains substr.
+func (e *enclave) waitLog(t testing.TB, name, substr string) []string {
+	t.Helper()
+	var lines []string
+	eventually(t, waitTimeout, fmt.Sprintf("%q in the log of %s", substr, name), func() (bool, string) {
+		lines = e.logs(t, name, 1000)
+		return containsLine(lines, substr), "log:\n" + strings.Join(lines, "\n")
+	})
+	return lines
+}
+
+// eventually polls cond until it holds; on timeout it fails with the last
+// description cond gave of what it saw.
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, seen := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s; last seen: %s", timeout, what, seen)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func containsLine(lines []string, substr string) bool {
+	for _, l := range lines {
+		if strings.Contains(l, substr) {
+			return true
+		}
+	}
+	return false
+}
+
+// initctl runs the host's initctl against the guest and returns its stdout,
+// stderr and exit code.
+func (e *enclave) initctl(t testing.TB, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin.initctl, append(e.initctlTarget(), args...)...)
+	cmd.Env = append(os.Environ(), "INITCTL_CONFIG=/nonexistent/initctl.yaml")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	default:
+		t.Fatalf("running initctl %s: %v", strings.Join(args, " "), err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// initctlOK runs initctl and fails unless it exits 0.
+func (e *enclave) initctlOK(t testing.TB, args ...string) string {
+	t.Helper()
+	out, errOut, code := e.initctl(t, args...)
+	if code != 0 {
+		t.Fatalf("initctl %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
+// initctlTarget is how the host's initctl reaches this guest.
+func (e *enclave) initctlTarget() []string {
+	if e.target.Protocol == control.ProtocolVsock {
+		return []string{"-p", "vsock", "--vsock-cid", strconv.Itoa(int(e.target.VsockCID)), "--vsock-port", strconv.Itoa(controlPort)}
+	}
+	return []string{"--vsock-uds", e.target.HybridPath, "--vsock-port", strconv.Itoa(controlPort)}
+}
+
+// kernelLine matches the kernel's own console lines ("[    1.234567] ...").
+var kernelLine = regexp.MustCompile(`^\[\s*\d+\.\d+\]`)
+
+// initLog is init's own log as it appeared on the console: every console
+// line that is not the kernel's.
+func (e *enclave) initLog() string {
+	var out []string
+	for _, l := range strings.Split(e.vm.Console(), "\n") {
+		if l != "" && !kernelLine.MatchString(l) {
+			out = append(out, l)
+		}
+	}
+	if len(out) > 150 {
+		out = out[len(out)-150:]
+	}
+	return strings.Join(out, "\n")
+}
+
+// explain makes a failing test print what is needed to understand it from CI
+// output alone: the console tail, init's log, and the logs of the services
+// the test used (fetched over vsock while the guest still runs).
+func (e *enclave) explain(t testing.TB, services ...string) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		t.Logf("=== %s VM: console tail (%s)\n%s", e.name, e.vm.Dir(), e.vm.ConsoleTail(60))
+		t.Logf("=== %s VM: init log (console lines that are not the kernel's)\n%s", e.name, e.initLog())
+		for _, s := range services {
+			if r, err := e.try(wire.Request{Kind: wire.KindServiceLogs, Name: s, Lines: 40}); err == nil {
+				t.Logf("=== %s VM: log of %s (%s)\n%s", e.name, s, r.Kind, strings.Join(r.Logs, "\n")+r.Message)
+			} else {
+				t.Logf("=== %s VM: log of %s: %v", e.name, s, err)
+			}
+		}
+		if s := e.simLog.String(); s != "" {
+			t.Logf("=== %s VM: simulator log\n%s", e.name, s)
+		}
+	})
+}
+
+// stop ends the VM if it still runs (the end of a test run, or a test that
+// gave up on it).
+func (e *enclave) stop() enclavesim.Exit {
+	ex := e.vm.Stop()
+	os.RemoveAll(e.dir)
+	return ex
+}
+
+// shared VMs booted once and used by several top-level tests.
+var (
+	sharedMu sync.Mutex
+	shared   = map[string]*sharedVM{}
+)
+
+type sharedVM struct {
+	once sync.Once
+	e    *enclave
+	err  error
+}
+
+// sharedEnclave boots the named VM on first use and returns it afterwards.
+func sharedEnclave(t testing.TB, name string, g func() guest) *enclave {
+	t.Helper()
+	needVM(t)
+	sharedMu.Lock()
+	s := shared[name]
+	if s == nil {
+		s = &sharedVM{}
+		shared[name] = s
+	}
+	sharedMu.Unlock()
+	s.once.Do(func() {
+		s.e, s.err = boot(t, name, g())
+		if s.err == nil {
+			t.Logf("%s VM booted: heartbeat %s after QEMU start, control ready after %s (route %s)",
+				name, s.e.hb.Round(time.Millisecond), s.e.booted.Round(time.Millisecond), s.e.vm.Options().Route)
+		}
+	})
+	if s.err != nil {
+		t.Fatalf("booting the %s VM: %v", name, s.err)
+	}
+	return s.e
+}
+
+// stopShared stops every shared VM that is still running.
+func stopShared() {
+	sharedMu.Lock()
+	defer sharedMu.Unlock()
+	for _, s := range shared {
+		if s.e != nil {
+			s.e.stop()
+		}
+	}
+}

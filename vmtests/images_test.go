@@ -1,0 +1,171 @@
+package vmtests
+
+// The images and the helpers the scenarios share.
+//
+// The main VM is one boot shared by TestBoot, TestControl, TestGuest,
+// TestSupervision and, last, TestShutdown, which powers it off; the rootfs
+// VM is shared by TestRootSwitch and TestShutdown, which reboots it. Go
+// runs the top-level tests of a package file by file in name order and,
+// within a file, in declaration order: shutdown_test.go must stay the last
+// file that uses a shared VM, and the tests run without -shuffle.
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nitroinit/nitroinit/internal/wire"
+)
+
+// mainGuest is the main image: the vsock modules from kernel_modules, the
+// Debian nsm.ko.xz as nsm_driver_path, heartbeat to the simulator, control
+// over vsock with the default permissions (read and manage, no exec), no
+// root switch, and junk words on the kernel command line like nitro-cli's
+// "nomodules". Services that only one scenario needs are .disabled and the
+// scenario enables and starts them, so that boot stays light and each
+// scenario starts from a known state.
+func mainGuest() guest {
+	return guest{
+		append: "nomodules xyzzy",
+		config: moduleYAML() + `
+vsock:
+  cid: $HOSTCID
+  port: 9000
+  timeout: 60s
+pivot_root: false
+control:
+  vsock_enabled: true
+  vsock_port: 9001
+  io_timeout: 2s
+  max_connections: 16
+`,
+		services: map[string]string{
+			// Boot: they write through the /dev links and into /dev/shm.
+			"devstdout.service": `ExecStart = "/bin/svc append /dev/stdout written-via-dev-stdout"`,
+			"devfd.service":     `ExecStart = "/bin/svc append /dev/fd/2 written-via-dev-fd-2"`,
+			"shm.service":       `ExecStart = "/bin/svc append /dev/shm/probe written-to-dev-shm"`,
+
+			// Dependency and readiness order at boot: cache is ready only
+			// 700ms after it starts; db is ordered after it, web requires db
+			// and is ordered after cache.
+			"cache.service": "ExecStart = \"/bin/svc notify 700ms warm\"\nType = \"notify\"\nBefore = [\"db\"]",
+			"db.service":    `ExecStart = "/bin/svc sleep db"`,
+			"web.service":   "ExecStart = \"/bin/svc sleep web\"\nRequires = [\"db\"]\nAfter = [\"cache\"]",
+
+			// Restart policies and the start limit.
+			"always.service.disabled":      "ExecStart = \"/bin/svc exit 0 100ms\"\nRestart = \"always\"\nRestartSec = 0.2\nStartLimitIntervalSec = 0",
+			"no.service.disabled":          "ExecStart = \"/bin/svc exit 1 100ms\"\nRestart = \"no\"",
+			"onfail-ok.service.disabled":   "ExecStart = \"/bin/svc exit 0 100ms\"\nRestart = \"on-failure\"\nRestartSec = 0.1",
+			"onfail-bad.service.disabled":  "ExecStart = \"/bin/svc exit 3 100ms\"\nRestart = \"on-failure\"\nRestartSec = 0.1\nStartLimitIntervalSec = 0",
+			"onsucc.service.disabled":      "ExecStart = \"/bin/svc exit 0 100ms\"\nRestart = \"on-success\"\nRestartSec = 0.1\nStartLimitIntervalSec = 0",
+			"onabn-crash.service.disabled": "ExecStart = \"/bin/svc crash 100ms\"\nRestart = \"on-abnormal\"\nRestartSec = 0.1\nStartLimitIntervalSec = 0",
+			"onabn-exit.service.disabled":  "ExecStart = \"/bin/svc exit 4 100ms\"\nRestart = \"on-abnormal\"\nRestartSec = 0.1",
+			"flappy.service.disabled":      "ExecStart = \"/bin/svc exit 1\"\nRestart = \"always\"\nRestartSec = 0\nStartLimitBurst = 3\nStartLimitIntervalSec = 60",
+
+			// Stop escalation: it and its grandchild ignore SIGTERM.
+			"stubborn.service.disabled": "ExecStart = \"/bin/svc stubborn /run/stubborn.pids\"\nTimeoutStopSec = 1\nRestart = \"always\"",
+			// 10 000 orphans at once.
+			"storm.service.disabled": `ExecStart = "/bin/zombies -n 10000"`,
+			// Output capture.
+			"talk.service": `ExecStart = "/bin/svc print 3"`,
+			// A slow, steady writer for logs -f and logs-stream.
+			"counter.service.disabled": `ExecStart = "/bin/svc count 100000 250ms"`,
+			// The service the control commands work on.
+			"ctl.service": "ExecStart = \"/bin/svc sleep ctl-marker\"\nRestart = \"always\"\nRestartSec = 0.2",
+
+			// Inside the guest: initctl over the Unix socket, as root.
+			"inside.service.disabled":    `ExecStart = "/usr/bin/initctl list"`,
+			"insidesys.service.disabled": `ExecStart = "/usr/bin/initctl system-status"`,
+
+			// Shutdown: it must get SIGTERM, and its last words must reach
+			// its log.
+			"trapper.service": `ExecStart = "/bin/svc trap /dev/stdout"`,
+			// Power-off from inside: root on the Unix socket has every class,
+			// while the host over vsock lacks exec, which shutdown needs.
+			"halt.service.disabled": `ExecStart = "/usr/bin/initctl shutdown"`,
+		},
+	}
+}
+
+func mainVM(t *testing.T) *enclave {
+	t.Helper()
+	return sharedEnclave(t, "main", mainGuest)
+}
+
+// run enables and starts a .disabled service: a manual start of a disabled
+// service is not what these scenarios are about.
+func (e *enclave) run(t testing.TB, name string) {
+	t.Helper()
+	e.do(t, wire.Request{Kind: wire.KindServiceEnable, Name: name})
+	e.do(t, wire.Request{Kind: wire.KindServiceStart, Name: name})
+}
+
+// retire stops and disables a scenario's services so that they do not load
+// the guest during later scenarios.
+func (e *enclave) retire(t testing.TB, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		e.try(wire.Request{Kind: wire.KindServiceStop, Name: n})
+		e.try(wire.Request{Kind: wire.KindServiceDisable, Name: n})
+	}
+}
+
+func (e *enclave) system(t testing.TB) *wire.SystemStatus {
+	t.Helper()
+	r := e.do(t, wire.Request{Kind: wire.KindSystemStatus})
+	if r.System == nil {
+		t.Fatalf("SystemStatus without a body: %+v", r)
+	}
+	return r.System
+}
+
+func (e *enclave) processes(t testing.TB) []wire.ProcessInfo {
+	t.Helper()
+	return e.do(t, wire.Request{Kind: wire.KindProcessList}).Processes
+}
+
+// processesWith returns the live (non-zombie) processes whose command line
+// contains substr.
+func (e *enclave) processesWith(t testing.TB, substr string) []wire.ProcessInfo {
+	t.Helper()
+	var out []wire.ProcessInfo
+	for _, p := range e.processes(t) {
+		if p.State != "Z" && strings.Contains(p.Cmdline, substr) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// rawExchange sends raw bytes to init's control port and returns what
+// comes back before init closes the connection or d passes.
+func (e *enclave) rawExchange(t testing.TB, send []byte, d time.Duration) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	c, err := e.vm.DialOnce(ctx, controlPort)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(d))
+	if len(send) > 0 {
+		if _, err := c.Write(send); err != nil {
+			return "", err
+		}
+	}
+	var b strings.Builder
+	buf := make([]byte, 4096)
+	for {
+		n, err := c.Read(buf)
+		b.Write(buf[:n])
+		if err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				return b.String(), err
+			}
+			return b.String(), nil
+		}
+	}
+}

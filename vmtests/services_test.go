@@ -1,0 +1,161 @@
+package vmtests
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nitroinit/nitroinit/internal/wire"
+)
+
+func TestSupervision(t *testing.T) {
+	e := mainVM(t)
+
+	t.Run("dependency_and_readiness_order", func(t *testing.T) {
+		e.explain(t, "cache", "db", "web")
+		for _, n := range []string{"cache", "db", "web"} {
+			e.waitState(t, n, "running")
+		}
+		ready := logTime(t, e.logs(t, "cache", 100), "init: ready")
+		db := logTime(t, e.logs(t, "db", 100), "init: started")
+		web := logTime(t, e.logs(t, "web", 100), "init: started")
+		if db.Before(ready) {
+			t.Errorf("db started at %s, before cache was ready at %s", db, ready)
+		}
+		if web.Before(db) {
+			t.Errorf("web started at %s, before db at %s", web, db)
+		}
+		if st := e.status(t, "cache"); st.StatusText != "warm" {
+			t.Errorf("cache STATUS= %q, want warm", st.StatusText)
+		}
+	})
+
+	t.Run("restart_policies", func(t *testing.T) {
+		restarted := []string{"always", "onfail-bad", "onsucc", "onabn-crash"}
+		kept := []string{"no", "onfail-ok", "onabn-exit"}
+		all := append(append([]string{}, restarted...), kept...)
+		e.explain(t, all...)
+		defer e.retire(t, all...)
+		for _, n := range all {
+			e.do(t, wire.Request{Kind: wire.KindServiceEnable, Name: n})
+		}
+		for _, n := range all {
+			// A service that exits at once may answer the start with
+			// an error; what counts is what happens next.
+			e.try(wire.Request{Kind: wire.KindServiceStart, Name: n})
+		}
+		for _, n := range restarted {
+			eventually(t, waitTimeout, n+" restarted twice", func() (bool, string) {
+				st := e.status(t, n)
+				return st.RestartCount >= 2, fmt.Sprintf("%+v", st)
+			})
+		}
+		for _, n := range kept {
+			if st := e.waitState(t, n, "exited"); st.RestartCount != 0 {
+				t.Errorf("%s: restarted %d times, want 0", n, st.RestartCount)
+			}
+		}
+		if st := e.status(t, "no"); st.ExitStatus == nil || *st.ExitStatus != 1 {
+			t.Errorf("no: exit status %v, want 1", st.ExitStatus)
+		}
+	})
+
+	t.Run("start_limit", func(t *testing.T) {
+		e.explain(t, "flappy")
+		defer e.retire(t, "flappy")
+		e.do(t, wire.Request{Kind: wire.KindServiceEnable, Name: "flappy"})
+		e.try(wire.Request{Kind: wire.KindServiceStart, Name: "flappy"})
+		st := e.waitState(t, "flappy", "failed")
+		if !strings.Contains(st.Error, "start limit") {
+			t.Errorf("failed reason %q does not mention the start limit", st.Error)
+		}
+		if st.RestartCount != 3 {
+			t.Errorf("restart count %d, want 3 (StartLimitBurst = 3)", st.RestartCount)
+		}
+		time.Sleep(time.Second)
+		if st := e.status(t, "flappy"); st.State != "failed" {
+			t.Errorf("state %q a second after failing, want it to stay failed", st.State)
+		}
+	})
+
+	t.Run("stop_escalation_kills_the_process_group", func(t *testing.T) {
+		e.explain(t, "stubborn")
+		defer e.retire(t, "stubborn")
+		e.run(t, "stubborn")
+		e.waitState(t, "stubborn", "running")
+		eventually(t, waitTimeout, "stubborn and its grandchild", func() (bool, string) {
+			ps := e.processesWith(t, "svc stubborn")
+			return len(ps) == 2, fmt.Sprintf("%+v", ps)
+		})
+		start := time.Now()
+		e.do(t, wire.Request{Kind: wire.KindServiceStop, Name: "stubborn"})
+		if d := time.Since(start); d < 900*time.Millisecond {
+			t.Errorf("stop returned after %s, before TimeoutStopSec (1s) could pass", d)
+		}
+		eventually(t, waitTimeout, "no stubborn process left", func() (bool, string) {
+			ps := e.processesWith(t, "svc stubborn")
+			return len(ps) == 0, fmt.Sprintf("%+v", ps)
+		})
+		e.waitLog(t, "stubborn", "sending SIGKILL")
+		time.Sleep(500 * time.Millisecond) // Restart=always must not bring it back
+		if st := e.status(t, "stubborn"); st.State != "inactive" || st.PID != nil {
+			t.Errorf("after stop: state %q pid %v, want inactive without a PID", st.State, st.PID)
+		}
+	})
+
+	t.Run("zombie_storm_10000_orphans_all_reaped", func(t *testing.T) {
+		e.explain(t, "storm")
+		defer e.retire(t, "storm")
+		before := len(e.processes(t))
+		e.run(t, "storm")
+		e.waitLog(t, "storm", "zombies: forked 10000 children")
+		e.waitState(t, "storm", "exited")
+		eventually(t, 2*time.Minute, "every orphan reaped", func() (bool, string) {
+			ps := e.processes(t)
+			z := 0
+			for _, p := range ps {
+				if p.State == "Z" {
+					z++
+				}
+			}
+			return z == 0 && len(ps) <= before+2, fmt.Sprintf("%d processes (%d before), %d zombies", len(ps), before, z)
+		})
+		if !strings.Contains(e.vm.Console(), "zombies") && e.system(t).TotalProcesses > before+2 {
+			t.Errorf("process count did not come back")
+		}
+	})
+
+	t.Run("stdout_and_stderr_captured", func(t *testing.T) {
+		e.explain(t, "talk")
+		lines := e.waitLog(t, "talk", "stderr line 3")
+		for _, want := range []string{"stdout line 1", "stdout line 3", "stderr line 1"} {
+			if !containsLine(lines, want) {
+				t.Errorf("talk's log lacks %q:\n%s", want, strings.Join(lines, "\n"))
+			}
+		}
+		for _, l := range lines {
+			if !strings.HasPrefix(l, "[20") || !strings.Contains(l, "Z] ") {
+				t.Errorf("log line without a UTC timestamp: %q", l)
+			}
+		}
+	})
+}
+
+// logTime returns the timestamp of the first log line containing substr.
+func logTime(t *testing.T, lines []string, substr string) time.Time {
+	t.Helper()
+	for _, line := range lines {
+		if strings.Contains(line, substr) && strings.HasPrefix(line, "[") {
+			if i := strings.IndexByte(line, ']'); i > 0 {
+				ts, err := time.Parse("2006-01-02T15:04:05.000000Z", line[1:i])
+				if err != nil {
+					t.Fatalf("log line %q: %v", line, err)
+				}
+				return ts
+			}
+		}
+	}
+	t.Fatalf("no log line with %q in:\n%s", substr, strings.Join(lines, "\n"))
+	return time.Time{}
+}

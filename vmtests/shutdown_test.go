@@ -1,0 +1,85 @@
+package vmtests
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nitroinit/nitroinit/internal/enclavesim"
+	"github.com/nitroinit/nitroinit/internal/wire"
+)
+
+func TestShutdown(t *testing.T) {
+	e := mainVM(t)
+
+	t.Run("power_off_stops_services_and_flushes_logs", func(t *testing.T) {
+		e.explain(t, "trapper")
+		e.waitState(t, "trapper", "running")
+		// trapper's log streams to a host listener that stays open through
+		// the shutdown: its "TERM" must arrive before the power-off.
+		const port = 9102
+		ln, err := e.vm.ListenHost(port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		got := make(chan string, 1)
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				got <- "accept: " + err.Error()
+				return
+			}
+			defer c.Close()
+			var b strings.Builder
+			buf := make([]byte, 4096)
+			c.SetReadDeadline(time.Now().Add(2 * time.Minute))
+			for {
+				n, err := c.Read(buf)
+				b.Write(buf[:n])
+				if err != nil {
+					break
+				}
+			}
+			got <- b.String()
+		}()
+		e.do(t, wire.Request{Kind: wire.KindServiceLogsStream, Name: "trapper", VsockCID: e.hostCID, VsockPort: port})
+
+		// Over vsock, power-off needs exec, which this image does not grant.
+		if out, errOut, code := e.initctl(t, "shutdown"); code != 1 || !strings.Contains(errOut, "permission denied") {
+			t.Errorf("host initctl shutdown without exec: exit %d, stdout %q, stderr %q; want exit 1 and permission denied", code, out, errOut)
+		}
+		// halt runs `initctl shutdown` inside, as root over the Unix socket.
+		// Its start may be answered with an error: the shutdown it begins
+		// stops it too.
+		e.do(t, wire.Request{Kind: wire.KindServiceEnable, Name: "halt"})
+		e.try(wire.Request{Kind: wire.KindServiceStart, Name: "halt"})
+
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		ex, err := e.vm.Wait(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ex.Kind != enclavesim.ExitPowerOff || ex.Code != 0 {
+			t.Errorf("VM ended with %s, want a power-off with QEMU status 0", ex)
+		}
+		ln.Close()
+		var stream string
+		select {
+		case stream = <-got:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the log stream of trapper never ended")
+		}
+		if !strings.Contains(stream, "TERM") {
+			t.Errorf("trapper's log stream lacks the TERM its SIGTERM handler wrote; it got:\n%s", stream)
+		}
+		console := e.vm.Console()
+		for _, want := range []string{"shutting down for power-off", "all services stopped; power-off"} {
+			if !strings.Contains(console, want) {
+				t.Errorf("console lacks %q", want)
+			}
+		}
+	})
+}
