@@ -115,6 +115,7 @@ type Device struct {
 	ready    []*conn
 	nextPort uint32
 	chain    vhostuser.Chain
+	panics   int // consecutive loop turns that panicked
 	hdrBuf   [hdrSize]byte
 	warned   map[string]bool
 }
@@ -389,8 +390,17 @@ func (d *Device) step() (cont bool) {
 		if r := recover(); r != nil {
 			d.logf("vsockdev: device loop panic (all streams reset): %v\n%s", r, debug.Stack())
 			d.reset(true)
+			d.panics++
+			if d.panics >= 3 && d.rxq != nil {
+				// Panicking on every turn (a fault on guest memory):
+				// leave the queues alone until the driver restarts.
+				d.logf("vsockdev: device loop keeps panicking: queues detached until the guest driver restarts")
+				d.rxq, d.txq = nil, nil
+			}
 			cont = true
+			return
 		}
+		d.panics = 0
 	}()
 	var rxKick, txKick <-chan struct{}
 	if d.rxq != nil {
@@ -400,16 +410,7 @@ func (d *Device) step() (cont bool) {
 	case <-d.quit:
 		return false
 	case req := <-d.ctl:
-		n := len(d.conns)
-		d.reset(true)
-		d.rxq, d.txq = nil, nil
-		if len(req.start) == 2 {
-			d.rxq, d.txq = req.start[0], req.start[1]
-			d.logf("vsockdev: guest driver started (CID %d)", d.cfg.GuestCID)
-		} else {
-			d.logf("vsockdev: guest driver stopped, %d streams reset", n)
-		}
-		close(req.done)
+		d.startStop(req)
 	case <-rxKick:
 	case <-txKick:
 	case ev := <-d.events:
@@ -427,6 +428,21 @@ func (d *Device) step() (cont bool) {
 	}
 	d.serviceQueues()
 	return true
+}
+
+// startStop takes or gives back the queues. The vhost-user server waits on
+// req.done, so it is closed even if this panics.
+func (d *Device) startStop(req ctlReq) {
+	defer close(req.done)
+	n := len(d.conns)
+	d.rxq, d.txq = nil, nil
+	d.reset(true)
+	if len(req.start) == 2 {
+		d.rxq, d.txq = req.start[0], req.start[1]
+		d.logf("vsockdev: guest driver started (CID %d)", d.cfg.GuestCID)
+	} else {
+		d.logf("vsockdev: guest driver stopped, %d streams reset", n)
+	}
 }
 
 // reset drops every stream: a transport reset (guest driver stopped, guest

@@ -478,3 +478,52 @@ func TestFakeGuestHostConnect(t *testing.T) {
 		})
 	}
 }
+
+// TestFakeGuestMemoryFault truncates the guest memory file under the
+// device: its next access faults. The device must survive (no crash),
+// reset its streams, and serve again once the driver restarts.
+func TestFakeGuestMemoryFault(t *testing.T) {
+	g := newFakeGuest(t)
+	hc := g.connectOut(8300, 1400, 1<<20)
+	size := int64(len(g.f.Mem))
+	if err := g.f.Resize(0); err != nil {
+		t.Fatal(err)
+	}
+	// Kick without touching the (now faulting) rings ourselves.
+	g.tx().Notify()
+	hc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := hc.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("stream survived a fault on guest memory (%d bytes read)", n)
+	}
+	if err := g.f.Resize(size); err != nil {
+		t.Fatal(err)
+	}
+	// The driver restarts with fresh rings.
+	for _, r := range g.f.Rings {
+		if _, err := g.f.StopRing(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := g.f.SetMemTable(); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range g.f.Rings {
+		if err := g.f.StartRing(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range g.f.Rings {
+		if err := g.f.Do(frontend.SetVringEnable, frontend.State(uint32(r.Index), 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g.rxBufs = map[uint32][]byte{}
+	g.postRx(32)
+	hc2 := g.connectOut(8301, 1401, 1<<20)
+	g.send(header{DstCID: 3, SrcPort: 8301, DstPort: 1401, Op: opRW, BufAlloc: 1 << 20}, []byte("alive"))
+	hc2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b := make([]byte, 5)
+	if _, err := io.ReadFull(hc2, b); err != nil || string(b) != "alive" {
+		t.Fatalf("after the fault: %q %v", b, err)
+	}
+}
