@@ -203,6 +203,35 @@ func TestVM(t *testing.T) {
 		}
 	})
 
+	t.Run("ConcurrentLarge", func(t *testing.T) {
+		// Several big full-duplex streams at once: credit and turn-taking
+		// must keep every one of them moving.
+		const conns, size = 12, 6 << 20
+		var wg sync.WaitGroup
+		errs := make(chan error, conns)
+		for i := range conns {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c, err := vm.dial(portEcho)
+				if err != nil {
+					errs <- fmt.Errorf("conn %d: %w", i, err)
+					return
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(3 * time.Minute))
+				if err := echoCheck(c, size+i*4099, uint64(1000+i)); err != nil {
+					errs <- fmt.Errorf("conn %d: %w", i, err)
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+	})
+
 	t.Run("GuestDialsHost", func(t *testing.T) {
 		for _, cid := range []uint32{2, 3} {
 			port := uint32(7000 + cid)
