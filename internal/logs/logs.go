@@ -159,20 +159,20 @@ func (l *Log) Capture(r io.Reader) {
 		for start < end {
 			i := bytes.IndexByte(buf[start:end], '\n')
 			if i < 0 {
-				if end-start < max {
-					break
+				if end-start <= max {
+					break // wait for the rest, or EOF
 				}
 				lines = append(lines, buf[start:start+max])
 				start += max
 				continue
 			}
-			line := buf[start : start+i]
+			line := trimCR(buf[start : start+i])
 			start += i + 1
 			for len(line) > max {
 				lines = append(lines, line[:max])
 				line = line[max:]
 			}
-			lines = append(lines, trimCR(line))
+			lines = append(lines, line)
 		}
 		if err != nil && start < end {
 			lines = append(lines, trimCR(buf[start:end]))
@@ -181,8 +181,8 @@ func (l *Log) Capture(r io.Reader) {
 		if len(lines) > 0 {
 			l.writeBatch(lines)
 		}
-		// Keep the partial line at the front; it is shorter than max, so
-		// there is always room for the next read.
+		// Keep the partial line at the front; it is at most max bytes and
+		// the buffer is at least 2*max, so there is always room to read.
 		copy(buf, buf[start:end])
 		end -= start
 		start = 0

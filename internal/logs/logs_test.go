@@ -569,3 +569,43 @@ func BenchmarkCapture(b *testing.B) {
 		b.ReportMetric(float64(b.Elapsed())/float64(b.N)/lines, "ns/line")
 	})
 }
+
+// FuzzCapture checks that whatever a service writes, every stored line is
+// well formed and at most MaxLine long, and that no byte other than line
+// ends is lost or added.
+func FuzzCapture(f *testing.F) {
+	f.Add([]byte("a\nb"), uint8(4))
+	f.Add([]byte("abcd\r\nefgh\r\r\n\n"), uint8(4))
+	f.Add([]byte("\xff\x00\n\r"), uint8(1))
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, data []byte, max uint8) {
+		if len(data) > 1<<16 {
+			return
+		}
+		maxLine := int(max%32) + 1
+		l, err := Open(Config{Dir: dir, MaxLine: maxLine, RingLines: 1 << 17, MaxSize: 1 << 30}, "fuzz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { l.Clear(); l.Close() }()
+		l.Capture(bytes.NewReader(data))
+		var got []byte
+		for _, line := range l.Lines(1 << 17) {
+			s := text(t, line)
+			if len(s) > maxLine {
+				t.Fatalf("line of %d bytes > MaxLine %d", len(s), maxLine)
+			}
+			got = append(got, s...)
+		}
+		// Expected: the input without line ends ("\n", "\r\n") and without a
+		// "\r" that ends the input.
+		want := bytes.ReplaceAll(data, []byte("\r\n"), []byte("\n"))
+		want = bytes.ReplaceAll(want, []byte("\n"), nil)
+		if bytes.HasSuffix(data, []byte("\r")) {
+			want = bytes.TrimSuffix(want, []byte("\r"))
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("stored %q, want %q", got, want)
+		}
+	})
+}
