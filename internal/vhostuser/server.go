@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -140,7 +141,11 @@ func (s *Server) Serve(ctx context.Context) error {
 			if s.isClosed() {
 				return nil
 			}
-			return fmt.Errorf("vhost-user socket %s: accept: %w", s.path, err)
+			// Out of fds and the like: QEMU may retry, so keep the
+			// socket and back off instead of giving up or spinning.
+			s.logf("vhostuser: socket %s: accept: %v", s.path, err)
+			time.Sleep(100 * time.Millisecond)
+			continue
 		}
 		s.mu.Lock()
 		if s.closed {
