@@ -349,6 +349,17 @@ func (d *Device) acceptHybrid() {
 
 func (d *Device) handshake(uc net.Conn) {
 	defer d.recoverGo("hybrid handshake")
+	// Close must not wait for a slow client's CONNECT line.
+	read := make(chan struct{})
+	defer close(read)
+	go func() {
+		defer d.recoverGo("hybrid handshake watcher")
+		select {
+		case <-d.quit:
+			uc.SetReadDeadline(time.Unix(1, 0))
+		case <-read:
+		}
+	}()
 	uc.SetReadDeadline(time.Now().Add(d.cfg.ConnectTimeout))
 	br := bufio.NewReaderSize(uc, readChunk)
 	port, err := hvsock.ReadConnect(br)

@@ -492,3 +492,31 @@ func TestHybridBeforeGuest(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseDropsPendingHandshake: Close does not wait for a client that
+// never sends its CONNECT line.
+func TestCloseDropsPendingHandshake(t *testing.T) {
+	dir := t.TempDir()
+	dev, err := New(Config{VhostUserSocket: dir + "/vu.sock", HybridSocket: dir + "/h.sock", ConnectTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- dev.Serve(ctx) }()
+	c, err := net.Dial("unix", dir+"/h.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "CONN") // no newline: the device keeps waiting
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("pending client after Close: %d %v, want EOF at once", n, err)
+	}
+}
