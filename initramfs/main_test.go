@@ -97,7 +97,7 @@ func TestPrintCmdline(t *testing.T) {
 		route string
 		want  []string
 	}{
-		{enclavesim.RouteVhostUser, []string{"-device vhost-user-vsock-pci,chardev=vsock0", "path=" + dir + "/sim/vhost-user.sock", "-accel tcg", "-m 256M", "share=on", "'console=ttyS0 panic=-1 quiet a=b'"}},
+		{enclavesim.RouteVhostUser, []string{"-device vhost-user-vsock-pci,chardev=vsock0", "path=" + dir + "/sim/vhost-user.sock", "-accel tcg", "-m 256M", "share=on", "'console=ttyS0 panic=-1 no_timer_check quiet a=b'"}},
 	}
 	for _, tc := range tests {
 		out, _, err := run(t, "boot", "--print-cmdline", "--kernel", kernel, "--accel", "tcg", "--route", tc.route,

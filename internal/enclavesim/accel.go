@@ -120,7 +120,7 @@ func probeKVM(ctx context.Context, qemu []string, kernel string) (string, string
 	args := append(append([]string{}, qemu[1:]...),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-M", "q35", "-accel", "kvm", "-cpu", "host", "-m", "256",
-		"-kernel", kernel, "-append", "console=ttyS0 panic=-1 quiet",
+		"-kernel", kernel, "-append", "console=ttyS0 panic=-1 no_timer_check quiet",
 		"-serial", "stdio")
 	cmd := exec.CommandContext(ctx, qemu[0], args...)
 	var out bytes.Buffer
@@ -135,7 +135,7 @@ func probeKVM(ctx context.Context, qemu []string, kernel string) (string, string
 		return AccelTCG, fmt.Sprintf("KVM probe: the kernel did not reach its root mount within %s under -accel kvm -cpu host", probeTimeout)
 	case err != nil:
 		return AccelTCG, fmt.Sprintf("KVM probe: QEMU failed after %s: %v: %s", took, err, lastLine(out.String()))
-	case !strings.Contains(out.String(), "Kernel panic"):
+	case !strings.Contains(out.String(), "Unable to mount root"):
 		return AccelTCG, fmt.Sprintf("KVM probe: QEMU exited after %s without the kernel reaching its root mount: %s", took, lastLine(out.String()))
 	}
 	return AccelKVM, fmt.Sprintf("KVM probe booted the kernel in %s", took)

@@ -119,7 +119,7 @@ func TestCommandLine(t *testing.T) {
 		{"vhost-user tcg", func(o *Options) { o.Route, o.Accel = RouteVhostUser, AccelTCG },
 			[]string{"-accel tcg", "-chardev socket,id=vsock0,path=/d/vhost-user.sock", "-device vhost-user-vsock-pci,chardev=vsock0",
 				"-object memory-backend-memfd,id=mem,size=256M,share=on", "-m 256M", "-smp 2", "-no-reboot",
-				"-append console=ttyS0 panic=-1 quiet x=1", "-kernel /k", "-initrd /i.cpio"},
+				"-append console=ttyS0 panic=-1 no_timer_check quiet x=1", "-kernel /k", "-initrd /i.cpio"},
 			[]string{"vhost-vsock-pci", "-cpu"}},
 		{"vhost-vsock kvm", func(o *Options) { o.Route, o.Accel = RouteVhostVsock, AccelKVM },
 			[]string{"-accel kvm", "-cpu host", "-device vhost-vsock-pci,guest-cid=16"},
