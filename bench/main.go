@@ -181,6 +181,11 @@ func (r row) run(e *env, num string) string {
 			fmt.Fprintf(os.Stderr, "bench: row %s run %d/%d: %s\n", num, n+1, r.runs, c.name)
 			v, err := c.measure(e)
 			if err != nil {
+				// One retry: a shared machine can stall any single run.
+				fmt.Fprintf(os.Stderr, "bench: row %s, %s: %v; retrying once\n", num, c.name, err)
+				v, err = c.measure(e)
+			}
+			if err != nil {
 				res[i].err = err
 				fmt.Fprintf(os.Stderr, "bench: row %s, %s: %v\n", num, c.name, err)
 				continue

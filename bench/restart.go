@@ -34,7 +34,7 @@ func starts(path string) int64 {
 
 func restartWindow(e *env) time.Duration {
 	// Long enough for runsv's 1 s spacing to show as more than one restart.
-	return 3 * time.Second
+	return 4 * time.Second
 }
 
 // measureRestarts waits for restarts to flow, then watches the counter
