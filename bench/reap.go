@@ -125,14 +125,14 @@ func reapTini(e *env) ([]float64, error) {
 
 func reapRow(runs int) row {
 	return row{
-		title:   "Orphan reaping",
+		title: "Orphan reaping",
 		metrics: []metric{
 			{name: "ms from the storm's start until 10 000 orphans exiting at once are all reaped", format: ms},
 			{name: "ms from the last orphan's exit until the last reap (the reaper's own lag)", format: ms},
 		},
-		ours:    contender{name: "init (subreaper mode)", measure: reapOurs},
-		theirs:  []contender{{name: "tini -s", needs: []string{"tini"}, measure: reapTini}},
-		runs:    runs,
+		ours:   contender{name: "init (subreaper mode)", measure: reapOurs},
+		theirs: []contender{{name: "tini -s", needs: []string{"tini"}, measure: reapTini}},
+		runs:   runs,
 	}
 }
 
