@@ -28,7 +28,8 @@ import (
 // scenario starts from a known state.
 func mainGuest() guest {
 	return guest{
-		append: "nomodules xyzzy",
+		append:   "nomodules xyzzy",
+		memoryMB: 3072, // the zombie storm: 10 000 processes need their kernel stacks and page tables
 		config: moduleYAML() + `
 vsock:
   cid: $HOSTCID
