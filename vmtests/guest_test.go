@@ -17,13 +17,17 @@ func TestGuest(t *testing.T) {
 			e.do(t, wire.Request{Kind: wire.KindServiceEnable, Name: n})
 			e.try(wire.Request{Kind: wire.KindServiceStart, Name: n})
 		}
-		lines := e.waitLog(t, "inside", "NAME")
-		for _, want := range []string{"ENABLED", "talk", "ctl"} {
+		// Wait for the end: the table's lines arrive one by one.
+		lines := e.waitLog(t, "inside", "init: exited with code")
+		for _, want := range []string{"NAME", "ENABLED", "talk ", "ctl "} {
 			if !containsLine(lines, want) {
 				t.Errorf("in-guest initctl list lacks %q:\n%s", want, strings.Join(lines, "\n"))
 			}
 		}
-		lines = e.waitLog(t, "insidesys", "System Status")
+		lines = e.waitLog(t, "insidesys", "init: exited with code")
+		if !containsLine(lines, "System Status") {
+			t.Errorf("in-guest system-status:\n%s", strings.Join(lines, "\n"))
+		}
 		// Root on the Unix socket gets every class.
 		if !containsLine(lines, "This connection: read, manage, exec") {
 			t.Errorf("in-guest system-status does not show root's classes:\n%s", strings.Join(lines, "\n"))
