@@ -67,10 +67,11 @@ func (o *ours) waitControl() error {
 	})
 }
 
-// s6Dir writes an s6 scan directory with one service per entry (name ->
-// argv), each a /bin/sh run script that execs the command, which is how s6
-// services are usually written.
-func s6Dir(dir string, services map[string][]string, withLog bool) (string, error) {
+// s6Dir writes a scan directory with one service per entry (name -> argv),
+// each a /bin/sh run script that execs the command, which is how s6 and
+// runit services are usually written. s6-svscan and runsvdir read the same
+// layout.
+func s6Dir(dir string, services map[string][]string) (string, error) {
 	scan := filepath.Join(dir, "scan")
 	for name, argv := range services {
 		sd := filepath.Join(scan, name)

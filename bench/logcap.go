@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -247,5 +246,3 @@ func logRow(runs int) row {
 }
 
 func secs(v float64) string { return fmt.Sprintf("%.2f s", v) }
-
-var _ = io.EOF

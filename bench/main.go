@@ -302,8 +302,8 @@ func machine() string {
 	return fmt.Sprintf("%d × %s%s%s%s, %s", runtime.NumCPU(), model, mem, osName, kernel, runtime.Version())
 }
 
-// logTo returns a writer for a helper's output that keeps the last bytes
-// for error messages.
+// tail is a writer for a helper's output that keeps the last 4 KiB for
+// error messages.
 type tail struct{ b []byte }
 
 func (t *tail) Write(p []byte) (int, error) {

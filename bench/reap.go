@@ -33,7 +33,7 @@ func (e *env) stormCommand(fifo string) []string {
 }
 
 // measureStorm times the storm under the supervisor sup, which has started
-// the storm command. base is the number of children sup keeps afterwards.
+// the storm command; the storm's shell stays sup's one child afterwards.
 func measureStorm(sup *exec.Cmd, fifo string, out *tail) ([]float64, error) {
 	// Opening the FIFO blocks until the writer (zombies' stdout) opens it.
 	opened := make(chan *os.File, 1)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -41,21 +40,17 @@ type supervisor struct {
 	// start runs the supervisor on services in dir and returns its process
 	// and the names of the processes that make up the supervisor (for
 	// memory accounting; empty means the top process alone).
-	start func(e *env, dir string, services map[string][]string) (proc *running, err error)
+	start func(e *env, dir string, services map[string][]string) (*running, error)
 	note  string
 }
 
 // running is a supervisor under measurement.
 type running struct {
-	cmd   interface{ pid() int }
+	pid   int // the supervisor's top process
 	kill  func()
-	parts []string // cmdline prefixes of the supervisor's own processes
+	parts []string // cmdline prefixes of the supervisor's other processes
 	out   *tail
 }
-
-type pidOf int
-
-func (p pidOf) pid() int { return int(p) }
 
 func tomlArgv(argv []string) string {
 	return strings.Join(argv, " ")
@@ -74,14 +69,14 @@ func supervisors() []supervisor {
 				if err != nil {
 					return nil, err
 				}
-				return &running{cmd: pidOf(o.cmd.Process.Pid), kill: func() { killTree(o.cmd) }, out: o.out}, nil
+				return &running{pid: o.cmd.Process.Pid, kill: func() { killTree(o.cmd) }, out: o.out}, nil
 			},
 		},
 		{
 			name:  "s6-svscan + s6-supervise",
 			needs: []string{"s6-svscan", "s6-supervise"},
 			start: func(e *env, dir string, services map[string][]string) (*running, error) {
-				scan, err := s6Dir(dir, services, false)
+				scan, err := s6Dir(dir, services)
 				if err != nil {
 					return nil, err
 				}
@@ -89,7 +84,7 @@ func supervisors() []supervisor {
 				if err != nil {
 					return nil, err
 				}
-				return &running{cmd: pidOf(cmd.Process.Pid), kill: func() { killTree(cmd) }, parts: []string{"s6-supervise"}, out: out}, nil
+				return &running{pid: cmd.Process.Pid, kill: func() { killTree(cmd) }, parts: []string{"s6-supervise"}, out: out}, nil
 			},
 			note: "run scripts are #!/bin/sh exec …",
 		},
@@ -97,7 +92,7 @@ func supervisors() []supervisor {
 			name:  "runsvdir + runsv",
 			needs: []string{"runsvdir", "runsv"},
 			start: func(e *env, dir string, services map[string][]string) (*running, error) {
-				scan, err := s6Dir(dir, services, false)
+				scan, err := s6Dir(dir, services)
 				if err != nil {
 					return nil, err
 				}
@@ -105,7 +100,7 @@ func supervisors() []supervisor {
 				if err != nil {
 					return nil, err
 				}
-				return &running{cmd: pidOf(cmd.Process.Pid), kill: func() { killTree(cmd) }, parts: []string{"runsv "}, out: out}, nil
+				return &running{pid: cmd.Process.Pid, kill: func() { killTree(cmd) }, parts: []string{"runsv "}, out: out}, nil
 			},
 			note: "run scripts are #!/bin/sh exec …",
 		},
@@ -121,7 +116,7 @@ func supervisors() []supervisor {
 				if err != nil {
 					return nil, err
 				}
-				return &running{cmd: pidOf(cmd.Process.Pid), kill: func() { killTree(cmd) }, out: out}, nil
+				return &running{pid: cmd.Process.Pid, kill: func() { killTree(cmd) }, out: out}, nil
 			},
 			note: "startsecs=0",
 		},
@@ -145,9 +140,9 @@ func startupOf(s supervisor, n int) func(e *env) ([]float64, error) {
 		}
 		defer r.kill()
 		if err := waitFor(60*time.Second, 2*time.Millisecond, fmt.Sprintf("%d services to run", n), func() bool {
-			return e.running(r.cmd.pid(), tag) == n
+			return e.running(r.pid, tag) == n
 		}); err != nil {
-			return nil, fmt.Errorf("%w (%d running); output: %s", err, e.running(r.cmd.pid(), tag), r.out)
+			return nil, fmt.Errorf("%w (%d running); output: %s", err, e.running(r.pid, tag), r.out)
 		}
 		return []float64{float64(time.Since(start).Microseconds()) / 1000}, nil
 	}
@@ -169,13 +164,13 @@ func memoryOf(s supervisor, n int) func(e *env) ([]float64, error) {
 		}
 		defer r.kill()
 		if err := waitFor(60*time.Second, 10*time.Millisecond, fmt.Sprintf("%d services to run", n), func() bool {
-			return e.running(r.cmd.pid(), tag) == n
+			return e.running(r.pid, tag) == n
 		}); err != nil {
 			return nil, fmt.Errorf("%w; output: %s", err, r.out)
 		}
 		time.Sleep(time.Second)
-		pids := []int{r.cmd.pid()}
-		for _, p := range descendants(r.cmd.pid()) {
+		pids := []int{r.pid}
+		for _, p := range descendants(r.pid) {
 			c := cmdline(p)
 			for _, part := range r.parts {
 				if strings.HasPrefix(c, part) {
@@ -229,5 +224,3 @@ func memoryRow(runs int) row {
 		[]string{"s6-svscan + s6-supervise", "supervisord", "runsvdir + runsv"},
 		func(s supervisor) func(*env) ([]float64, error) { return memoryOf(s, 50) })
 }
-
-var _ = os.Getpid
