@@ -145,6 +145,7 @@ is_elf() {
 install_release() {
 	local root=$1 rel=$2 source=$3 tmp mdir f name
 	tmp=$(mktemp -d "$KDIR/.tmp-$rel.XXXXXX")
+	TMPREL=$tmp # removed by the EXIT trap if we die half-way
 	f=$root/boot/vmlinuz-$rel
 	[ -f "$f" ] || die "package tree has no boot/vmlinuz-$rel (looked in $root/boot: $(ls "$root/boot" 2>/dev/null | tr '\n' ' '))"
 	cp "$f" "$tmp/vmlinuz"
@@ -177,6 +178,7 @@ install_release() {
 	chmod 0755 "$tmp"
 	rm -rf "${KDIR:?}/$rel"
 	mv "$tmp" "$KDIR/$rel"
+	TMPREL=
 	ln -sfn "$rel" "$KDIR/current"
 }
 
@@ -200,11 +202,12 @@ fetch_packages() {
 		ln -sfn "$rel" "$KDIR/current"
 		return
 	fi
-	local work
-	work=$(mktemp -d)
+	# Global, so the EXIT trap still sees it when die() exits from deeper down.
+	WORK=$(mktemp -d)
+	local work=$WORK
 	# apt-get download drops privileges to _apt, which must be able to write here.
 	chmod 0755 "$work"
-	trap 'rm -rf "$work"' EXIT
+	trap 'rm -rf "$WORK" "${TMPREL:-}"' EXIT
 	local p
 	for p in "$@"; do
 		say "downloading $p"

@@ -15,6 +15,8 @@ func buildCmd() *cobra.Command {
 		spec          image.Spec
 		files         []string
 		kernelModules bool
+		simConfig     bool
+		heartbeatCID  uint32
 	)
 	cmd := &cobra.Command{
 		Use:   "build -o OUT --init PATH [flags]",
@@ -30,6 +32,9 @@ func buildCmd() *cobra.Command {
   --kernel-modules        the test kernel's vsock and nsm modules, as --module
   --file SRC:/DST         anything else (repeatable)
   --rootfs DIR            /rootfs, the root init switches to (pivot_root_dir)
+  --sim-config            instead of --config: a minimal init.yaml for the simulator
+                          (heartbeat to --heartbeat-cid, the modules given, control
+                          on vsock port 9001 open to the host, no root switch)
 
 A /dev/console node is included. The same inputs always give the same bytes.`,
 		Args: cobra.NoArgs,
@@ -50,6 +55,13 @@ A /dev/console node is included. The same inputs always give the same bytes.`,
 					return fmt.Errorf("--kernel-modules: %w", err)
 				}
 				spec.Modules = append(spec.Modules, k.Modules...)
+			}
+			if simConfig {
+				if spec.Config != "" {
+					return fmt.Errorf("--sim-config and --config %s both give /etc/init.yaml: drop one", spec.Config)
+				}
+				yaml := enclavesim.InitYAML(heartbeatCID, spec.Modules, spec.Rootfs != "")
+				spec.Files = append(spec.Files, image.File{Data: []byte(yaml), Dst: image.ConfigPath})
 			}
 			if err := spec.WriteFile(out); err != nil {
 				return err
@@ -73,5 +85,7 @@ A /dev/console node is included. The same inputs always give the same bytes.`,
 	f.StringArrayVar(&files, "file", nil, "extra file SRC:/DST (repeatable)")
 	f.StringVar(&spec.Rootfs, "rootfs", "", "directory copied to "+image.RootfsDir)
 	f.BoolVar(&spec.NoConsole, "no-console", false, "leave out /dev/console")
+	f.BoolVar(&simConfig, "sim-config", false, "write a minimal simulator init.yaml (see above)")
+	f.Uint32Var(&heartbeatCID, "heartbeat-cid", enclavesim.HostCIDFor(enclavesim.RouteVhostUser), "with --sim-config: the CID the heartbeat goes to (2 on the vhost-vsock route)")
 	return cmd
 }

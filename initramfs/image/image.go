@@ -12,6 +12,7 @@ package image
 
 import (
 	"bufio"
+	"debug/elf"
 	"errors"
 	"fmt"
 	"io"
@@ -115,9 +116,15 @@ func (s Spec) Records() ([]cpio.Record, error) {
 		errs = append(errs, errors.New("no init binary given (--init PATH): the image needs one as /init"))
 	} else {
 		addFile(s.Init, InitPath, 0o755, "--init "+s.Init)
+		if err := checkStatic(s.Init); err != nil {
+			errs = append(errs, fmt.Errorf("--init %s: %w", s.Init, err))
+		}
 	}
 	if s.Initctl != "" {
 		addFile(s.Initctl, InitctlPath, 0o755, "--initctl "+s.Initctl)
+		if err := checkStatic(s.Initctl); err != nil {
+			errs = append(errs, fmt.Errorf("--initctl %s: %w", s.Initctl, err))
+		}
 	}
 	if s.Config != "" {
 		addFile(s.Config, ConfigPath, 0o644, "--config "+s.Config)
@@ -248,6 +255,25 @@ func (s Spec) WriteFile(out string) error {
 	}
 	if err := os.Rename(tmp.Name(), out); err != nil {
 		return fmt.Errorf("renaming the image to %s: %w", out, err)
+	}
+	return nil
+}
+
+// checkStatic refuses a dynamically linked ELF program: the image has no
+// dynamic loader or libc, so the kernel would fail to run it ("No working
+// init found" and a panic, for /init). Files that are not ELF (scripts, test
+// stand-ins) pass; the image builder cannot judge them.
+func checkStatic(p string) error {
+	f, err := elf.Open(p)
+	if err != nil {
+		return nil // missing files are reported elsewhere; non-ELF passes
+	}
+	defer f.Close()
+	for _, prog := range f.Progs {
+		if prog.Type == elf.PT_INTERP {
+			interp, _ := io.ReadAll(io.LimitReader(prog.Open(), 256))
+			return fmt.Errorf("dynamically linked (needs %s, which the image lacks): build it with CGO_ENABLED=0", strings.TrimRight(string(interp), "\x00"))
+		}
 	}
 	return nil
 }

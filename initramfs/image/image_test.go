@@ -198,6 +198,8 @@ func TestErrorsNameTheInput(t *testing.T) {
 		{"missing rootfs", func(s *Spec) { s.Rootfs = missing }, []string{"--rootfs " + missing}},
 		{"duplicate", func(s *Spec) { s.Files = []File{{Src: s.Init, Dst: "/etc/init.yaml"}} }, []string{"/etc/init.yaml is given twice", "--config", "--file"}},
 		{"file over dir", func(s *Spec) { s.Files = []File{{Src: s.Init, Dst: "/usr/bin"}} }, []string{"needs /usr/bin to be a directory"}},
+		{"dynamic init", func(s *Spec) { s.Init = "/bin/true" }, []string{"--init /bin/true", "dynamically linked", "CGO_ENABLED=0"}},
+		{"dynamic initctl", func(s *Spec) { s.Initctl = "/bin/true" }, []string{"--initctl /bin/true", "dynamically linked"}},
 		{"two missing", func(s *Spec) { s.Init = missing; s.Config = missing + "2" }, []string{"--init " + missing, "--config " + missing + "2"}},
 	}
 	for _, tc := range tests {

@@ -175,6 +175,12 @@ func serve(hostCID uint32) {
 }
 
 func handle(c net.Conn, hostCID uint32) {
+	// PID 1 must not die of one bad connection: the kernel would panic.
+	defer func() {
+		if r := recover(); r != nil {
+			logf("connection handler panicked: %v", r)
+		}
+	}()
 	defer c.Close()
 	sc := bufio.NewScanner(c)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
