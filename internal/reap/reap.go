@@ -114,16 +114,30 @@ func (r *Reaper) call(e exit) {
 	e.fn(e.pid, e.status)
 }
 
-// Run reaps on every SIGCHLD, and once a second as a safety net, until ctx
-// ends. It never returns early because of a panic.
+// Run reaps until ctx ends. It never returns early because of a panic.
+//
+// Between passes it blocks in waitid(WEXITED|WNOWAIT), which returns as soon
+// as any child has exited without reaping it, so a storm of exits is noticed
+// without waiting for SIGCHLD to be delivered and routed through the
+// runtime. When there are no children at all, it waits for SIGCHLD (or a
+// one-second tick, as a safety net).
 func (r *Reaper) Run(ctx context.Context) {
 	ch := make(chan os.Signal, 64)
 	signal.Notify(ch, syscall.SIGCHLD)
 	defer signal.Stop(ch)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	for {
+	for ctx.Err() == nil {
 		r.safeReap()
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_ALL, 0, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		switch err {
+		case nil, syscall.EINTR:
+			continue
+		case syscall.ECHILD:
+		default:
+			r.logf("reap: waitid: %v", err)
+		}
 		select {
 		case <-ctx.Done():
 			return
