@@ -153,11 +153,11 @@ func TestControl(t *testing.T) {
 	})
 
 	t.Run("logs_clear", func(t *testing.T) {
-		e.explain(t, "talk")
-		e.waitLog(t, "talk", "stdout line 1")
-		wantOut(t, e.initctlOK(t, "logs-clear", "talk"), "✓ Logs cleared for service 'talk'")
-		if lines := e.logs(t, "talk", 100); containsLine(lines, "stdout line") {
-			t.Errorf("talk's log still has its lines after logs-clear:\n%s", strings.Join(lines, "\n"))
+		e.explain(t, "chatter")
+		e.waitLog(t, "chatter", "stderr line 2")
+		wantOut(t, e.initctlOK(t, "logs-clear", "chatter"), "✓ Logs cleared for service 'chatter'")
+		if lines := e.logs(t, "chatter", 100); containsLine(lines, "stdout line") {
+			t.Errorf("chatter's log still has its lines after logs-clear:\n%s", strings.Join(lines, "\n"))
 		}
 	})
 

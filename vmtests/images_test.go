@@ -71,6 +71,8 @@ control:
 			"storm.service.disabled": `ExecStart = "/bin/zombies -n 10000"`,
 			// Output capture.
 			"talk.service": `ExecStart = "/bin/svc print 3"`,
+			// Its log is cleared by logs-clear.
+			"chatter.service": `ExecStart = "/bin/svc print 2"`,
 			// A slow, steady writer for logs -f and logs-stream.
 			"counter.service.disabled": `ExecStart = "/bin/svc count 100000 250ms"`,
 			// The service the control commands work on.

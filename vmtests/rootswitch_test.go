@@ -273,15 +273,21 @@ func TestRootSwitch(t *testing.T) {
 		}
 		write("new.service", `ExecStart = "/bin/svc sleep new-marker"`)
 		write("change.service", `Environment = ["VERSION=2"]`)
-		// Reload until both writes are seen: new runs, and change is
-		// reported changed on disk (a running service keeps its definition
-		// until its next restart).
-		eventually(t, waitTimeout, "new running and change changed on disk after a reload", func() (bool, string) {
-			e.initctlOK(t, "reload")
-			r, err := e.try(wire.Request{Kind: wire.KindServiceStatus, Name: "new"})
+		// A reload that reads a half-written new file sees an invalid
+		// service (see the report on invalid-then-fixed files), so reload
+		// only once new.service exists: exec of it then fails with
+		// "permission denied" rather than "no such file", and svc writes its
+		// line right after creating the file. Appending one line to the
+		// existing change.service is a single write, so reloads may run
+		// until init reports it changed on disk.
+		eventually(t, waitTimeout, "new.service created", func() (bool, string) {
+			_, errOut, _ := e.initctl(t, "ps", "start", "/srv/services/new.service")
+			return strings.Contains(errOut, "permission denied"), errOut
+		})
+		eventually(t, waitTimeout, "change.service reported changed on disk after a reload", func() (bool, string) {
+			wantOut(t, e.initctlOK(t, "reload"), "✓ Service configurations reloaded")
 			st := e.status(t, "change")
-			ok := err == nil && r.Status != nil && r.Status.State == "running" && st.ChangedOnDisk
-			return ok, fmt.Sprintf("new: %+v %v; change: %+v", r.Status, err, st)
+			return st.ChangedOnDisk, fmt.Sprintf("%+v", st)
 		})
 		for _, pid := range writers {
 			e.initctlOK(t, "ps", "kill", pid, "-s", "KILL")
@@ -315,5 +321,29 @@ func TestRootSwitch(t *testing.T) {
 				t.Errorf("%d processes run %q after reloads, want 1", n, marker)
 			}
 		}
+	})
+
+	t.Run("reload_starts_a_service_whose_file_was_fixed", func(t *testing.T) {
+		e.explain(t, "fixed")
+		// A file without ExecStart is an invalid service; appending the
+		// missing line fixes it. An operator who fixes a file and reloads
+		// expects the enabled, never started service to start, as a new
+		// file's service does.
+		write := func(line string, loaded func(wire.ServiceStatus) bool) {
+			out := e.initctlOK(t, "ps", "start", "/bin/svc", "append", "/srv/services/fixed.service", line)
+			f := strings.Fields(out[strings.LastIndex(out, "PID"):])
+			pid := strings.Trim(f[len(f)-1], "():")
+			eventually(t, waitTimeout, "init to read "+line, func() (bool, string) {
+				wantOut(t, e.initctlOK(t, "reload"), "✓ Service configurations reloaded")
+				r, err := e.try(wire.Request{Kind: wire.KindServiceStatus, Name: "fixed"})
+				return err == nil && r.Status != nil && loaded(*r.Status), fmt.Sprintf("%+v %v", r.Status, err)
+			})
+			e.initctlOK(t, "ps", "kill", pid, "-s", "KILL")
+		}
+		write(`Restart = "no"`, func(st wire.ServiceStatus) bool { return st.State == "invalid" })
+		write(`ExecStart = "/bin/svc sleep fixed-marker"`, func(st wire.ServiceStatus) bool {
+			return strings.Contains(st.ExecStart, "fixed-marker")
+		})
+		e.waitState(t, "fixed", "running")
 	})
 }
