@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 )
@@ -170,7 +171,22 @@ func (r Request) MarshalJSON() ([]byte, error) {
 			body[string(f)] = nonNil(r.Env)
 		}
 	}
-	return json.Marshal(map[string]any{r.Kind: body})
+	return tagged(r.Kind, body)
+}
+
+// tagged encodes {"<kind>":<body>} without building a map: kind is one of
+// the fixed variant names, which need no escaping.
+func tagged(kind string, body any) ([]byte, error) {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(kind)+len(b)+5)
+	out = append(out, '{', '"')
+	out = append(out, kind...)
+	out = append(out, '"', ':')
+	out = append(out, b...)
+	return append(out, '}'), nil
 }
 
 // UnmarshalJSON decodes an externally tagged request. A unit variant may
@@ -195,44 +211,62 @@ func (r *Request) UnmarshalJSON(data []byte) error {
 	if body == nil || isNull(body) {
 		return fmt.Errorf("%s needs an object with %v", kind, fields)
 	}
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(body, &m); err != nil {
+	// One pass over the body: pointers tell present fields from absent
+	// (or null) ones.
+	var b struct {
+		Name      *string   `json:"name"`
+		Lines     *int      `json:"lines"`
+		VsockCID  *uint32   `json:"vsock_cid"`
+		VsockPort *uint32   `json:"vsock_port"`
+		PID       *int      `json:"pid"`
+		Signal    *int      `json:"signal"`
+		Command   *string   `json:"command"`
+		Args      *[]string `json:"args"`
+		Env       *[]string `json:"env"`
+	}
+	if err := json.Unmarshal(body, &b); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			return fmt.Errorf("%s: field %q: %w", kind, te.Field, err)
+		}
 		return fmt.Errorf("%s: body must be an object: %w", kind, err)
 	}
 	for _, f := range fields {
-		raw, present := m[string(f)]
-		if !present || isNull(raw) {
-			if optionalFields[f] {
-				continue
-			}
-			return fmt.Errorf("%s: missing field %q", kind, f)
-		}
-		var dst any
+		present := true
 		switch f {
 		case fName:
-			dst = &r.Name
+			present = set(&r.Name, b.Name)
 		case fLines:
-			dst = &r.Lines
+			present = set(&r.Lines, b.Lines)
 		case fVsockCID:
-			dst = &r.VsockCID
+			present = set(&r.VsockCID, b.VsockCID)
 		case fVsockPort:
-			dst = &r.VsockPort
+			present = set(&r.VsockPort, b.VsockPort)
 		case fPID:
-			dst = &r.PID
+			present = set(&r.PID, b.PID)
 		case fSignal:
-			dst = &r.Signal
+			present = set(&r.Signal, b.Signal)
 		case fCommand:
-			dst = &r.Command
+			present = set(&r.Command, b.Command)
 		case fArgs:
-			dst = &r.Args
+			present = set(&r.Args, b.Args)
 		case fEnv:
-			dst = &r.Env
+			present = set(&r.Env, b.Env)
 		}
-		if err := json.Unmarshal(raw, dst); err != nil {
-			return fmt.Errorf("%s: field %q: %w", kind, f, err)
+		if !present && !optionalFields[f] {
+			return fmt.Errorf("%s: missing field %q", kind, f)
 		}
 	}
 	return nil
+}
+
+// set copies *src to *dst when src is non-nil and reports whether it was.
+func set[T any](dst *T, src *T) bool {
+	if src == nil {
+		return false
+	}
+	*dst = *src
+	return true
 }
 
 // Response is one control response (or one event of a stream). Kind selects
@@ -336,7 +370,7 @@ func (r Response) MarshalJSON() ([]byte, error) {
 	default:
 		return nil, fmt.Errorf("unknown response variant %q", r.Kind)
 	}
-	return json.Marshal(map[string]any{r.Kind: body})
+	return tagged(r.Kind, body)
 }
 
 // UnmarshalJSON decodes an externally tagged response.
