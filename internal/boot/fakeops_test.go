@@ -161,6 +161,12 @@ func (r *recOps) ReadFile(path string) ([]byte, error) {
 	return nil, &fs.PathError{Op: "open", Path: path, Err: fs.ErrNotExist}
 }
 
+// ReadDir is not recorded: it only decides whether waiting for /dev/nsm is
+// worth it, and reporting "no such directory" keeps the waiting behaviour.
+func (r *recOps) ReadDir(path string) ([]fs.DirEntry, error) {
+	return nil, &fs.PathError{Op: "open", Path: path, Err: fs.ErrNotExist}
+}
+
 func (r *recOps) DialVsock(ctx context.Context, cid, port uint32) (net.Conn, error) {
 	call := fmt.Sprintf("dial %d:%d", cid, port)
 	if err := r.record(call); err != nil {

@@ -104,7 +104,7 @@ func (b *booter) loadNSM() error {
 			b.logf("boot: %s present", NSMDevice)
 		} else {
 			b.res.NSM = "absent"
-			b.logf("boot: %s absent after %s (driver loaded, but no NSM virtio device was probed)", NSMDevice, b.cfg.NSMWait)
+			b.logf("boot: %s absent (driver loaded, but no NSM virtio device was probed)", NSMDevice)
 		}
 		return nil
 	})
@@ -114,9 +114,35 @@ func (b *booter) loadNSM() error {
 	return b.fatal(PolicyNSM, err)
 }
 
-// waitNSM polls for the /dev/nsm character device until Config.NSMWait.
+// virtioNSMID is the virtio device ID of the Nitro Secure Module.
+const virtioNSMID = "0x0021"
+
+// nsmDeviceProbed reports whether the virtio bus lists an NSM device. The
+// bus is enumerated before init runs, so when it lists none, /dev/nsm will
+// not appear and there is nothing to wait for. When the bus cannot be read
+// the answer is "maybe".
+func (b *booter) nsmDeviceProbed() bool {
+	const bus = "/sys/bus/virtio/devices"
+	ents, err := b.ops.ReadDir(bus)
+	if err != nil {
+		return true
+	}
+	for _, e := range ents {
+		id, err := b.ops.ReadFile(bus + "/" + e.Name() + "/device")
+		if err == nil && strings.TrimSpace(string(id)) == virtioNSMID {
+			return true
+		}
+	}
+	return false
+}
+
+// waitNSM polls for the /dev/nsm character device until Config.NSMWait, or
+// checks once when no NSM device is on the virtio bus.
 func (b *booter) waitNSM() bool {
 	deadline := time.Now().Add(b.cfg.NSMWait)
+	if !b.nsmDeviceProbed() {
+		deadline = time.Now()
+	}
 	for {
 		if fi, err := b.ops.Stat(NSMDevice); err == nil && fi.Mode()&fs.ModeCharDevice != 0 {
 			return true

@@ -27,6 +27,8 @@ type Ops interface {
 	Unlink(path string) error
 	Stat(path string) (fs.FileInfo, error)
 	ReadFile(path string) ([]byte, error)
+	// ReadDir lists a directory.
+	ReadDir(path string) ([]fs.DirEntry, error)
 	Chdir(path string) error
 	Chroot(path string) error
 	// DialVsock connects to cid:port over AF_VSOCK.
@@ -91,6 +93,8 @@ func (systemOps) Unlink(path string) error { return os.Remove(path) }
 func (systemOps) Stat(path string) (fs.FileInfo, error) { return os.Stat(path) }
 
 func (systemOps) ReadFile(path string) ([]byte, error) { return os.ReadFile(path) }
+
+func (systemOps) ReadDir(path string) ([]fs.DirEntry, error) { return os.ReadDir(path) }
 
 func (systemOps) Chdir(path string) error { return os.Chdir(path) }
 
