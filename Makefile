@@ -34,7 +34,7 @@ demo: deps build
 	ci/demo.sh
 
 # Every test: unit, integration, then the vmtests (which fail if any skip).
-test: unit vmtest
+test: deps unit vmtest
 
 unit:
 	GO=$(GO) ci/test.sh unit $(UNIT_PKGS)
