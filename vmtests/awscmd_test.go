@@ -36,11 +36,7 @@ control:
 // service "app", captures its output, and powers the enclave off when it
 // exits.
 func TestAWSCmd(t *testing.T) {
-	needVM(t)
-	e, err := boot(t, "awscmd", awsGuest())
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := soloBoot(t, "awscmd", awsGuest())
 	defer e.stop()
 
 	t.Run("app_runs_from_cmd_and_env", func(t *testing.T) {

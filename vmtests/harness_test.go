@@ -406,49 +406,77 @@ func (e *enclave) stop() enclavesim.Exit {
 	return ex
 }
 
-// shared VMs booted once and used by several top-level tests.
+// Shared VMs are booted once and used by several top-level tests. Only one
+// VM runs at a time: on the vhost-vsock route the guest CID and the host's
+// vsock ports (the heartbeat listener's 9000, logs-stream listeners) are
+// machine-wide, so a second VM could not start. Asking for another VM stops
+// the running one; asking again for a VM that has ended boots it anew.
 var (
 	sharedMu sync.Mutex
-	shared   = map[string]*sharedVM{}
+	current  *enclave             // the running shared VM, if any
+	bootErrs = map[string]error{} // a failed boot is not retried
 )
 
-type sharedVM struct {
-	once sync.Once
-	e    *enclave
-	err  error
-}
-
-// sharedEnclave boots the named VM on first use and returns it afterwards.
+// sharedEnclave returns the running VM called name, booting it (and
+// stopping any other VM) when needed.
 func sharedEnclave(t testing.TB, name string, g func() guest) *enclave {
 	t.Helper()
 	needVM(t)
 	sharedMu.Lock()
-	s := shared[name]
-	if s == nil {
-		s = &sharedVM{}
-		shared[name] = s
+	defer sharedMu.Unlock()
+	if err := bootErrs[name]; err != nil {
+		t.Fatalf("booting the %s VM failed earlier: %v", name, err)
 	}
-	sharedMu.Unlock()
-	s.once.Do(func() {
-		s.e, s.err = boot(t, name, g())
-		if s.err == nil {
-			t.Logf("%s VM booted: heartbeat %s after QEMU start, control ready after %s (route %s)",
-				name, s.e.hb.Round(time.Millisecond), s.e.booted.Round(time.Millisecond), s.e.vm.Options().Route)
-		}
-	})
-	if s.err != nil {
-		t.Fatalf("booting the %s VM: %v", name, s.err)
+	if current != nil && current.name == name && !current.ended() {
+		return current
 	}
-	return s.e
+	stopCurrentLocked()
+	e, err := boot(t, name, g())
+	if err != nil {
+		bootErrs[name] = err
+		t.Fatalf("booting the %s VM: %v", name, err)
+	}
+	t.Logf("%s VM booted: heartbeat %s after QEMU start, control ready after %s (route %s)",
+		name, e.hb.Round(time.Millisecond), e.booted.Round(time.Millisecond), e.vm.Options().Route)
+	current = e
+	return e
 }
 
-// stopShared stops every shared VM that is still running.
+// ended reports whether the VM has stopped running.
+func (e *enclave) ended() bool {
+	select {
+	case <-e.vm.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// soloBoot boots a VM that no other test shares, after stopping the shared
+// one; the caller stops it.
+func soloBoot(t testing.TB, name string, g guest) *enclave {
+	t.Helper()
+	needVM(t)
+	stopShared()
+	e, err := boot(t, name, g)
+	if err != nil {
+		t.Fatalf("booting the %s VM: %v", name, err)
+	}
+	t.Logf("%s VM booted: heartbeat %s after QEMU start, control ready after %s (route %s)",
+		name, e.hb.Round(time.Millisecond), e.booted.Round(time.Millisecond), e.vm.Options().Route)
+	return e
+}
+
+// stopShared stops the running shared VM, if any.
 func stopShared() {
 	sharedMu.Lock()
 	defer sharedMu.Unlock()
-	for _, s := range shared {
-		if s.e != nil {
-			s.e.stop()
-		}
+	stopCurrentLocked()
+}
+
+func stopCurrentLocked() {
+	if current != nil {
+		current.stop()
+		current = nil
 	}
 }

@@ -3,11 +3,12 @@ package vmtests
 // The images and the helpers the scenarios share.
 //
 // The main VM is one boot shared by TestBoot, TestControl, TestGuest,
-// TestSupervision and, last, TestShutdown, which powers it off; the rootfs
-// VM is shared by TestRootSwitch and TestShutdown, which reboots it. Go
-// runs the top-level tests of a package file by file in name order and,
-// within a file, in declaration order: shutdown_test.go must stay the last
-// file that uses a shared VM, and the tests run without -shuffle.
+// TestSupervision and TestShutdown, which powers it off; the rootfs VM is
+// shared by TestRootSwitch and TestReboot; TestAWSCmd boots its own. Go runs
+// the top-level tests file by file in name order (awscmd, boot, control,
+// guest, services, shutdown, switchroot) and, within a file, in declaration
+// order, so each VM is booted once and ends before the next one boots. Run
+// without -shuffle; a test run alone boots what it needs.
 
 import (
 	"context"

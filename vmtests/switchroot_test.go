@@ -1,6 +1,7 @@
 package vmtests
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -8,7 +9,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/nitroinit/nitroinit/internal/enclavesim"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
@@ -345,5 +348,33 @@ func TestRootSwitch(t *testing.T) {
 			return strings.Contains(st.ExecStart, "fixed-marker")
 		})
 		e.waitState(t, "fixed", "running")
+	})
+}
+
+// TestReboot reboots the rootfs VM from the host, which that image
+// allows (exec over vsock): the simulator must see a reboot, not a
+// power-off.
+func TestReboot(t *testing.T) {
+	e := rootfsVM(t)
+	t.Run("reboot_is_not_power_off", func(t *testing.T) {
+		e.explain(t, "hello")
+		if out := e.initctlOK(t, "reboot"); !strings.Contains(out, "✓ System reboot initiated") {
+			t.Errorf("initctl reboot printed %q", out)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		ex, err := e.vm.Wait(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ex.Kind != enclavesim.ExitReboot {
+			t.Errorf("VM ended with %s, want a reboot", ex)
+		}
+		console := e.vm.Console()
+		for _, want := range []string{"shutting down for reboot", "all services stopped; reboot"} {
+			if !strings.Contains(console, want) {
+				t.Errorf("console lacks %q", want)
+			}
+		}
 	})
 }
