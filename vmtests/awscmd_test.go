@@ -8,7 +8,6 @@ import (
 
 	"github.com/nitroinit/nitroinit/initramfs/image"
 	"github.com/nitroinit/nitroinit/internal/enclavesim"
-	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
 // awsGuest is an image like the ones nitro-cli builds from a container:
@@ -55,6 +54,11 @@ func TestAWSCmd(t *testing.T) {
 		}
 	})
 
+	// The app's log streams to a host listener from now on: the stream
+	// lasts through the shutdown, so it shows the app's last line even
+	// though nobody can ask for the log once the guest is gone.
+	stream := e.streamTo(t, "app", 9103)
+
 	t.Run("app_output_captured", func(t *testing.T) {
 		e.explain(t, "app")
 		e.waitLog(t, "app", "line 000000002")
@@ -65,17 +69,6 @@ func TestAWSCmd(t *testing.T) {
 		// Nothing asks for the power-off: the app's own exit must cause it.
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		var last []string
-		for ctx.Err() == nil {
-			r, err := e.try(wire.Request{Kind: wire.KindServiceLogs, Name: "app", Lines: 3})
-			if err != nil {
-				break // the guest is going down
-			}
-			last = r.Logs
-			// The app sleeps a second after its last line before it
-			// exits: polling faster than that sees the line.
-			time.Sleep(200 * time.Millisecond)
-		}
 		ex, err := e.vm.Wait(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -83,11 +76,14 @@ func TestAWSCmd(t *testing.T) {
 		if ex.Kind != enclavesim.ExitPowerOff || ex.Code != 0 {
 			t.Errorf("VM ended with %s, want a power-off with QEMU status 0", ex)
 		}
-		if !containsLine(last, "line 000000010") {
-			t.Errorf("the app's last lines seen before the power-off: %q; want its 10th line captured", last)
+		if got := stream(); !strings.Contains(got, "line 000000010") {
+			t.Errorf("the app's log stream lacks its 10th and last line; it got:\n%s", got)
 		}
-		if !strings.Contains(e.vm.Console(), "all services stopped; power-off") {
-			t.Errorf("console lacks init's power-off line")
+		console := e.vm.Console()
+		for _, want := range []string{"supervise: app: exited with code 0", "all services stopped; power-off"} {
+			if !strings.Contains(console, want) {
+				t.Errorf("console lacks %q", want)
+			}
 		}
 	})
 }

@@ -121,6 +121,22 @@ func TestControl(t *testing.T) {
 		}
 	})
 
+	t.Run("start_of_a_disabled_service", func(t *testing.T) {
+		e.explain(t, "dormant")
+		defer e.retire(t, "dormant")
+		// Disabled means "not started at boot". A manual start either runs
+		// it (as systemd does) or says that it is disabled; it must not
+		// answer with a reason that explains nothing.
+		out, errOut, code := e.initctl(t, "start", "dormant")
+		switch {
+		case code == 0:
+			e.waitState(t, "dormant", "running")
+		case code == 1 && strings.Contains(errOut, "disabled"):
+		default:
+			t.Errorf("start of a disabled service: exit %d, stdout %q, stderr %q; want it started, or an error that says it is disabled", code, out, errOut)
+		}
+	})
+
 	t.Run("enable_disable", func(t *testing.T) {
 		e.explain(t, "ctl")
 		wantOut(t, e.initctlOK(t, "disable", "ctl"), "✓ Service 'ctl' disabled")

@@ -12,6 +12,7 @@ package vmtests
 
 import (
 	"context"
+	"io"
 	"net"
 	"strings"
 	"testing"
@@ -76,6 +77,8 @@ control:
 			"chatter.service": `ExecStart = "/bin/svc print 2"`,
 			// A slow, steady writer for logs -f and logs-stream.
 			"counter.service.disabled": `ExecStart = "/bin/svc count 100000 250ms"`,
+			// Disabled, and started by hand.
+			"dormant.service.disabled": `ExecStart = "/bin/svc sleep dormant-marker"`,
 			// The service the control commands work on.
 			"ctl.service": "ExecStart = \"/bin/svc sleep ctl-marker\"\nRestart = \"always\"\nRestartSec = 0.2",
 
@@ -168,6 +171,40 @@ func (e *enclave) rawExchange(t testing.TB, send []byte, d time.Duration) (strin
 				return b.String(), err
 			}
 			return b.String(), nil
+		}
+	}
+}
+
+// streamTo asks init to stream a service's log to a listener on the host's
+// vsock port, and returns a function that waits for the stream to end
+// (init closes it when it powers off) and returns what came through.
+func (e *enclave) streamTo(t testing.TB, service string, port uint32) func() string {
+	t.Helper()
+	ln, err := e.vm.ListenHost(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	go func() {
+		defer ln.Close()
+		c, err := ln.Accept()
+		if err != nil {
+			got <- "accept: " + err.Error()
+			return
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(vmLifetime))
+		b, _ := io.ReadAll(c)
+		got <- string(b)
+	}()
+	e.do(t, wire.Request{Kind: wire.KindServiceLogsStream, Name: service, VsockCID: e.hostCID, VsockPort: port})
+	return func() string {
+		select {
+		case s := <-got:
+			return s
+		case <-time.After(time.Minute):
+			ln.Close()
+			return "(the stream did not end within a minute)"
 		}
 	}
 }

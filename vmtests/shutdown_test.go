@@ -18,33 +18,7 @@ func TestShutdown(t *testing.T) {
 		e.waitState(t, "trapper", "running")
 		// trapper's log streams to a host listener that stays open through
 		// the shutdown: its "TERM" must arrive before the power-off.
-		const port = 9102
-		ln, err := e.vm.ListenHost(port)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		got := make(chan string, 1)
-		go func() {
-			c, err := ln.Accept()
-			if err != nil {
-				got <- "accept: " + err.Error()
-				return
-			}
-			defer c.Close()
-			var b strings.Builder
-			buf := make([]byte, 4096)
-			c.SetReadDeadline(time.Now().Add(2 * time.Minute))
-			for {
-				n, err := c.Read(buf)
-				b.Write(buf[:n])
-				if err != nil {
-					break
-				}
-			}
-			got <- b.String()
-		}()
-		e.do(t, wire.Request{Kind: wire.KindServiceLogsStream, Name: "trapper", VsockCID: e.hostCID, VsockPort: port})
+		stream := e.streamTo(t, "trapper", 9102)
 
 		// Over vsock, power-off needs exec, which this image does not grant.
 		if out, errOut, code := e.initctl(t, "shutdown"); code != 1 || !strings.Contains(errOut, "permission denied") {
@@ -65,15 +39,9 @@ func TestShutdown(t *testing.T) {
 		if ex.Kind != enclavesim.ExitPowerOff || ex.Code != 0 {
 			t.Errorf("VM ended with %s, want a power-off with QEMU status 0", ex)
 		}
-		ln.Close()
-		var stream string
-		select {
-		case stream = <-got:
-		case <-time.After(30 * time.Second):
-			t.Fatal("the log stream of trapper never ended")
-		}
-		if !strings.Contains(stream, "TERM") {
-			t.Errorf("trapper's log stream lacks the TERM its SIGTERM handler wrote; it got:\n%s", stream)
+		got := stream()
+		if !strings.Contains(got, "TERM") {
+			t.Errorf("trapper's log stream lacks the TERM its SIGTERM handler wrote; it got:\n%s", got)
 		}
 		console := e.vm.Console()
 		for _, want := range []string{"shutting down for power-off", "all services stopped; power-off"} {

@@ -197,7 +197,8 @@ func TestRootSwitch(t *testing.T) {
 	t.Run("exec_allowed_when_configured", func(t *testing.T) {
 		e.explain(t)
 		wantOut(t, e.initctlOK(t, "system-status"), "This connection: read, manage, exec")
-		out := e.initctlOK(t, "ps", "start", "/bin/svc", "sleep", "adhoc-marker")
+		// run is start's alias.
+		out := e.initctlOK(t, "ps", "run", "/bin/svc", "sleep", "adhoc-marker")
 		wantOut(t, out, "✓ Process started with PID")
 		f := strings.Fields(out[strings.LastIndex(out, "PID"):])
 		pid, err := strconv.Atoi(strings.Trim(f[len(f)-1], "():"))
