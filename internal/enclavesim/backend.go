@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mdlayher/vsock"
+	"golang.org/x/sys/unix"
 
 	"github.com/nitroinit/nitroinit/internal/hvsock"
 	"github.com/nitroinit/nitroinit/internal/vsockdev"
@@ -164,7 +165,8 @@ func (b *Backend) DialOnce(ctx context.Context, port uint32) (net.Conn, error) {
 // socket P_port on the vhost-user route, AF_VSOCK on vhost-vsock.
 func (b *Backend) ListenHost(port uint32) (net.Listener, error) {
 	if b.opts.Route == RouteVhostVsock {
-		l, err := vsock.Listen(port, nil)
+		// Any CID: asking the local CID first can give the loopback's.
+		l, err := vsock.ListenContextID(unix.VMADDR_CID_ANY, port, nil)
 		if err != nil {
 			return nil, fmt.Errorf("AF_VSOCK listen on host port %d (another simulator running?): %w", port, err)
 		}

@@ -173,8 +173,10 @@ func Start(ctx context.Context, o Options) (*VM, error) {
 // wait collects QEMU's exit, drains the console and classifies the end.
 func (vm *VM) wait(pumped chan struct{}, logFile *os.File) {
 	defer recoverTo(vm.opts.Logf, "QEMU waiter")
-	err := vm.cmd.Wait()
+	// Drain the console first: Wait closes the pipe, and the kernel's last
+	// line (the one that says power-off or reboot) may still be in it.
 	<-pumped
+	err := vm.cmd.Wait()
 	logFile.Close()
 	e := Exit{Uptime: time.Since(vm.started), Code: vm.cmd.ProcessState.ExitCode()}
 	vm.mu.Lock()
