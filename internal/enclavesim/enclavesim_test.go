@@ -231,3 +231,49 @@ func TestConsole(t *testing.T) {
 		t.Errorf("LineWriter logged %q, want %q", lines, want)
 	}
 }
+
+// TestDetectAccelOverrides checks the ways around the KVM probe: the
+// environment, and the per-machine cache (a planted answer must be used as
+// is, without probing).
+func TestDetectAccelOverrides(t *testing.T) {
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Skip("qemu-system-x86_64 not installed")
+	}
+	kernel := filepath.Join(t.TempDir(), "k")
+	os.WriteFile(kernel, []byte("k"), 0o644)
+	cache := t.TempDir()
+	t.Setenv("NITROINIT_CACHE", cache)
+
+	t.Setenv("VMTEST_ACCEL", "kvm")
+	if a, why := DetectAccel(context.Background(), []string{qemu}, kernel); a != AccelKVM || !strings.Contains(why, "VMTEST_ACCEL") {
+		t.Errorf("VMTEST_ACCEL=kvm: got %s (%s)", a, why)
+	}
+	t.Setenv("VMTEST_ACCEL", "")
+
+	if err := kvmOpens(); err != nil {
+		// Without a usable /dev/kvm the answer is TCG, and says why.
+		if a, why := DetectAccel(context.Background(), []string{qemu}, kernel); a != AccelTCG || !strings.Contains(why, "/dev/kvm") {
+			t.Errorf("no /dev/kvm: got %s (%s)", a, why)
+		}
+		return
+	}
+	key, err := probeKey([]string{qemu}, kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(cache, "accel"), 0o755)
+	for _, want := range []string{AccelKVM, AccelTCG} {
+		os.WriteFile(filepath.Join(cache, "accel", key), []byte(want+" planted answer\n"), 0o644)
+		if a, why := DetectAccel(context.Background(), []string{qemu}, kernel); a != want || !strings.Contains(why, "planted answer (cached in") {
+			t.Errorf("cached %s: got %s (%s)", want, a, why)
+		}
+	}
+	// A different kernel is a different key: the planted answer must not
+	// apply to it.
+	other := filepath.Join(t.TempDir(), "k2")
+	os.WriteFile(other, []byte("k2"), 0o644)
+	if k2, _ := probeKey([]string{qemu}, other); k2 == key {
+		t.Error("two kernels share a probe cache key")
+	}
+}
