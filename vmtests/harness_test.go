@@ -369,8 +369,8 @@ func (e *enclave) initLog() string {
 			out = append(out, l)
 		}
 	}
-	if len(out) > 150 {
-		out = out[len(out)-150:]
+	if len(out) > 120 {
+		out = out[len(out)-120:]
 	}
 	return strings.Join(out, "\n")
 }
@@ -383,7 +383,7 @@ func (e *enclave) explain(t testing.TB, services ...string) {
 		if !t.Failed() {
 			return
 		}
-		t.Logf("=== %s VM: console tail (%s)\n%s", e.name, e.vm.Dir(), e.vm.ConsoleTail(60))
+		t.Logf("=== %s VM: console tail\n%s", e.name, e.vm.ConsoleTail(30))
 		t.Logf("=== %s VM: init log (console lines that are not the kernel's)\n%s", e.name, e.initLog())
 		for _, s := range services {
 			if r, err := e.try(wire.Request{Kind: wire.KindServiceLogs, Name: s, Lines: 40}); err == nil {
