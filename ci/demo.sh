@@ -4,7 +4,7 @@
 # simulator (QEMU + our userspace vsock device), manages it with initctl from
 # the host through the hybrid vsock socket, and shuts it down.
 #
-# Needs: Go, and what `make deps` installs (QEMU, the test kernel).
+# Needs: what `make deps` installs (QEMU, the test kernel); ci/go provides Go.
 # Extra arguments go to `initramfs demo` (for example --keep, -v, --accel tcg).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,11 +19,13 @@ if [ -z "${NITROINIT_KERNEL:-}" ] && [ ! -e "${NITROINIT_CACHE:-$HOME/.cache/nit
 	ci/fetch-kernel.sh
 fi
 
+# ci/go finds (or installs) the Go toolchain go.mod asks for.
+GO=${GO:-ci/go}
 echo "==> Building bin/init, bin/initctl, bin/initramfs, bin/svc"
 mkdir -p bin
 for p in init initctl initramfs; do
-	go build -trimpath -o "bin/$p" "./$p"
+	"$GO" build -trimpath -o "bin/$p" "./$p"
 done
-go build -trimpath -o bin/svc ./internal/testprog/svc
+"$GO" build -trimpath -o bin/svc ./internal/testprog/svc
 
 exec bin/initramfs demo --init bin/init --initctl bin/initctl --svc bin/svc "$@"
