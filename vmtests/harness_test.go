@@ -80,7 +80,7 @@ func (s *syncBuffer) String() string {
 // boot builds g's image and boots it, and waits for the heartbeat. The VM
 // is not tied to t: shared VMs outlive the test that booted them, so
 // nothing here logs to t from a background goroutine.
-func boot(t testing.TB, name string, g guest) (*enclave, error) {
+func boot(t testing.TB, name string, g guest) (_ *enclave, err error) {
 	t.Helper()
 	// Short and under /tmp: Unix socket names are limited to 107 bytes.
 	dir, err := os.MkdirTemp("", "vmt-"+name+"-")
@@ -88,6 +88,14 @@ func boot(t testing.TB, name string, g guest) (*enclave, error) {
 		return nil, err
 	}
 	e := &enclave{name: name, dir: dir, simLog: &syncBuffer{}}
+	defer func() {
+		if err != nil {
+			if e.vm != nil {
+				e.vm.Stop()
+			}
+			os.RemoveAll(dir)
+		}
+	}()
 	logf := func(format string, args ...any) { fmt.Fprintf(e.simLog, format+"\n", args...) }
 
 	// Resolve first: the route decides the host CID, which goes into the
@@ -138,7 +146,6 @@ func boot(t testing.TB, name string, g guest) (*enclave, error) {
 	}
 	hb, err := e.vm.Heartbeat(ctx)
 	if err != nil {
-		e.vm.Stop()
 		return nil, fmt.Errorf("%s: %w\nsimulator log:\n%s", name, err, e.simLog.String())
 	}
 	e.hb = hb.Sub(e.vm.Started())
@@ -149,7 +156,6 @@ func boot(t testing.TB, name string, g guest) (*enclave, error) {
 			break
 		}
 		if ctx.Err() != nil {
-			e.vm.Stop()
 			return nil, fmt.Errorf("%s: init never answered a ping on vsock port %d (last: %v, %+v); console:\n%s", name, controlPort, err, r, e.vm.ConsoleTail(40))
 		}
 		time.Sleep(100 * time.Millisecond)
