@@ -305,6 +305,30 @@ func TestControl(t *testing.T) {
 				t.Logf("%s: init answered %.200s", tc.name, got)
 			}
 		}
+		// A client that dribbles a valid request, a byte every 500ms, is
+		// cut off when io_timeout (2s) has passed, without an answer to
+		// the request it never finished sending in time.
+		func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			c, err := e.vm.DialOnce(ctx, controlPort)
+			if err != nil {
+				t.Fatalf("dribbling client: %v", err)
+			}
+			defer c.Close()
+			start := time.Now()
+			for _, b := range []byte(`"SystemStatus"`) {
+				if _, err := c.Write([]byte{b}); err != nil {
+					break // init hung up
+				}
+				time.Sleep(500 * time.Millisecond)
+			}
+			c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			got, err := io.ReadAll(c)
+			if isTimeout(err) || strings.Contains(string(got), "SystemStatus") || time.Since(start) > 15*time.Second {
+				t.Errorf("dribbling client after %s: %q, %v; want it cut off after io_timeout", time.Since(start).Round(time.Millisecond), got, err)
+			}
+		}()
 		// More silent clients than max_connections (16): init must drop them
 		// after io_timeout (2s) and keep serving.
 		var wg sync.WaitGroup
