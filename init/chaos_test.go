@@ -26,7 +26,10 @@ import (
 )
 
 // chaosService is one service of the chaos test. Every service's command
-// line carries a tag, "chaos-NAME ", so that its processes can be found.
+// line carries a tag, "chaos-RUN-NAME ", so that its processes can be found.
+// RUN is unique to the run: two test binaries may run TestChaos at the same
+// time on one machine (go test ./... beside .ci/run), and every search goes
+// through the whole of /proc.
 type chaosService struct {
 	name string
 	body string
@@ -35,12 +38,12 @@ type chaosService struct {
 	flaps bool
 }
 
-func chaosServices() []chaosService {
+func chaosServices(run string) []chaosService {
 	var out []chaosService
 	add := func(prefix string, n int, flaps bool, body string) {
 		for i := 0; i < n; i++ {
 			name := fmt.Sprintf("%s%02d", prefix, i)
-			out = append(out, chaosService{name: name, flaps: flaps, body: strings.ReplaceAll(body, "TAG", "chaos-"+name)})
+			out = append(out, chaosService{name: name, flaps: flaps, body: strings.ReplaceAll(body, "TAG", chaosTag(run, name))})
 		}
 	}
 	// Sleepers restarted at once when killed.
@@ -82,8 +85,13 @@ func chaosSeed(t *testing.T) uint64 {
 }
 
 // tagged returns the live processes of service name.
-func tagged(name string) []int {
-	return processesOf("chaos-" + name + " ")
+func tagged(run, name string) []int {
+	return processesOf(chaosTag(run, name) + " ")
+}
+
+// chaosTag is the argument that marks service name's processes in run.
+func chaosTag(run, name string) string {
+	return "chaos-" + run + "-" + name
 }
 
 // duplicates returns, for every service with more than one live process at
@@ -91,16 +99,16 @@ func tagged(name string) []int {
 // and its successor be born while it runs), so a suspect is confirmed only
 // if all its processes are still alive after the scan: then they were all
 // alive at once.
-func duplicates(names []string) map[string][]int {
+func duplicates(run string, names []string) map[string][]int {
 	out := map[string][]int{}
 	for _, n := range names {
-		pids := tagged(n)
+		pids := tagged(run, n)
 		if len(pids) < 2 {
 			continue
 		}
 		all := true
 		for _, p := range pids {
-			if !alive(p) || !strings.Contains(cmdlineOf(p), "chaos-"+n+" ") {
+			if !alive(p) || !strings.Contains(cmdlineOf(p), chaosTag(run, n)+" ") {
 				all = false
 			}
 		}
@@ -121,7 +129,8 @@ func TestChaos(t *testing.T) {
 	seed := chaosSeed(t)
 	t.Logf("chaos: %v of abuse, seed %d (rerun with CHAOS_SEED=%d CHAOS_DURATION=%v)", dur, seed, seed, dur)
 
-	svcs := chaosServices()
+	run := fmt.Sprintf("%d.%d", os.Getpid(), time.Now().UnixNano()%1000000)
+	svcs := chaosServices(run)
 	files := map[string]string{}
 	var names, abusable []string
 	for _, s := range svcs {
@@ -132,7 +141,7 @@ func TestChaos(t *testing.T) {
 	// The counter writes one numbered line every 2 ms and ends well
 	// before the abuse does.
 	lines := int(dur / (5 * time.Millisecond))
-	files[chaosCounter+".service"] = fmt.Sprintf("ExecStart = \"$SVC count %d 2ms chaos-%s\"\nRestart = \"no\"\n", lines, chaosCounter)
+	files[chaosCounter+".service"] = fmt.Sprintf("ExecStart = \"$SVC count %d 2ms %s\"\nRestart = \"no\"\n", lines, chaosTag(run, chaosCounter))
 	names = append(names, chaosCounter)
 	if len(names) != 50 {
 		t.Fatalf("chaos set has %d services, want 50", len(names))
@@ -142,7 +151,7 @@ func TestChaos(t *testing.T) {
 	initPID := h.cmd.Process.Pid
 	h.eventually(60*time.Second, "the 35 restarting sleepers to run", func() bool {
 		for i := 0; i < 35; i++ {
-			if len(tagged(fmt.Sprintf("s%02d", i))) != 1 {
+			if len(tagged(run, fmt.Sprintf("s%02d", i))) != 1 {
 				return false
 			}
 		}
@@ -218,7 +227,7 @@ func TestChaos(t *testing.T) {
 			}
 			if time.Since(lastCheck) > time.Second {
 				lastCheck = time.Now()
-				for n, pids := range duplicates(names) {
+				for n, pids := range duplicates(run, names) {
 					fail("during chaos: %s has %d live instances at once: %v", n, len(pids), pids)
 				}
 			}
@@ -254,7 +263,7 @@ func TestChaos(t *testing.T) {
 				gen++
 				i := rng.IntN(35)
 				n := fmt.Sprintf("s%02d", i)
-				h.writeService(n+".service", fmt.Sprintf("ExecStart = \"$SVC sleep chaos-%s\"\nRestart = \"always\"\nRestartSec = 0.05\nStartLimitIntervalSec = 0\nEnvironment = [\"CHAOS_GEN=%d\"]\n", n, gen))
+				h.writeService(n+".service", fmt.Sprintf("ExecStart = \"$SVC sleep %s\"\nRestart = \"always\"\nRestartSec = 0.05\nStartLimitIntervalSec = 0\nEnvironment = [\"CHAOS_GEN=%d\"]\n", chaosTag(run, n), gen))
 				ask(wire.Request{Kind: wire.KindSystemReload})
 				note("edit+reload")
 			case k < 18:
@@ -268,7 +277,7 @@ func TestChaos(t *testing.T) {
 				if on {
 					os.Remove(path)
 				} else {
-					h.writeService("extra.service", "ExecStart = \"$SVC sleep chaos-extra\"\nRestart = \"always\"\nRestartSec = 0.05\n")
+					h.writeService("extra.service", fmt.Sprintf("ExecStart = \"$SVC sleep %s\"\nRestart = \"always\"\nRestartSec = 0.05\n", chaosTag(run, "extra")))
 				}
 				ask(wire.Request{Kind: wire.KindSystemReload})
 				note("add/remove+reload")
@@ -343,15 +352,15 @@ func TestChaos(t *testing.T) {
 	if listed["extra"] {
 		t.Errorf("extra.service was removed and reloaded away, but init still lists it")
 	}
-	if p := tagged("extra"); len(p) > 0 {
+	if p := tagged(run, "extra"); len(p) > 0 {
 		t.Errorf("extra.service was removed, but its processes live on: %v", p)
 	}
-	for n, pids := range duplicates(names) {
+	for n, pids := range duplicates(run, names) {
 		t.Errorf("after chaos: %s has %d live instances at once: %v", n, len(pids), pids)
 	}
 	for _, s := range svcs {
 		st := h.status(s.name)
-		pids := tagged(s.name)
+		pids := tagged(run, s.name)
 		switch {
 		case st.State == "running":
 			if st.PID == nil || len(pids) != 1 || pids[0] != *st.PID {
