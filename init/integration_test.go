@@ -280,9 +280,9 @@ func TestShutdownOrder(t *testing.T) {
 	// Each service records its SIGTERM; web after db after base, so the
 	// stop order must be web, db, base.
 	h := startInit(t, map[string]string{
-		"base.service": `ExecStart = "$SVC trap $DIR/stops-base"`,
-		"db.service":   "ExecStart = \"$SVC trap $DIR/stops-db\"\nAfter = [\"base\"]",
-		"web.service":  "ExecStart = \"$SVC trap $DIR/stops-web\"\nRequires = [\"db\"]",
+		"base.service": "ExecStart = \"$SVC trap $DIR/stops-base\"\nType = \"notify\"",
+		"db.service":   "ExecStart = \"$SVC trap $DIR/stops-db\"\nType = \"notify\"\nAfter = [\"base\"]",
+		"web.service":  "ExecStart = \"$SVC trap $DIR/stops-web\"\nType = \"notify\"\nRequires = [\"db\"]",
 	}, "")
 	for _, n := range []string{"base", "db", "web"} {
 		h.waitState(n, "running", 5*time.Second)
@@ -380,4 +380,21 @@ func TestEnableDisable(t *testing.T) {
 	if r, _ := h.try(wire.Request{Kind: wire.KindServiceEnable, Name: "nosuch"}); r.Kind != wire.KindError || !strings.Contains(r.Message, "nosuch") {
 		t.Fatalf("enable of a missing service: %+v", r)
 	}
+}
+
+func TestStartDisabledAndFixedServices(t *testing.T) {
+	h := startInit(t, map[string]string{
+		"off.service.disabled": "ExecStart = \"$SVC sleep\"",
+		"broken.service":       "ExecStart = \"$SVC sleep\"\nRestart = \"sometimes\"",
+	}, "")
+	h.waitState("broken", "invalid", 5*time.Second)
+	// A disabled service can still be started by hand, as with systemd.
+	h.do(wire.Request{Kind: wire.KindServiceStart, Name: "off"})
+	if st := h.status("off"); st.State != "running" || st.Enabled {
+		t.Fatalf("off after start: %+v", st)
+	}
+	// Fixing a broken file and reloading starts the service.
+	h.writeService("broken.service", "ExecStart = \"$SVC sleep\"\nRestart = \"always\"")
+	h.do(wire.Request{Kind: wire.KindSystemReload})
+	h.waitState("broken", "running", 5*time.Second)
 }

@@ -29,10 +29,11 @@ const (
 	// ClassRead allows requests that only look: list, status, logs, ps, ping.
 	ClassRead Class = "read"
 	// ClassManage allows starting, stopping, enabling and disabling services,
-	// clearing logs, reload, reboot and shutdown.
+	// reload, clearing and streaming logs.
 	ClassManage Class = "manage"
-	// ClassExec allows running arbitrary commands (ps start) and signalling
-	// arbitrary processes: in an enclave that is root on the attested machine.
+	// ClassExec allows running arbitrary commands (ps start), signalling
+	// arbitrary processes, reboot and shutdown: in an enclave that is root on
+	// the attested machine.
 	ClassExec Class = "exec"
 )
 

@@ -194,7 +194,9 @@ func (s *Supervisor) load(boot bool) error {
 			s.services[e.Name] = sv
 			sv.app = s.cfg.App != nil && e.Unit == s.cfg.App
 		}
-		isNew := !ok
+		// A service whose file could not be used before is new as far as
+		// starting goes: it never ran from this definition.
+		isNew := !ok || sv.state == stateInvalid
 		sv.apply(e)
 		if e.Err != nil {
 			s.logf("supervise: %v", e.Err)
@@ -279,12 +281,12 @@ func (s *Supervisor) startSet(names []string, pull bool) {
 	for _, n := range names {
 		add(n)
 	}
-	for _, n := range s.plan.Order {
+	for _, n := range s.sortedNames() {
 		if !want[n] {
 			continue
 		}
 		sv := s.services[n]
-		if sv == nil || sv.isActive() || sv.state == stateWaiting {
+		if sv == nil || sv.isActive() || sv.state == stateWaiting || sv.held != "" || sv.entryErr != nil {
 			continue
 		}
 		sv.cancelTimers()
@@ -302,7 +304,7 @@ func (s *Supervisor) kick() {
 	}
 	for progress := true; progress; {
 		progress = false
-		for _, n := range s.plan.Order {
+		for _, n := range s.startOrder() {
 			sv := s.services[n]
 			if sv == nil || sv.state != stateWaiting {
 				continue
@@ -327,6 +329,23 @@ func (s *Supervisor) kick() {
 			progress = true
 		}
 	}
+}
+
+// startOrder is the plan's order followed by services outside the plan that
+// were asked to start anyway (disabled ones, started by hand, as systemd
+// allows), by name.
+func (s *Supervisor) startOrder() []string {
+	inPlan := make(map[string]bool, len(s.plan.Order))
+	for _, n := range s.plan.Order {
+		inPlan[n] = true
+	}
+	order := s.plan.Order
+	for _, n := range s.sortedNames() {
+		if !inPlan[n] && s.services[n].state == stateWaiting {
+			order = append(order[:len(order):len(order)], n)
+		}
+	}
+	return order
 }
 
 func (s *Supervisor) unmetRequirement(sv *service) string {

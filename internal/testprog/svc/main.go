@@ -29,7 +29,7 @@ modes:
   print N                      print N numbered lines to stdout and N to stderr, then sleep
   count N [PAUSE]              print N numbered lines to stdout as fast as possible (PAUSE between), then exit 0
   stubborn PIDFILE             ignore SIGTERM, start a grandchild that ignores it too, write both PIDs to PIDFILE, sleep
-  trap FILE                    on SIGTERM append "TERM" to FILE and exit 0
+  trap FILE                    on SIGTERM append "TERM" to FILE and exit 0 (sends READY=1 once it can)
   echo-vsock PORT              echo every connection on vsock PORT (any CID)
   echo-unix PATH               echo every connection on the Unix socket PATH
   env                          print the environment, then sleep
@@ -99,6 +99,10 @@ func main() {
 	case "trap":
 		ch := make(chan os.Signal, 1)
 		signal.Notify(ch, syscall.SIGTERM)
+		// Ready only now: a SIGTERM before Notify would kill it silently.
+		if os.Getenv("NOTIFY_SOCKET") != "" {
+			notify("READY=1")
+		}
 		<-ch
 		f, err := os.OpenFile(arg(args, 0, ""), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
 		check(err)
