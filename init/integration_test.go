@@ -8,6 +8,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
@@ -306,7 +309,22 @@ func TestShutdownOrder(t *testing.T) {
 	}
 }
 
+// ignoreSignal32 makes the test process ignore signal 32, as some parents
+// of init do (the Go runtime never touches it), so that init inherits the
+// ignore and has to undo it for its services.
+func ignoreSignal32(t *testing.T) {
+	var old kernelSigaction
+	ign := kernelSigaction{handler: sigIgn}
+	if _, _, e := unix.RawSyscall6(unix.SYS_RT_SIGACTION, 32, uintptr(unsafe.Pointer(&ign)), uintptr(unsafe.Pointer(&old)), 8, 0, 0); e != 0 {
+		t.Fatalf("rt_sigaction(32): %v", e)
+	}
+	t.Cleanup(func() {
+		unix.RawSyscall6(unix.SYS_RT_SIGACTION, 32, uintptr(unsafe.Pointer(&old)), 0, 8, 0, 0)
+	})
+}
+
 func TestEnvironmentCredentialsAndSignals(t *testing.T) {
+	ignoreSignal32(t)
 	h := startInit(t, map[string]string{
 		"env.service":    "ExecStart = \"$SVC env\"\nEnvironment = [\"FROM_UNIT=unit\", \"SHARED=unit wins\"]",
 		"nobody.service": "ExecStart = \"$SVC ids\"\nUser = \"65534\"\nGroup = \"65534\"\nWorkingDirectory = \"/\"",

@@ -159,6 +159,7 @@ func run(a args, pid1 bool, log *logger) int {
 	// Notify rather than Ignore keeps default dispositions in children.
 	sigs := make(chan os.Signal, 32)
 	signal.Notify(sigs)
+	resetInheritedIgnores()
 
 	for _, w := range a.ignored {
 		log.Printf("ignoring unknown argument %q", w)
