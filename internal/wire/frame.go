@@ -4,7 +4,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 )
+
+// chunkPool recycles ReadValue's read buffers: a server reads one value
+// per connection, and a fresh 4 KiB buffer each time is garbage at once.
+var chunkPool = sync.Pool{New: func() any {
+	b := make([]byte, 4096)
+	return &b
+}}
 
 // ErrTooLarge is returned by ReadValue when the value does not end within
 // the limit.
@@ -26,7 +34,9 @@ func ReadValue(r io.Reader, max int) ([]byte, error) {
 		inStr   bool
 		escaped bool
 	)
-	chunk := make([]byte, 4096)
+	cp := chunkPool.Get().(*[]byte)
+	defer chunkPool.Put(cp)
+	chunk := *cp
 	for {
 		n, err := r.Read(chunk)
 		for i := 0; i < n; i++ {
