@@ -1,11 +1,19 @@
 package enclavesim
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,11 +27,11 @@ func realInitImage(t testing.TB, k Kernel, hostCID uint32) (img, initctl string)
 	t.Helper()
 	initBin, err := goBuild(t, "../../init")
 	if err != nil {
-		t.Skipf("the project's init does not build yet: %v", err)
+		t.Fatalf("building the project's init: %v", err)
 	}
 	initctl, err = goBuild(t, "../../initctl")
 	if err != nil {
-		t.Skipf("initctl does not build yet: %v", err)
+		t.Fatalf("building initctl: %v", err)
 	}
 	svc, err := goBuild(t, "../../internal/testprog/svc")
 	if err != nil {
@@ -38,16 +46,63 @@ func realInitImage(t testing.TB, k Kernel, hostCID uint32) (img, initctl string)
 	if err := os.WriteFile(service, []byte("ExecStart = \"/usr/bin/svc sleep\"\nRestart = \"always\"\nServiceEnable = true\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	echo := filepath.Join(dir, "echo.service")
+	if err := os.WriteFile(echo, []byte(fmt.Sprintf("ExecStart = \"/usr/bin/svc echo-vsock %d\"\nRestart = \"always\"\n", echoPort)), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	img = filepath.Join(dir, "enclave.cpio")
 	spec := image.Spec{
 		Init: initBin, Initctl: initctl, Config: cfg, Modules: k.Modules,
-		Services: []string{service},
+		Services: []string{service, echo},
 		Files:    []image.File{{Src: svc, Dst: "/usr/bin/svc"}},
 	}
 	if err := spec.WriteFile(img); err != nil {
 		t.Fatal(err)
 	}
 	return img, initctl
+}
+
+// echoPort is the guest vsock port of the echo service in realInitImage.
+const echoPort = 5000
+
+// echoCheck writes n pseudo-random bytes to c while reading the echo back
+// (full duplex, so neither direction waits for the other) and compares.
+func echoCheck(t *testing.T, c net.Conn, n int) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(5 * time.Minute))
+	sum := sha256.New()
+	werr := make(chan error, 1)
+	go func() {
+		rng := rand.New(rand.NewPCG(1, 2))
+		buf := make([]byte, 64<<10)
+		left := n
+		for left > 0 {
+			k := min(left, len(buf))
+			for i := 0; i < k; i += 8 {
+				binary.LittleEndian.PutUint64(buf[i:], rng.Uint64())
+			}
+			sum.Write(buf[:k])
+			if _, err := c.Write(buf[:k]); err != nil {
+				werr <- err
+				return
+			}
+			left -= k
+		}
+		werr <- nil
+	}()
+	back := sha256.New()
+	start := time.Now()
+	got, err := io.CopyN(back, c, int64(n))
+	if err != nil {
+		t.Fatalf("read %d of %d echoed bytes: %v", got, n, err)
+	}
+	if err := <-werr; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if !bytes.Equal(sum.Sum(nil), back.Sum(nil)) {
+		t.Fatalf("%d bytes echoed, but they differ from what was sent", n)
+	}
+	t.Logf("%d MB echoed byte for byte in %s", n>>20, time.Since(start).Round(time.Millisecond))
 }
 
 // TestBootRealInit boots the project's init as PID 1: its heartbeat reaches
@@ -84,6 +139,48 @@ func TestBootRealInit(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	t.Logf("initctl list:\n%s", out)
+
+	// Data through a service of init's: the echo service listens on guest
+	// vsock port echoPort.
+	t.Run("100MB_echo_through_a_service", func(t *testing.T) {
+		c, err := vm.Dial(ctx, echoPort)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		echoCheck(t, c, 100<<20)
+	})
+	t.Run("200_concurrent_host_connections", func(t *testing.T) {
+		var wg sync.WaitGroup
+		errs := make(chan error, 200)
+		for i := 0; i < 200; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				c, err := vm.Dial(ctx, echoPort)
+				if err != nil {
+					errs <- fmt.Errorf("connection %d: %w", i, err)
+					return
+				}
+				defer c.Close()
+				msg := bytes.Repeat([]byte{byte(i)}, 4096)
+				c.SetDeadline(time.Now().Add(time.Minute))
+				if _, err := c.Write(msg); err != nil {
+					errs <- fmt.Errorf("connection %d: write: %w", i, err)
+					return
+				}
+				got := make([]byte, len(msg))
+				if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+					errs <- fmt.Errorf("connection %d: echo wrong or short: %v", i, err)
+				}
+			}(i)
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+	})
 	if out, err := ctl("ps", "list"); err != nil || !strings.Contains(out, "/usr/bin/svc sleep") {
 		t.Errorf("initctl ps list: %v\n%s", err, out)
 	}
