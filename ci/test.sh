@@ -25,5 +25,13 @@ set +e
 "${GO:-go}" test "${args[@]}" "$@" >"$out/json"
 rc=$?
 set -e
-"${GO:-go}" run ./ci/report -kind "$kind" <"$out/json" || rc=1
+# In CI (root, everything installed by ci/install-deps.sh and
+# ci/fetch-kernel.sh) a skipped test means it silently did not run, so only
+# this one may skip: the CI machine's kernel has no vsock_loopback module.
+# Elsewhere unit tests may skip (some need root); vmtests never may.
+strict=()
+if [ "${CI:-}" = true ] || [ -n "${NITROINIT_STRICT:-}" ]; then
+	strict=(-allow-skip '/internal/control/TestVsockLoopback$')
+fi
+"${GO:-go}" run ./ci/report -kind "$kind" "${strict[@]}" <"$out/json" || rc=1
 exit $rc
