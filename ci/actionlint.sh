@@ -3,5 +3,5 @@
 # as a Go module at a pinned version (no binary download).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-go run github.com/rhysd/actionlint/cmd/actionlint@v1.7.7 -no-color .github/workflows/*.yml
+"${GO:-ci/go}" run github.com/rhysd/actionlint/cmd/actionlint@v1.7.7 -no-color .github/workflows/*.yml
 echo "actionlint: ok"

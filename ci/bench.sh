@@ -12,5 +12,5 @@ for b in bin/init bin/initctl; do
 done
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-CGO_ENABLED=0 go build -o "$tmp/bench" ./bench
+CGO_ENABLED=0 "${GO:-ci/go}" build -o "$tmp/bench" ./bench
 "$tmp/bench" -runs "${BENCH_RUNS:-5}" -init bin/init -initctl bin/initctl "$@"

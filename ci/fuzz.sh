@@ -28,7 +28,7 @@ failed=()
 for t in "${targets[@]}"; do
 	read -r dir name <<<"$t"
 	echo "== $name in $dir for $fuzztime"
-	if ! go test -count=1 -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" -fuzzminimizetime "$minimize" -parallel "$parallel" "$dir"; then
+	if ! "${GO:-ci/go}" test -count=1 -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" -fuzzminimizetime "$minimize" -parallel "$parallel" "$dir"; then
 		failed+=("$dir $name")
 	fi
 done
