@@ -28,8 +28,9 @@ type Backend interface {
 	// ServiceLogs returns the last n formatted lines of a service's log.
 	ServiceLogs(name string, n int) ([]string, error)
 	ClearServiceLogs(name string) error
-	// SubscribeLogs follows a service's log from now on.
-	SubscribeLogs(name string) (LogSubscription, error)
+	// SubscribeLogs returns the last history lines of a service's log and
+	// follows it from there, with no line lost or repeated in between.
+	SubscribeLogs(name string, history int) ([]string, LogSubscription, error)
 
 	// ManagedPIDs maps the main PID of every running service to its name.
 	ManagedPIDs() map[int]string

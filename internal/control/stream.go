@@ -36,7 +36,7 @@ func (s *Server) startStream(req wire.Request) wire.Response {
 	if busy {
 		return wire.Errorf("Log streaming already active for service '%s' on port %d; stop it first (logs-stream Ctrl-C sends ServiceLogsStreamStop) or use another port", req.Name, req.VsockPort)
 	}
-	sub, err := s.cfg.Backend.SubscribeLogs(req.Name)
+	_, sub, err := s.cfg.Backend.SubscribeLogs(req.Name, 0)
 	if err != nil {
 		return wire.Errorf("%v", err)
 	}
@@ -139,19 +139,12 @@ func (s *Server) follow(c net.Conn, req wire.Request) {
 		s.write(c, wire.Errorf("lines must not be negative, got %d", req.Lines))
 		return
 	}
-	// Subscribe before reading the history so that nothing falls between
-	// the two; a line may then appear twice, which is the lesser evil.
-	sub, err := s.cfg.Backend.SubscribeLogs(req.Name)
+	history, sub, err := s.cfg.Backend.SubscribeLogs(req.Name, req.Lines)
 	if err != nil {
 		s.write(c, wire.Errorf("%v", err))
 		return
 	}
 	defer sub.Close()
-	history, err := s.cfg.Backend.ServiceLogs(req.Name, req.Lines)
-	if err != nil {
-		s.write(c, wire.Errorf("%v", err))
-		return
-	}
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
 	c.SetReadDeadline(time.Time{})

@@ -358,11 +358,34 @@ func (l *Log) numbered(i int) string {
 // it holds enough, otherwise from the tail of the files, rotated ones
 // included, read backwards so that huge files are not loaded whole.
 func (l *Log) Lines(n int) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.linesLocked(n)
+}
+
+// Follow returns the last n lines and a subscription to every line after
+// them, taken together so that no line is missed or repeated between the
+// two.
+func (l *Log) Follow(n, buffer int) ([]string, *Subscription) {
+	if buffer < 1 {
+		buffer = DefaultBuffer
+	}
+	s := &Subscription{l: l, ch: make(chan Event, buffer)}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lines := l.linesLocked(n)
+	if l.closed {
+		s.closeLocked()
+	} else {
+		l.subs[s] = struct{}{}
+	}
+	return lines, s
+}
+
+func (l *Log) linesLocked(n int) []string {
 	if n <= 0 {
 		return nil
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	if n <= l.ring.n {
 		return l.ring.last(n)
 	}

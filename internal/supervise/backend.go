@@ -311,13 +311,15 @@ func (s *Supervisor) ClearServiceLogs(name string) error {
 	return l.Clear()
 }
 
-// SubscribeLogs follows a service's log.
-func (s *Supervisor) SubscribeLogs(name string) (control.LogSubscription, error) {
+// SubscribeLogs returns the last history lines of a service's log and
+// follows it from there.
+func (s *Supervisor) SubscribeLogs(name string, history int) ([]string, control.LogSubscription, error) {
 	l, err := s.serviceLog(name)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return &subscription{sub: l.Subscribe(1024)}, nil
+	lines, sub := l.Follow(history, 1024)
+	return lines, &subscription{sub: sub}, nil
 }
 
 type subscription struct{ sub *logs.Subscription }

@@ -161,15 +161,20 @@ func (s *testSub) isClosed() bool {
 	}
 }
 
-func (b *Backend) SubscribeLogs(name string) (control.LogSubscription, error) {
+func (b *Backend) SubscribeLogs(name string, history int) ([]string, control.LogSubscription, error) {
 	if _, err := b.get(name); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	s := &testSub{ch: make(chan string, 100), closed: make(chan struct{})}
 	b.mu.Lock()
+	defer b.mu.Unlock()
+	all := b.logs[name]
+	var lines []string
+	if history > 0 {
+		lines = append(lines, all[max(0, len(all)-history):]...)
+	}
 	b.subs[name] = append(b.subs[name], s)
-	b.mu.Unlock()
-	return s, nil
+	return lines, s, nil
 }
 
 // Publish appends a line to a service's log and hands it to subscribers.

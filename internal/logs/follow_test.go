@@ -1,0 +1,50 @@
+package logs
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestFollowNoGapNoRepeat writes lines while Follow is called: every line
+// must appear exactly once across the history and the subscription.
+func TestFollowNoGapNoRepeat(t *testing.T) {
+	l, err := Open(Config{Dir: t.TempDir(), RingLines: 10000}, "svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	const total = 2000
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < total; i++ {
+			l.Printf("line %d", i)
+		}
+	}()
+	time.Sleep(time.Millisecond)
+	history, sub := l.Follow(total, total)
+	defer sub.Close()
+	<-done
+	seen := map[string]int{}
+	for _, h := range history {
+		seen[h[strings.Index(h, "] ")+2:]]++
+	}
+	for len(seen) < total {
+		select {
+		case ev := <-sub.C():
+			if ev.Missed != 0 {
+				t.Fatalf("missed %d lines with a buffer as large as the log", ev.Missed)
+			}
+			seen[ev.Line[strings.Index(ev.Line, "] ")+2:]]++
+		case <-time.After(5 * time.Second):
+			t.Fatalf("only %d distinct lines arrived (history %d)", len(seen), len(history))
+		}
+	}
+	for i := 0; i < total; i++ {
+		if n := seen[fmt.Sprintf("line %d", i)]; n != 1 {
+			t.Fatalf("line %d seen %d times", i, n)
+		}
+	}
+}
