@@ -293,7 +293,9 @@ func (s *Server) readRequest(c net.Conn) (wire.Request, *wire.Response, error) {
 		return wire.Request{}, &r, nil
 	}
 	var req wire.Request
-	if err := json.Unmarshal(raw, &req); err != nil {
+	// Calling the decoder directly skips encoding/json's extra validation
+	// pass over the whole request; the decoder validates what it reads.
+	if err := req.UnmarshalJSON(raw); err != nil {
 		var ue *wire.UnknownRequestError
 		if errors.As(err, &ue) {
 			r := wire.Errorf("%v", ue)
@@ -345,7 +347,9 @@ func describe(p Peer) string {
 // write sends one response, with no trailing newline, as the reference
 // does. A chunked deadline lets big responses reach slow readers.
 func (s *Server) write(c net.Conn, r wire.Response) error {
-	b, err := json.Marshal(r)
+	// MarshalJSON directly: json.Marshal would re-scan and compact its
+	// output, a second pass over every response.
+	b, err := r.MarshalJSON()
 	if err != nil {
 		b, _ = json.Marshal(wire.Errorf("internal error encoding the response: %v", err))
 	}
