@@ -51,7 +51,7 @@ type guest struct {
 type enclave struct {
 	name    string
 	dir     string // sockets, image, console.log; removed by stop
-	vm      *enclavesim.VM
+	vm      *simVM
 	hostCID uint32
 	target  control.Target
 	simLog  *syncBuffer // the simulator's own diagnostics
@@ -118,7 +118,6 @@ func boot(t testing.TB, name string, g guest) (_ *enclave, err error) {
 		Dir:      dir,
 		Timeout:  vmLifetime,
 		Logf:     logf,
-		Console:  consoleEcho(name),
 	}.Resolve(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("resolving simulator options: %w", err)
@@ -135,7 +134,7 @@ func boot(t testing.TB, name string, g guest) (_ *enclave, err error) {
 		return nil, fmt.Errorf("building the %s image: %w", name, err)
 	}
 	start := time.Now()
-	e.vm, err = enclavesim.Start(ctx, opts)
+	e.vm, err = startVM(opts, consoleEcho(name))
 	if err != nil {
 		return nil, fmt.Errorf("starting the %s VM: %w", name, err)
 	}
@@ -443,7 +442,7 @@ func sharedEnclave(t testing.TB, name string, g func() guest) *enclave {
 		t.Fatalf("booting the %s VM: %v", name, err)
 	}
 	t.Logf("%s VM booted: heartbeat %s after QEMU start, control ready after %s (route %s)",
-		name, e.hb.Round(time.Millisecond), e.booted.Round(time.Millisecond), e.vm.Options().Route)
+		name, e.hb.Round(time.Millisecond), e.booted.Round(time.Millisecond), e.vm.Route())
 	current = e
 	return e
 }
@@ -469,7 +468,7 @@ func soloBoot(t testing.TB, name string, g guest) *enclave {
 		t.Fatalf("booting the %s VM: %v", name, err)
 	}
 	t.Logf("%s VM booted: heartbeat %s after QEMU start, control ready after %s (route %s)",
-		name, e.hb.Round(time.Millisecond), e.booted.Round(time.Millisecond), e.vm.Options().Route)
+		name, e.hb.Round(time.Millisecond), e.booted.Round(time.Millisecond), e.vm.Route())
 	return e
 }
 
