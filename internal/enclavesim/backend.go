@@ -18,7 +18,7 @@ import (
 
 // Backend is the host side of a VM's vsock: the device (on the vhost-user
 // route) and the parent's heartbeat listener. Start creates one; callers
-// that run QEMU themselves (vmtest) use StartBackend and VsockArgs.
+// that run QEMU themselves (vmtest) use StartBackend and MachineArgs.
 type Backend struct {
 	opts   Options
 	dev    *vsockdev.Device // nil on the vhost-vsock route

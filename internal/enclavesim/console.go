@@ -1,8 +1,8 @@
 package enclavesim
 
 import (
-	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"strings"
 	"sync"
@@ -19,50 +19,91 @@ const (
 	linePanic    = "Kernel panic - not syncing"
 )
 
-// console collects the serial console: into a file, an optional writer, and
-// a bounded in-memory copy for tails, waits and the end-of-run verdict.
-type console struct {
+// Console collects a VM's serial console as QEMU writes it: it splits the
+// output into lines, drops the serial \r, writes each line to a file and an
+// optional echo, keeps a bounded copy (the last 512 KiB to 1 MiB) for tails,
+// waits and assertions, and notes the kernel lines that say how the guest
+// ended (see Markers). Start uses one for QEMU's stdout; harnesses that run
+// QEMU themselves (hugelgupf/vmtest's qemu.WithSerialOutput) pass one as the
+// serial output. It is safe for concurrent use: writers on several
+// goroutines (QEMU's stdout and stderr) are serialised, though a line one
+// writer has only half written may be completed by another's bytes.
+type Console struct {
 	file io.Writer
-	user io.Writer
+	echo io.Writer
 
-	mu     sync.Mutex
-	buf    []byte
-	notify chan struct{} // closed and replaced on every new line
-	marks  markers
+	mu      sync.Mutex
+	partial []byte // the bytes after the last newline
+	buf     []byte
+	notify  chan struct{} // closed and replaced on every new line
+	marks   Markers
 }
 
-type markers struct {
-	powerOff, reboot bool
-	panic            string // the panic line
+// Markers are the kernel's last words about a guest's end, as seen on its
+// console.
+type Markers struct {
+	// PowerOff: the kernel printed "reboot: Power down".
+	PowerOff bool
+	// Reboot: the kernel printed "reboot: Restarting system".
+	Reboot bool
+	// Panic is the first "Kernel panic - not syncing: ..." line, from that
+	// phrase on; "" when the kernel did not panic.
+	Panic string
 }
 
-func newConsole(file, user io.Writer) *console {
-	return &console{file: file, user: user, notify: make(chan struct{})}
+// NewConsole returns a Console that writes the console's lines to file
+// (console.log; Close closes it when it is an io.Closer) and, when echo is
+// not nil, to echo as well (such as LineWriter(t.Logf) or os.Stderr).
+func NewConsole(file, echo io.Writer) *Console {
+	return &Console{file: file, echo: echo, notify: make(chan struct{})}
 }
 
-// pump copies QEMU's stdout line by line until EOF.
-func (c *console) pump(r io.Reader) {
-	br := bufio.NewReaderSize(r, 64<<10)
+// Write takes console output in pieces of any size; each complete line is
+// recorded as it arrives. It never fails.
+func (c *Console) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.partial = append(c.partial, p...)
 	for {
-		line, err := br.ReadBytes('\n')
-		if len(line) > 0 {
-			c.add(line)
+		i := bytes.IndexByte(c.partial, '\n')
+		if i < 0 {
+			break
 		}
-		if err != nil {
-			return
-		}
+		c.addLocked(c.partial[:i+1])
+		c.partial = c.partial[i+1:]
 	}
+	return len(p), nil
 }
 
-func (c *console) add(line []byte) {
+// Close records a last line that had no newline (with one added) and closes
+// the file when it is an io.Closer. Call it once the console's writer has
+// exited: what is written afterwards goes to the kept copy only.
+func (c *Console) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.partial) > 0 {
+		c.addLocked(append(c.partial, '\n'))
+		c.partial = nil
+	}
+	f, ok := c.file.(io.Closer)
+	if !ok {
+		return nil
+	}
+	// Later lines, if any, are kept in memory only.
+	c.file = io.Discard
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("closing the console log: %w", err)
+	}
+	return nil
+}
+
+func (c *Console) addLocked(line []byte) {
 	// Serial consoles end lines with \r\n; keep \n only.
 	clean := bytes.ReplaceAll(line, []byte("\r"), nil)
 	c.file.Write(clean)
-	if c.user != nil {
-		c.user.Write(clean)
+	if c.echo != nil {
+		c.echo.Write(clean)
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.buf = append(c.buf, clean...)
 	if len(c.buf) > consoleKeep {
 		c.buf = append([]byte(nil), c.buf[len(c.buf)-consoleKeep/2:]...)
@@ -70,36 +111,43 @@ func (c *console) add(line []byte) {
 	s := string(clean)
 	switch {
 	case strings.Contains(s, linePowerOff):
-		c.marks.powerOff = true
+		c.marks.PowerOff = true
 	case strings.Contains(s, lineReboot):
-		c.marks.reboot = true
-	case c.marks.panic == "" && strings.Contains(s, linePanic):
-		c.marks.panic = strings.TrimSpace(s[strings.Index(s, linePanic):])
+		c.marks.Reboot = true
+	case c.marks.Panic == "" && strings.Contains(s, linePanic):
+		c.marks.Panic = strings.TrimSpace(s[strings.Index(s, linePanic):])
 	}
 	close(c.notify)
 	c.notify = make(chan struct{})
 }
 
-func (c *console) changed() <-chan struct{} {
+// Changed returns a channel that is closed when the next line arrives.
+func (c *Console) Changed() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.notify
 }
 
-func (c *console) markers() markers {
+// Markers says which of the kernel's end-of-guest lines the console has
+// shown so far.
+func (c *Console) Markers() Markers {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.marks
 }
 
-func (c *console) all() string {
+// String returns the kept console: every complete line so far, up to the
+// last 1 MiB.
+func (c *Console) String() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return string(c.buf)
 }
 
-func (c *console) tail(n int) string {
-	s := strings.TrimRight(c.all(), "\n")
+// Tail returns the last n lines of the kept console, without the final
+// newline.
+func (c *Console) Tail(n int) string {
+	s := strings.TrimRight(c.String(), "\n")
 	for i := len(s) - 1; i >= 0; i-- {
 		if s[i] == '\n' {
 			n--

@@ -184,44 +184,169 @@ func TestResolveErrors(t *testing.T) {
 	}
 }
 
-func TestClassify(t *testing.T) {
-	fail := &exec.ExitError{}
-	tests := []struct {
-		name     string
-		err      error
-		m        markers
-		stopping ExitKind
-		stderr   string
-		want     ExitKind
-	}{
-		{"power off", nil, markers{powerOff: true}, 0, "", ExitPowerOff},
-		{"reboot", nil, markers{reboot: true}, 0, "", ExitReboot},
-		{"panic wins", nil, markers{reboot: true, panic: "Kernel panic - not syncing: x"}, 0, "", ExitPanic},
-		{"power off beats a late stop", nil, markers{powerOff: true}, ExitStopped, "", ExitPowerOff},
-		{"stopped", nil, markers{}, ExitStopped, "terminating on signal 15", ExitStopped},
-		{"timeout", fail, markers{}, ExitTimeout, "", ExitTimeout},
-		{"qemu error", fail, markers{}, 0, "could not open kernel", ExitFailed},
-		{"silent exit", nil, markers{}, 0, "", ExitFailed},
+// TestVerdict checks how a VM's end is told from its console and QEMU's
+// exit: console output arriving as QEMU writes it (\r\n line ends, lines
+// split across writes, a last line without a newline) goes through a
+// Console, whose Markers, with QEMU's wait error, whether we were stopping
+// it and QEMU's last complaint, go to Classify. It boots nothing.
+func TestVerdict(t *testing.T) {
+	exit1 := exec.Command("false").Run() // a real *exec.ExitError, status 1
+	if exit1 == nil {
+		t.Fatal("false exited 0")
 	}
-	for _, tc := range tests {
-		if got, _ := classify(tc.err, tc.m, tc.stopping, tc.stderr); got != tc.want {
-			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
-		}
+	killed := exec.Command("sh", "-c", "kill -KILL $$").Run() // ended by a signal
+	if killed == nil {
+		t.Fatal("sh survived SIGKILL")
+	}
+	tests := []struct {
+		name       string
+		writes     []string
+		waitErr    error
+		stopping   ExitKind
+		qemuSaid   string
+		want       ExitKind
+		wantCode   int
+		wantDetail string
+	}{
+		{
+			name:   "power_off",
+			writes: []string{"init: all services stopped; power-off\r\n[    2.1] reboot: Pow", "er down\r\n"},
+			want:   ExitPowerOff,
+		},
+		{
+			name:   "reboot",
+			writes: []string{"[    2.1] reboot: Restarting system\r\n"},
+			want:   ExitReboot,
+		},
+		{
+			name:       "panic_beats_everything",
+			writes:     []string{"[    0.9] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\r\n[    0.9] reboot: Restarting system\r\n"},
+			stopping:   ExitTimeout,
+			want:       ExitPanic,
+			wantDetail: "Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100",
+		},
+		{
+			name:       "stopped_by_us",
+			writes:     []string{"boot: ready\r\n"},
+			stopping:   ExitStopped,
+			qemuSaid:   "qemu-system-x86_64: terminating on signal 15 from pid 7",
+			want:       ExitStopped,
+			wantDetail: "qemu-system-x86_64: terminating on signal 15 from pid 7",
+		},
+		{
+			name:     "timeout_killed",
+			writes:   []string{"boot: ready\r\n"},
+			waitErr:  killed,
+			stopping: ExitTimeout,
+			want:     ExitTimeout,
+			wantCode: -1,
+		},
+		{
+			name:     "power_off_after_a_timeout_fired",
+			writes:   []string{"[    2.1] reboot: Power down\r\n"},
+			stopping: ExitTimeout,
+			want:     ExitPowerOff,
+		},
+		{
+			name:       "qemu_fails",
+			writes:     []string{"[    0.0] Linux version 6.1"},
+			waitErr:    exit1,
+			qemuSaid:   "qemu-system-x86_64: -device vhost-vsock-pci: vhost-vsock: failed to open vhost device: No such file or directory",
+			want:       ExitFailed,
+			wantCode:   1,
+			wantDetail: "qemu-system-x86_64: -device vhost-vsock-pci: vhost-vsock: failed to open vhost device: No such file or directory",
+		},
+		{
+			name:       "power_off_line_but_qemu_failed",
+			writes:     []string{"[    2.1] reboot: Power down\r\n"},
+			waitErr:    exit1,
+			want:       ExitFailed,
+			wantCode:   1,
+			wantDetail: "exit status 1",
+		},
+		{
+			name:       "wait_failed_otherwise",
+			writes:     []string{"boot: ready\r\n"},
+			waitErr:    errors.New("copying stderr: broken pipe"),
+			want:       ExitFailed,
+			wantCode:   -1,
+			wantDetail: "copying stderr: broken pipe",
+		},
+		{
+			name:       "silent_exit",
+			writes:     []string{"boot: ready\r\n", "no newline"},
+			want:       ExitFailed,
+			wantDetail: "QEMU exited without the kernel printing a power-off, reboot or panic line",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var file, echo strings.Builder
+			c := NewConsole(&file, &echo)
+			for _, w := range tt.writes {
+				c.Write([]byte(w))
+			}
+			c.Close()
+			if strings.Contains(file.String(), "\r") || strings.Contains(c.String(), "\r") {
+				t.Errorf("console kept \\r: %q", c.String())
+			}
+			if file.String() != c.String() || echo.String() != c.String() {
+				t.Errorf("console.log %q and echo %q differ from the kept console %q", file.String(), echo.String(), c.String())
+			}
+			// Close ends an unterminated last line.
+			want := strings.ReplaceAll(strings.Join(tt.writes, ""), "\r", "")
+			if !strings.HasSuffix(want, "\n") {
+				want += "\n"
+			}
+			if c.String() != want {
+				t.Errorf("kept console %q, want %q", c.String(), want)
+			}
+			e := Classify(tt.waitErr, c.Markers(), tt.stopping, tt.qemuSaid)
+			if e.Kind != tt.want || e.Code != tt.wantCode || e.Detail != tt.wantDetail {
+				t.Errorf("Classify = %s, status %d, %q; want %s, status %d, %q\nconsole:\n%s", e.Kind, e.Code, e.Detail, tt.want, tt.wantCode, tt.wantDetail, c.String())
+			}
+		})
 	}
 }
 
+// TestConsole checks the Console's bookkeeping: lines split across writes,
+// the tail, the markers, Changed, and the file closed by Close.
 func TestConsole(t *testing.T) {
-	var file, user strings.Builder
-	c := newConsole(&file, &user)
-	c.pump(strings.NewReader("one\r\ntwo\r\n[ 1.0] reboot: Power down\r\nthree"))
-	if got := c.tail(2); got != "[ 1.0] reboot: Power down\nthree" {
-		t.Errorf("tail(2) = %q", got)
+	file := &closeRecorder{}
+	var echo strings.Builder
+	c := NewConsole(file, &echo)
+	changed := c.Changed()
+	c.Write([]byte("one\r\ntw"))
+	select {
+	case <-changed:
+	default:
+		t.Error("Changed not closed after a line")
 	}
-	if !c.markers().powerOff || c.markers().reboot {
-		t.Errorf("markers %+v, want power-off only", c.markers())
+	changed = c.Changed()
+	c.Write([]byte("o\r\n[ 1.0] reboot: Power down\r\nthr"))
+	c.Write([]byte("ee"))
+	if got := c.Tail(2); got != "two\n[ 1.0] reboot: Power down" {
+		t.Errorf("Tail(2) before Close = %q: the unterminated line must wait", got)
 	}
-	if file.String() != user.String() || strings.Contains(file.String(), "\r") {
-		t.Errorf("file %q user %q: want the same text without \\r", file.String(), user.String())
+	select {
+	case <-changed:
+	default:
+		t.Error("Changed not closed after more lines")
+	}
+	if err := c.Close(); err != nil || !file.closed {
+		t.Errorf("Close = %v, file closed %v; want nil, true", err, file.closed)
+	}
+	if got := c.Tail(2); got != "[ 1.0] reboot: Power down\nthree" {
+		t.Errorf("Tail(2) = %q", got)
+	}
+	if got := c.Tail(10); got != "one\ntwo\n[ 1.0] reboot: Power down\nthree" {
+		t.Errorf("Tail(10) = %q", got)
+	}
+	if m := c.Markers(); m != (Markers{PowerOff: true}) {
+		t.Errorf("Markers %+v, want power-off only", m)
+	}
+	if file.String() != echo.String() || file.String() != "one\ntwo\n[ 1.0] reboot: Power down\nthree\n" {
+		t.Errorf("file %q echo %q: want the lines without \\r", file.String(), echo.String())
 	}
 	var lines []string
 	w := LineWriter(func(f string, a ...any) { lines = append(lines, fmt.Sprintf(f, a...)) })
@@ -231,6 +356,14 @@ func TestConsole(t *testing.T) {
 		t.Errorf("LineWriter logged %q, want %q", lines, want)
 	}
 }
+
+// closeRecorder stands in for console.log and notes Close.
+type closeRecorder struct {
+	strings.Builder
+	closed bool
+}
+
+func (f *closeRecorder) Close() error { f.closed = true; return nil }
 
 // TestDetectAccelOverrides checks the ways around the KVM probe: the
 // environment, and the per-machine cache (a planted answer must be used as

@@ -181,37 +181,50 @@ func ConsoleLog(dir string) string { return filepath.Join(dir, "console.log") }
 const maxSocketPath = 107
 
 // CommandLine returns QEMU's argv (argv[0] is the binary) for resolved
-// options, with sockets in o.Dir.
+// options, with sockets in o.Dir: the QEMU command, MachineArgs, no display,
+// and the kernel, initramfs and kernel command line.
 func CommandLine(o Options) ([]string, error) {
 	if o.Route == "" || o.MemoryMB == 0 || o.Kernel == "" || o.Dir == "" {
 		return nil, fmt.Errorf("options not resolved (route %q, memory %d, kernel %q, dir %q): call Resolve and set Dir", o.Route, o.MemoryMB, o.Kernel, o.Dir)
 	}
-	qemu := strings.Fields(o.QEMU)
-	args := append([]string{}, qemu...)
-	args = append(args,
-		"-nodefaults", "-no-user-config", "-display", "none",
+	args := append(strings.Fields(o.QEMU), MachineArgs(o)...)
+	return append(args,
+		"-display", "none",
+		"-kernel", o.Kernel,
+		"-initrd", o.Initrd,
+		"-append", KernelCmdline(o.Append),
+	), nil
+}
+
+// MachineArgs returns the QEMU arguments for resolved options other than
+// the binary, the display and the boot files (-kernel, -initrd, -append):
+// no default devices or user config, -no-reboot, the q35 machine with o's
+// memory and vCPUs, the accelerator (none when o.Accel is "": the QEMU
+// command chooses), the serial console on QEMU's stdio, and the guest
+// memory backend and vsock device (vsockArgs). CommandLine uses them, and
+// so do harnesses that build the rest of QEMU's command line themselves
+// (hugelgupf/vmtest's qemu.ArbitraryArgs, next to its -nographic, -kernel,
+// -initrd and -append).
+func MachineArgs(o Options) []string {
+	args := []string{
+		"-nodefaults", "-no-user-config",
 		// A guest reboot ends QEMU too; the console tells reboot from
-		// power-off (see Exit).
+		// power-off (see Classify).
 		"-no-reboot",
 		"-M", "q35,memory-backend=mem",
-		"-m", strconv.Itoa(o.MemoryMB)+"M",
+		"-m", strconv.Itoa(o.MemoryMB) + "M",
 		"-smp", strconv.Itoa(o.CPUs),
-	)
+	}
 	switch o.Accel {
 	case AccelKVM:
 		args = append(args, "-accel", "kvm", "-cpu", "host")
 	case AccelTCG:
 		args = append(args, "-accel", "tcg")
 	}
-	args = append(args,
-		"-kernel", o.Kernel,
-		"-initrd", o.Initrd,
-		"-append", KernelCmdline(o.Append),
-		"-chardev", "stdio,id=con,signal=off",
-		"-serial", "chardev:con",
-	)
-	args = append(args, VsockArgs(o)...)
-	return args, nil
+	// signal=off: a terminal's ^C, or a stray one on the pty vmtest gives
+	// QEMU as stdin, must not end the VM; Stop does that.
+	args = append(args, "-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con")
+	return append(args, vsockArgs(o)...)
 }
 
 // KernelCmdline is the simulator's kernel command line plus extra.
@@ -228,12 +241,11 @@ func KernelCmdline(extra string) string {
 	return s
 }
 
-// VsockArgs returns the QEMU arguments for guest memory and the vsock device
-// of resolved options, for callers that build their own QEMU command line
-// (hugelgupf/vmtest's qemu.ArbitraryArgs): memory must be a shared memfd
-// backend for vhost-user, since the backend maps guest memory. They include
-// no -m or -machine memory-backend=mem; add those.
-func VsockArgs(o Options) []string {
+// vsockArgs returns the QEMU arguments for guest memory and the vsock
+// device: memory must be a shared memfd backend for vhost-user, since the
+// backend maps guest memory; -M q35,memory-backend=mem (MachineArgs) uses
+// it.
+func vsockArgs(o Options) []string {
 	mem := fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", o.MemoryMB)
 	switch o.Route {
 	case RouteVhostVsock:

@@ -3,6 +3,7 @@ package enclavesim
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -79,7 +80,7 @@ type VM struct {
 	opts    Options
 	args    []string
 	cmd     *exec.Cmd
-	console *console
+	console *Console
 	started time.Time
 	tempDir bool // Dir was created by Start and is removed by Stop
 
@@ -127,16 +128,16 @@ func Start(ctx context.Context, o Options) (*VM, error) {
 	if err != nil {
 		return fail(fmt.Errorf("console log: %w", err))
 	}
-	vm.console = newConsole(logFile, o.Console)
+	vm.console = NewConsole(logFile, o.Console)
 	if vm.Backend, err = StartBackend(o); err != nil {
-		logFile.Close()
+		vm.console.Close()
 		return fail(err)
 	}
 	cmd := exec.Command(vm.args[0], vm.args[1:]...)
 	cmd.Stdin = nil // /dev/null: the console is output only
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		logFile.Close()
+		vm.console.Close()
 		return fail(err)
 	}
 	cmd.Stderr = &lockedWriter{mu: &vm.mu, w: &vm.stderr}
@@ -146,7 +147,7 @@ func Start(ctx context.Context, o Options) (*VM, error) {
 	o.logf("enclavesim: %s", strings.Join(vm.args, " "))
 	vm.started = time.Now()
 	if err := cmd.Start(); err != nil {
-		logFile.Close()
+		vm.console.Close()
 		return fail(fmt.Errorf("starting QEMU %s: %w (install qemu-system-x86 or set VMTEST_QEMU)", vm.args[0], err))
 	}
 	vm.cmd = cmd
@@ -154,9 +155,9 @@ func Start(ctx context.Context, o Options) (*VM, error) {
 	go func() {
 		defer close(pumped)
 		defer recoverTo(o.Logf, "console reader")
-		vm.console.pump(stdout)
+		io.Copy(vm.console, stdout)
 	}()
-	go vm.wait(pumped, logFile)
+	go vm.wait(pumped)
 	if o.Timeout > 0 {
 		go func() {
 			defer recoverTo(o.Logf, "timeout watcher")
@@ -171,44 +172,65 @@ func Start(ctx context.Context, o Options) (*VM, error) {
 }
 
 // wait collects QEMU's exit, drains the console and classifies the end.
-func (vm *VM) wait(pumped chan struct{}, logFile *os.File) {
+func (vm *VM) wait(pumped chan struct{}) {
 	defer recoverTo(vm.opts.Logf, "QEMU waiter")
 	// Drain the console first: Wait closes the pipe, and the kernel's last
 	// line (the one that says power-off or reboot) may still be in it.
 	<-pumped
 	err := vm.cmd.Wait()
-	logFile.Close()
-	e := Exit{Uptime: time.Since(vm.started), Code: vm.cmd.ProcessState.ExitCode()}
+	vm.console.Close()
 	vm.mu.Lock()
 	stopping := vm.stopping
 	stderr := lastLine(vm.stderr.String())
 	vm.mu.Unlock()
-	e.Kind, e.Detail = classify(err, vm.console.markers(), stopping, stderr)
+	e := Classify(err, vm.console.Markers(), stopping, stderr)
+	e.Uptime = time.Since(vm.started)
 	vm.exit = e
 	vm.opts.logf("enclavesim: VM ended: %s", e)
 	close(vm.done)
 }
 
-// classify decides how a VM ended from QEMU's wait error, the kernel's last
-// words on the console, whether we were killing it, and QEMU's stderr. The
-// kernel's words win: a guest that powered off just as a timeout fired
-// still powered off.
-func classify(waitErr error, m markers, stopping ExitKind, stderr string) (ExitKind, string) {
+// Classify decides how a VM ended, once QEMU has exited and its console is
+// drained, from:
+//   - waitErr, what waiting for QEMU returned (exec.Cmd.Wait, or
+//     hugelgupf/vmtest's VM.Wait): nil for status 0, an *exec.ExitError
+//     for another status or a signal;
+//   - m, the kernel's last words on the console (Console.Markers);
+//   - stopping, ExitStopped or ExitTimeout when the caller was ending QEMU
+//     itself, else 0;
+//   - qemuSaid, QEMU's own last complaint (its last stderr line), or "".
+//
+// The kernel's words win: a guest that powered off just as a timeout fired
+// still powered off. Power-off and reboot count only when QEMU exited 0.
+// The Exit has Kind, Code (QEMU's status, -1 after a signal or when waitErr
+// is not an *exec.ExitError) and Detail; the caller sets Uptime.
+func Classify(waitErr error, m Markers, stopping ExitKind, qemuSaid string) Exit {
+	e := Exit{Kind: ExitFailed}
+	var ee *exec.ExitError
 	switch {
-	case m.panic != "":
-		return ExitPanic, m.panic
-	case waitErr == nil && m.reboot:
-		return ExitReboot, ""
-	case waitErr == nil && m.powerOff:
-		return ExitPowerOff, ""
-	case stopping != 0:
-		return stopping, stderr
-	case stderr != "":
-		return ExitFailed, stderr
-	case waitErr != nil:
-		return ExitFailed, waitErr.Error()
+	case waitErr == nil:
+	case errors.As(waitErr, &ee):
+		e.Code = ee.ExitCode()
+	default:
+		e.Code = -1
 	}
-	return ExitFailed, "QEMU exited without the kernel printing a power-off, reboot or panic line"
+	switch {
+	case m.Panic != "":
+		e.Kind, e.Detail = ExitPanic, m.Panic
+	case waitErr == nil && m.Reboot:
+		e.Kind = ExitReboot
+	case waitErr == nil && m.PowerOff:
+		e.Kind = ExitPowerOff
+	case stopping != 0:
+		e.Kind, e.Detail = stopping, qemuSaid
+	case qemuSaid != "":
+		e.Detail = qemuSaid
+	case waitErr != nil:
+		e.Detail = waitErr.Error()
+	default:
+		e.Detail = "QEMU exited without the kernel printing a power-off, reboot or panic line"
+	}
+	return e
 }
 
 // Args is QEMU's argv as started.
@@ -276,25 +298,39 @@ func (vm *VM) Wait(ctx context.Context) (Exit, error) {
 	}
 }
 
-// kill ends QEMU: SIGTERM (QEMU shuts down and exits), SIGKILL after two
-// seconds.
+// kill notes why QEMU is ending and ends it (Terminate).
 func (vm *VM) kill(why ExitKind) {
 	vm.mu.Lock()
 	if vm.stopping == 0 {
 		vm.stopping = why
 	}
 	vm.mu.Unlock()
+	Terminate(vm.cmd.Process, vm.done)
+}
+
+// A Signaler is a running QEMU: *os.Process, or hugelgupf/vmtest's *qemu.VM.
+type Signaler interface {
+	Signal(os.Signal) error
+	Kill() error
+}
+
+// Terminate ends a QEMU the way Stop does and returns once done (closed when
+// the caller has seen QEMU exit) is closed: SIGTERM, on which QEMU stops the
+// guest and exits, then SIGKILL if it is still there two seconds later.
+// Nothing is sent when done is already closed. Callers note that they were
+// stopping QEMU before calling it, for Classify.
+func Terminate(p Signaler, done <-chan struct{}) {
 	select {
-	case <-vm.done:
+	case <-done:
 		return
 	default:
 	}
-	vm.cmd.Process.Signal(syscall.SIGTERM)
+	p.Signal(syscall.SIGTERM)
 	select {
-	case <-vm.done:
+	case <-done:
 	case <-time.After(2 * time.Second):
-		vm.cmd.Process.Kill()
-		<-vm.done
+		p.Kill()
+		<-done
 	}
 }
 
@@ -314,28 +350,28 @@ func (vm *VM) Stop() Exit {
 }
 
 // ConsoleTail returns the last n lines of the console.
-func (vm *VM) ConsoleTail(n int) string { return vm.console.tail(n) }
+func (vm *VM) ConsoleTail(n int) string { return vm.console.Tail(n) }
 
 // Console returns everything the console printed so far (up to the last
 // 1 MiB).
-func (vm *VM) Console() string { return vm.console.all() }
+func (vm *VM) Console() string { return vm.console.String() }
 
 // WaitConsole waits until the console has printed s, the VM ends or ctx
 // ends.
 func (vm *VM) WaitConsole(ctx context.Context, s string) error {
 	for {
-		if strings.Contains(vm.console.all(), s) {
+		if strings.Contains(vm.console.String(), s) {
 			return nil
 		}
 		select {
 		case <-vm.done:
-			if strings.Contains(vm.console.all(), s) {
+			if strings.Contains(vm.console.String(), s) {
 				return nil
 			}
 			return fmt.Errorf("VM ended (%s) before the console printed %q; console:\n%s", vm.exit, s, vm.ConsoleTail(20))
 		case <-ctx.Done():
 			return fmt.Errorf("console never printed %q: %w; console:\n%s", s, ctx.Err(), vm.ConsoleTail(20))
-		case <-vm.console.changed():
+		case <-vm.console.Changed():
 		}
 	}
 }
