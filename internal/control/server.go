@@ -65,6 +65,8 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	work chan job // connections for idle workers
+
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]struct{}
@@ -97,6 +99,7 @@ func NewServer(cfg Config) *Server {
 		sem:       make(chan struct{}, cfg.MaxConns),
 		ctx:       ctx,
 		cancel:    cancel,
+		work:      make(chan job),
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[net.Conn]struct{}{},
 		streams:   map[streamKey]*stream{},
@@ -163,8 +166,8 @@ func (s *Server) ServeVsock(ctx context.Context, cid, port uint32) error {
 }
 
 // Serve accepts connections from l until ctx ends, Close is called or l
-// fails, and closes l. Each connection is served in its own goroutine, at
-// most MaxConns at once.
+// fails, and closes l. Connections are served concurrently, at most
+// MaxConns at once, by worker goroutines that are reused while busy.
 func (s *Server) Serve(ctx context.Context, l net.Listener, t Transport) error {
 	s.mu.Lock()
 	if s.ctx.Err() != nil {
@@ -214,15 +217,50 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, t Transport) error {
 			<-s.sem
 			return nil
 		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer func() { <-s.sem }()
-			defer s.untrack(c)
-			defer s.recoverPanic("connection")
-			s.handle(c, t)
-		}()
+		j := job{c, t}
+		select {
+		case s.work <- j: // an idle worker took it
+		default:
+			s.wg.Add(1)
+			go s.worker(j)
+		}
 	}
+}
+
+// job is one accepted connection waiting to be served.
+type job struct {
+	c net.Conn
+	t Transport
+}
+
+// workerIdle is how long a worker goroutine waits for the next connection
+// before it exits. Reusing workers saves a goroutine start and, above all,
+// the stack growth that encoding a response causes in a fresh goroutine.
+const workerIdle = 10 * time.Second
+
+// worker serves j, then any connection handed to it while it is idle.
+func (s *Server) worker(j job) {
+	defer s.wg.Done()
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		s.serveConn(j)
+		idle.Reset(workerIdle)
+		select {
+		case j = <-s.work:
+		case <-idle.C:
+			return
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
+
+func (s *Server) serveConn(j job) {
+	defer func() { <-s.sem }()
+	defer s.untrack(j.c)
+	defer s.recoverPanic("connection")
+	s.handle(j.c, j.t)
 }
 
 // track registers a connection so that Close can cut it; it reports false
