@@ -38,61 +38,95 @@ func (sv *service) info() wire.ServiceInfo {
 	return inf
 }
 
+// snapshot is an immutable view of every service, for the read-only
+// control requests (list, status, ps), which are the most frequent.
+type snapshot struct {
+	version uint64
+	list    []wire.ServiceInfo
+	status  map[string]wire.ServiceStatus
+	pids    map[int]string
+}
+
+// snapshot returns a view that is current: the one built at the loop's
+// present version, or a new one built on the loop. Building happens only
+// after a state change, so a steady system answers reads without waking
+// the loop.
+func (s *Supervisor) snapshot() *snapshot {
+	if sn := s.snap.Load(); sn != nil && sn.version == s.version.Load() {
+		return sn
+	}
+	var sn *snapshot
+	done := make(chan struct{})
+	s.events <- event{readOnly: true, f: func() {
+		defer close(done)
+		sn = &snapshot{
+			version: s.version.Load(),
+			status:  make(map[string]wire.ServiceStatus, len(s.services)),
+			pids:    map[int]string{},
+		}
+		for _, n := range s.sortedNames() {
+			sv := s.services[n]
+			sn.list = append(sn.list, sv.info())
+			sn.status[n] = sv.statusInfo()
+			if sv.pid > 0 {
+				sn.pids[sv.pid] = n
+			}
+		}
+		s.snap.Store(sn)
+	}}
+	<-done
+	return sn
+}
+
 // Services lists every service by name.
 func (s *Supervisor) Services() []wire.ServiceInfo {
-	var out []wire.ServiceInfo
-	s.call(func() {
-		for _, n := range s.sortedNames() {
-			out = append(out, s.services[n].info())
-		}
-	})
-	return out
+	return s.snapshot().list
 }
 
 // ServiceStatus describes one service.
 func (s *Supervisor) ServiceStatus(name string) (wire.ServiceStatus, error) {
-	var st wire.ServiceStatus
-	var err error
-	s.call(func() {
-		sv := s.services[name]
-		if sv == nil {
-			err = notFound(name)
-			return
+	st, ok := s.snapshot().status[name]
+	if !ok {
+		return st, notFound(name)
+	}
+	return st, nil
+}
+
+// statusInfo builds the status of one service; the loop calls it.
+func (sv *service) statusInfo() wire.ServiceStatus {
+	inf := sv.info()
+	st := wire.ServiceStatus{
+		Name: sv.name, Enabled: inf.Enabled, Active: inf.Active, RestartPolicy: inf.RestartPolicy,
+		RestartCount: sv.restarts, State: inf.State, Error: sv.reason, StatusText: sv.status,
+		ChangedOnDisk: sv.pending != nil, Since: sv.since.Unix(),
+		Dependencies: wire.Dependencies{Before: []string{}, After: []string{}, Requires: []string{}, RequiredBy: []string{}},
+	}
+	if sv.pid > 0 {
+		pid := sv.pid
+		st.PID = &pid
+	}
+	if sv.lastExit != nil {
+		code := sv.lastExit.StatusCode()
+		st.ExitStatus = &code
+	}
+	u := sv.unit
+	if u == nil {
+		u = sv.pending
+	}
+	if u != nil {
+		st.ExecStart = u.ExecStart
+		st.RestartSec = uint64(u.RestartSec / time.Second)
+		st.Type = string(u.Type)
+		st.Path = u.Path
+		if u.WorkingDirectory != "" {
+			wd := u.WorkingDirectory
+			st.WorkingDirectory = &wd
 		}
-		inf := sv.info()
-		st = wire.ServiceStatus{
-			Name: sv.name, Enabled: inf.Enabled, Active: inf.Active, RestartPolicy: inf.RestartPolicy,
-			RestartCount: sv.restarts, State: inf.State, Error: sv.reason, StatusText: sv.status,
-			ChangedOnDisk: sv.pending != nil, Since: sv.since.Unix(),
-			Dependencies: wire.Dependencies{Before: []string{}, After: []string{}, Requires: []string{}, RequiredBy: []string{}},
+		st.Dependencies = wire.Dependencies{
+			Before: nonNil(u.Before), After: nonNil(u.After), Requires: nonNil(u.Requires), RequiredBy: nonNil(u.RequiredBy),
 		}
-		if sv.pid > 0 {
-			pid := sv.pid
-			st.PID = &pid
-		}
-		if sv.lastExit != nil {
-			code := sv.lastExit.StatusCode()
-			st.ExitStatus = &code
-		}
-		u := sv.unit
-		if u == nil {
-			u = sv.pending
-		}
-		if u != nil {
-			st.ExecStart = u.ExecStart
-			st.RestartSec = uint64(u.RestartSec / time.Second)
-			st.Type = string(u.Type)
-			st.Path = u.Path
-			if u.WorkingDirectory != "" {
-				wd := u.WorkingDirectory
-				st.WorkingDirectory = &wd
-			}
-			st.Dependencies = wire.Dependencies{
-				Before: nonNil(u.Before), After: nonNil(u.After), Requires: nonNil(u.Requires), RequiredBy: nonNil(u.RequiredBy),
-			}
-		}
-	})
-	return st, err
+	}
+	return st
 }
 
 func nonNil(s []string) []string {
@@ -340,15 +374,7 @@ func (s *subscription) Close() { s.sub.Close() }
 
 // ManagedPIDs maps main PIDs to service names.
 func (s *Supervisor) ManagedPIDs() map[int]string {
-	m := map[int]string{}
-	s.call(func() {
-		for _, sv := range s.services {
-			if sv.pid > 0 {
-				m[sv.pid] = sv.name
-			}
-		}
-	})
-	return m
+	return s.snapshot().pids
 }
 
 // StartProcess runs an unmanaged process with its output in the log of

@@ -51,7 +51,7 @@ type Config struct {
 type Supervisor struct {
 	cfg     Config
 	logf    func(string, ...any)
-	events  chan func()
+	events  chan event
 	started time.Time
 
 	// Owned by the loop goroutine.
@@ -61,8 +61,14 @@ type Supervisor struct {
 	adhoc    *logs.Log
 
 	captures sync.WaitGroup // log capture goroutines, drained before the logs close
-	finished chan struct{}  // closed when the shutdown sequence is complete
-	rebootF  atomic.Bool    // the shutdown asked for a reboot
+
+	// version counts the loop's state-changing events; snap is the view of
+	// every service built at some version. Readers use snap while it is
+	// current, which spares them a hop to the loop (see snapshot).
+	version  atomic.Uint64
+	snap     atomic.Pointer[snapshot]
+	finished chan struct{} // closed when the shutdown sequence is complete
+	rebootF  atomic.Bool   // the shutdown asked for a reboot
 	shutting atomic.Bool
 	running  atomic.Bool
 }
@@ -79,7 +85,7 @@ func New(cfg Config) *Supervisor {
 	return &Supervisor{
 		cfg:      cfg,
 		logf:     logf,
-		events:   make(chan func(), 4096),
+		events:   make(chan event, 4096),
 		started:  time.Now(),
 		services: map[string]*service{},
 		finished: make(chan struct{}),
@@ -89,7 +95,14 @@ func New(cfg Config) *Supervisor {
 // post queues f to run on the loop goroutine. It is safe from any goroutine
 // but the loop itself.
 func (s *Supervisor) post(f func()) {
-	s.events <- f
+	s.events <- event{f: f}
+}
+
+// event is a function for the loop to run. A read-only one promises not to
+// change service state, so it does not invalidate the snapshot.
+type event struct {
+	f        func()
+	readOnly bool
 }
 
 // call runs f on the loop and waits for it.
@@ -119,8 +132,14 @@ func (s *Supervisor) Run(ctx context.Context) (reboot bool) {
 	done := ctx.Done()
 	for {
 		select {
-		case f := <-s.events:
-			s.safely(f)
+		case e := <-s.events:
+			// Bump the version before a state change, not after: a
+			// reader woken by the change itself (a stop's waiter, say)
+			// must already see the snapshot as stale.
+			if !e.readOnly {
+				s.version.Add(1)
+			}
+			s.safely(e.f)
 		case <-done:
 			done = nil
 			s.beginShutdown(false)
