@@ -48,6 +48,7 @@ type fixture struct {
 	be   *controltest.Backend
 	sock string
 	dir  string
+	pid  int // the managed "webapp" process
 }
 
 // serve runs a control server with the in-memory backend on a real Unix
@@ -56,7 +57,15 @@ func serve(t *testing.T, mod func(*control.Config)) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	f := &fixture{be: controltest.New(), sock: filepath.Join(dir, "init.sock"), dir: dir}
-	f.be.SetManaged(os.Getpid(), "webapp")
+	// A real process plays the service's main PID: the server refuses to
+	// signal its own PID, so the test's cannot serve.
+	sleeper := exec.Command("sleep", "300")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sleeper.Process.Kill(); sleeper.Wait() })
+	f.pid = sleeper.Process.Pid
+	f.be.SetManaged(f.pid, "webapp")
 	cfg := control.Config{Backend: f.be, IOTimeout: 5 * time.Second, Logf: t.Logf}
 	if mod != nil {
 		mod(&cfg)
@@ -98,7 +107,7 @@ func initctl(t *testing.T, env []string, args ...string) result {
 // with -o json, checking exit code, output and what reached the backend.
 func TestCommands(t *testing.T) {
 	f := serve(t, nil)
-	me := fmt.Sprint(os.Getpid())
+	me := fmt.Sprint(f.pid)
 	tests := []struct {
 		args     []string
 		code     int

@@ -3,6 +3,8 @@ package control
 import (
 	"errors"
 	"fmt"
+	"math"
+	"os"
 	"syscall"
 
 	"github.com/nitroinit/nitroinit/internal/procfs"
@@ -54,7 +56,7 @@ func (s *Server) dispatch(req wire.Request, peer Peer) wire.Response {
 	case wire.KindServiceLogsClear:
 		return done(b.ClearServiceLogs(req.Name), "Logs cleared for service '%s'")
 	case wire.KindServiceLogsStream:
-		return s.startStream(req)
+		return s.startStream(req, peer)
 	case wire.KindServiceLogsStreamStop:
 		return s.stopStreams(req.Name)
 	case wire.KindSystemReload:
@@ -138,12 +140,17 @@ func message(msg string, err error) wire.Response {
 
 // refusePID keeps signals away from init itself and from the kill(2) forms
 // that reach groups (0, negative) before they reach the backend.
+//
+// The kernel's pid_t is 32 bits: a larger number would be truncated by
+// kill(2) (4294967297 becomes 1, 4294967295 becomes -1), so it is refused
+// here rather than passed on. init's own PID is refused too when init is not
+// PID 1 (supervisor mode).
 func refusePID(pid int) (wire.Response, bool) {
 	switch {
-	case pid == 1:
-		return wire.Errorf("Refusing to signal PID 1 (init itself); use initctl shutdown or reboot"), true
-	case pid <= 0:
-		return wire.Errorf("Invalid PID %d: must be a positive process ID", pid), true
+	case pid == 1 || pid == os.Getpid():
+		return wire.Errorf("Refusing to signal PID %d (init itself); use initctl shutdown or reboot", pid), true
+	case pid <= 0 || pid > math.MaxInt32:
+		return wire.Errorf("Invalid PID %d: must be a process ID between 2 and %d", pid, math.MaxInt32), true
 	}
 	return wire.Response{}, false
 }

@@ -41,7 +41,7 @@ type Config struct {
 	Backend Backend
 	// Policy decides who may send what.
 	Policy Policy
-	// MaxConns bounds the connections served at once, over all listeners;
+	// MaxConns bounds the connections served at once on each listener;
 	// further clients wait in the listen backlog. Default DefaultMaxConns.
 	MaxConns int
 	// IOTimeout bounds the wait for a request and each write of a
@@ -61,7 +61,6 @@ type Config struct {
 // Server serves control connections. Create it with NewServer.
 type Server struct {
 	cfg    Config
-	sem    chan struct{}
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -96,7 +95,6 @@ func NewServer(cfg Config) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
 		cfg:       cfg,
-		sem:       make(chan struct{}, cfg.MaxConns),
 		ctx:       ctx,
 		cancel:    cancel,
 		work:      make(chan job),
@@ -186,10 +184,14 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, t Transport) error {
 	defer stop()
 	defer l.Close()
 
+	// Each listener has its own connection slots, so that clients on one
+	// transport (the parent over vsock) cannot use up those of another
+	// (root on the Unix socket).
+	sem := make(chan struct{}, s.cfg.MaxConns)
 	var backoff time.Duration
 	for {
 		select {
-		case s.sem <- struct{}{}:
+		case sem <- struct{}{}:
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.ctx.Done():
@@ -197,7 +199,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, t Transport) error {
 		}
 		c, err := l.Accept()
 		if err != nil {
-			<-s.sem
+			<-sem
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -214,10 +216,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, t Transport) error {
 		backoff = 0
 		if !s.track(c) {
 			c.Close()
-			<-s.sem
+			<-sem
 			return nil
 		}
-		j := job{c, t}
+		j := job{c, t, sem}
 		select {
 		case s.work <- j: // an idle worker took it
 		default:
@@ -229,8 +231,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, t Transport) error {
 
 // job is one accepted connection waiting to be served.
 type job struct {
-	c net.Conn
-	t Transport
+	c   net.Conn
+	t   Transport
+	sem chan struct{} // the listener's slots; one is released when done
 }
 
 // workerIdle is how long a worker goroutine waits for the next connection
@@ -257,7 +260,7 @@ func (s *Server) worker(j job) {
 }
 
 func (s *Server) serveConn(j job) {
-	defer func() { <-s.sem }()
+	defer func() { <-j.sem }()
 	defer s.untrack(j.c)
 	defer s.recoverPanic("connection")
 	s.handle(j.c, j.t)
@@ -350,6 +353,14 @@ func (s *Server) handle(c net.Conn, t Transport) {
 	if err != nil {
 		s.cfg.Logf("control: %v", err)
 		s.write(c, wire.Errorf("cannot identify the peer: %v", err))
+		return
+	}
+	// A peer with no grant at all is answered before init reads (and
+	// decodes) up to a megabyte from it.
+	if len(s.cfg.Policy.Granted(peer)) == 0 {
+		err := s.cfg.Policy.Check(peer, wire.KindPing, s.cfg.ConfigPath)
+		s.cfg.Logf("control: connection from %s refused: %v", describe(peer), err)
+		s.write(c, wire.Errorf("%v", err))
 		return
 	}
 	req, early, err := s.readRequest(c)

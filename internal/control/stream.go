@@ -24,15 +24,41 @@ type stream struct {
 	done   chan struct{}
 }
 
+// maxStreams bounds the log streams open at once, so that a client cannot
+// make init hold unbounded connections and goroutines.
+const maxStreams = 32
+
+// checkStreamTarget decides whether peer may have init dial cid for a log
+// stream. A peer outside the enclave may have init dial back to the host
+// (CID 2 or 3) or to itself, not to CIDs inside the enclave (1 is the
+// enclave's own loopback), where a log line could reach a local listener
+// such as the control port.
+func (s *Server) checkStreamTarget(peer Peer, cid uint32) error {
+	if peer.Transport != TransportVsock {
+		return nil
+	}
+	if cid <= 1 || cid > 3 && !(peer.CIDKnown && cid == peer.CID) {
+		return fmt.Errorf("logs-stream over vsock may only connect to the host (CID 2 or 3) or to the requesting peer's own CID, not %d", cid)
+	}
+	return nil
+}
+
 // startStream answers ServiceLogsStream: it subscribes to the service's
 // log, dials the host's listener and leaves a goroutine writing one line per
 // log line until the host goes away, the service's log ends, or
 // ServiceLogsStreamStop.
-func (s *Server) startStream(req wire.Request) wire.Response {
+func (s *Server) startStream(req wire.Request, peer Peer) wire.Response {
+	if err := s.checkStreamTarget(peer, req.VsockCID); err != nil {
+		return wire.Errorf("%v", err)
+	}
 	key := streamKey{req.Name, req.VsockPort}
 	s.mu.Lock()
 	_, busy := s.streams[key]
+	full := len(s.streams) >= maxStreams
 	s.mu.Unlock()
+	if full {
+		return wire.Errorf("too many log streams (%d) are active; stop one first", maxStreams)
+	}
 	if busy {
 		return wire.Errorf("Log streaming already active for service '%s' on port %d; stop it first (logs-stream Ctrl-C sends ServiceLogsStreamStop) or use another port", req.Name, req.VsockPort)
 	}

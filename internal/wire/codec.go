@@ -221,8 +221,10 @@ func (r *Request) UnmarshalJSON(data []byte) error {
 		PID       *int      `json:"pid"`
 		Signal    *int      `json:"signal"`
 		Command   *string   `json:"command"`
-		Args      *[]string `json:"args"`
-		Env       *[]string `json:"env"`
+		// Lists stay raw until the variant is known to carry them, so that
+		// a huge list in a request that has no such field costs nothing.
+		Args json.RawMessage `json:"args"`
+		Env  json.RawMessage `json:"env"`
 	}
 	if err := json.Unmarshal(body, &b); err != nil {
 		var te *json.UnmarshalTypeError
@@ -249,15 +251,27 @@ func (r *Request) UnmarshalJSON(data []byte) error {
 		case fCommand:
 			present = set(&r.Command, b.Command)
 		case fArgs:
-			present = set(&r.Args, b.Args)
+			present, err = setList(&r.Args, b.Args)
 		case fEnv:
-			present = set(&r.Env, b.Env)
+			present, err = setList(&r.Env, b.Env)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: field %q: %w", kind, f, err)
 		}
 		if !present && !optionalFields[f] {
 			return fmt.Errorf("%s: missing field %q", kind, f)
 		}
 	}
 	return nil
+}
+
+// setList decodes a raw list of strings into dst; absent or null is not
+// present.
+func setList(dst *[]string, raw json.RawMessage) (bool, error) {
+	if raw == nil || isNull(raw) {
+		return false, nil
+	}
+	return true, json.Unmarshal(raw, dst)
 }
 
 // set copies *src to *dst when src is non-nil and reports whether it was.

@@ -1,0 +1,43 @@
+package control_test
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+)
+
+// TestRefusedPIDs checks the PIDs that must never reach kill(2): init
+// itself (as PID 1 or, in supervisor mode, its own PID), and numbers that
+// the kernel's 32-bit pid_t would truncate into 1 or -1.
+func TestRefusedPIDs(t *testing.T) {
+	ts := startServer(t, nil)
+	tests := []struct {
+		pid  int64
+		want string
+	}{
+		{1, "init itself"},
+		{int64(os.Getpid()), "init itself"},
+		{0, "Invalid PID"},
+		{-5, "Invalid PID"},
+		{4294967297, "Invalid PID"}, // would become kill(1, ...)
+		{4294967295, "Invalid PID"}, // would become kill(-1, ...)
+	}
+	for _, kind := range []string{"ProcessKill", "ProcessStop", "ProcessRestart"} {
+		for _, tt := range tests {
+			body := fmt.Sprintf(`{"pid":%d}`, tt.pid)
+			if kind == "ProcessKill" {
+				body = fmt.Sprintf(`{"pid":%d,"signal":9}`, tt.pid)
+			}
+			r := decodeResp(t, raw(t, ts.path, []byte(fmt.Sprintf(`{%q:%s}`, kind, body))))
+			if r.Kind != "Error" || !strings.Contains(r.Message, tt.want) {
+				t.Errorf("%s pid %d: %+v, want an Error with %q", kind, tt.pid, r, tt.want)
+			}
+		}
+	}
+	for _, c := range ts.be.Calls() {
+		if strings.Contains(c, "Signal") || strings.Contains(c, "Restart") {
+			t.Errorf("a refused PID reached the backend: %s", c)
+		}
+	}
+}
