@@ -416,3 +416,29 @@ func TestStartDisabledAndFixedServices(t *testing.T) {
 	h.do(wire.Request{Kind: wire.KindSystemReload})
 	h.waitState("broken", "running", 5*time.Second)
 }
+
+func TestReloadRecoversHeldAndRestoredServices(t *testing.T) {
+	h := startInit(t, map[string]string{
+		"needy.service": "ExecStart = \"$SVC sleep\"\nRequires = [\"dep\"]",
+		"slow.service":  "ExecStart = \"$SVC trap $DIR/slow-term\"\nType = \"notify\"\nTimeoutStopSec = 30",
+	}, "")
+	h.waitState("needy", "held", 5*time.Second)
+	h.waitState("slow", "running", 5*time.Second)
+
+	// The missing requirement appears: the held service starts at reload.
+	h.writeService("dep.service", "ExecStart = \"$SVC sleep\"")
+	h.do(wire.Request{Kind: wire.KindSystemReload})
+	h.waitState("dep", "running", 5*time.Second)
+	h.waitState("needy", "running", 5*time.Second)
+
+	// A file removed and restored while its service stops: the service
+	// comes back instead of being forgotten.
+	path := filepath.Join(h.svcDir, "slow.service")
+	body, _ := os.ReadFile(path)
+	os.Remove(path)
+	h.do(wire.Request{Kind: wire.KindSystemReload})
+	os.WriteFile(path, body, 0o644)
+	h.do(wire.Request{Kind: wire.KindSystemReload})
+	h.eventually(10*time.Second, "slow to get SIGTERM", func() bool { return h.readFile("slow-term") != "" })
+	h.waitState("slow", "running", 10*time.Second)
+}

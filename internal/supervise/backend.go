@@ -56,9 +56,7 @@ func (s *Supervisor) snapshot() *snapshot {
 		return sn
 	}
 	var sn *snapshot
-	done := make(chan struct{})
-	s.events <- event{readOnly: true, f: func() {
-		defer close(done)
+	ok := s.run(event{readOnly: true, f: func() {
 		sn = &snapshot{
 			version: s.version.Load(),
 			status:  make(map[string]wire.ServiceStatus, len(s.services)),
@@ -73,8 +71,13 @@ func (s *Supervisor) snapshot() *snapshot {
 			}
 		}
 		s.snap.Store(sn)
-	}}
-	<-done
+	}})
+	if !ok {
+		// The loop has ended: the last view is as good as it gets.
+		if sn = s.snap.Load(); sn == nil {
+			sn = &snapshot{status: map[string]wire.ServiceStatus{}, pids: map[int]string{}}
+		}
+	}
 	return sn
 }
 
@@ -151,7 +154,7 @@ func (s *Supervisor) lookup(name string) (*service, error) {
 // StartService starts a service and the services it requires, and waits
 // until it is running or has failed.
 func (s *Supervisor) StartService(name string) error {
-	var err error
+	err := errShuttingDown // unless the loop runs the request
 	var timeout time.Duration
 	s.call(func() {
 		var sv *service
@@ -168,7 +171,14 @@ func (s *Supervisor) StartService(name string) error {
 			sv.limiter.Reset()
 			s.startSet([]string{name}, true)
 		}
-		timeout = sv.def().TimeoutStartSec + 5*time.Second
+		if err == nil {
+			// TimeoutStartSec 0 means no start timeout: wait as long as
+			// a client may (initctl waits up to five minutes).
+			timeout = 5 * time.Minute
+			if t := sv.def().TimeoutStartSec; t > 0 {
+				timeout = t + 5*time.Second
+			}
+		}
 	})
 	if err != nil {
 		return err
@@ -184,12 +194,14 @@ func (s *Supervisor) waitSettled(name string, timeout time.Duration) error {
 		var st State
 		var reason string
 		var ok bool
-		s.call(func() {
+		if !s.call(func() {
 			sv := s.services[name]
 			if ok = sv != nil; ok {
 				st, reason = sv.state, sv.reason
 			}
-		})
+		}) {
+			return errShuttingDown
+		}
 		if !ok {
 			return notFound(name)
 		}
@@ -215,7 +227,7 @@ func (s *Supervisor) waitSettled(name string, timeout time.Duration) error {
 
 // StopService stops a service and waits for it to be gone.
 func (s *Supervisor) StopService(name string) error {
-	var err error
+	err := errShuttingDown // unless the loop runs the request
 	var done chan struct{}
 	var timeout time.Duration
 	s.call(func() {
@@ -278,14 +290,16 @@ func (s *Supervisor) setEnabled(name string, enable bool) error {
 	var got bool
 	var found bool
 	var why string
-	s.call(func() {
+	if !s.call(func() {
 		if sv := s.services[name]; sv != nil {
 			found, got = true, sv.enabled()
 			if sv.entryErr != nil {
 				why = sv.entryErr.Error()
 			}
 		}
-	})
+	}) {
+		return errShuttingDown
+	}
 	switch {
 	case !found:
 		return notFound(name)
@@ -299,7 +313,7 @@ func (s *Supervisor) setEnabled(name string, enable bool) error {
 
 // Reload re-reads the service directory and applies the difference.
 func (s *Supervisor) Reload() error {
-	var err error
+	err := errShuttingDown // unless the loop runs the request
 	s.call(func() {
 		if s.stopping != nil {
 			err = errShuttingDown
@@ -312,8 +326,9 @@ func (s *Supervisor) Reload() error {
 
 func (s *Supervisor) serviceLog(name string) (*logs.Log, error) {
 	var l *logs.Log
-	var err error
+	err := errShuttingDown // unless the loop runs the request
 	s.call(func() {
+		err = nil
 		sv := s.services[name]
 		switch {
 		case sv == nil:

@@ -52,9 +52,12 @@ type service struct {
 	restarts int
 	manual   bool // stopped on request: the restart policy does not apply
 	timedOut bool // init killed it after a start or stop timeout
-	stopWhy  string
-	limiter  StartLimiter
-	status   string // last STATUS= from sd_notify
+	// restartAfter starts the service again once its current process is
+	// gone (its file was removed, then restored while it was stopping).
+	restartAfter bool
+	stopWhy      string
+	limiter      StartLimiter
+	status       string // last STATUS= from sd_notify
 
 	restartTimer *time.Timer
 	stopTimer    *time.Timer
@@ -170,8 +173,8 @@ func (s *Supervisor) launch(sv *service, auto bool) {
 
 	env := mergeEnv(s.cfg.Env, u.Environment)
 	if u.Type == unit.TypeNotify {
-		ns, err := listenNotify(filepath.Join(s.cfg.RuntimeDir, "notify", sv.name), func(msg string) {
-			s.post(func() { s.onNotify(sv, gen, msg) })
+		ns, err := listenNotify(filepath.Join(s.cfg.RuntimeDir, "notify", sv.name), func(msg string, pid int) {
+			s.post(func() { s.onNotify(sv, gen, msg, pid) })
 		}, s.logf)
 		if err != nil {
 			s.failStart(sv, gen, fmt.Errorf("notify socket: %w", err))
@@ -241,19 +244,23 @@ func (s *Supervisor) onExit(sv *service, gen int, e Exit) {
 	s.logf("supervise: %s: %s", sv.name, e)
 
 	switch {
-	case s.stopping != nil || sv.manual || sv.removed:
-		why := sv.stopWhy
-		s.setState(sv, stateInactive, why)
-		if sv.removed {
-			s.forget(sv)
-		}
-		if s.stopping != nil {
-			s.stopping.progress(s)
-		}
+	case s.stopping != nil:
+		s.setState(sv, stateInactive, sv.stopWhy)
+		s.stopping.progress(s)
 	case sv.app:
+		// As with AWS's init, the enclave ends with its command, however
+		// the command ended (a manual stop included).
 		s.setState(sv, stateExited, e.String())
 		s.logf("supervise: application %s ended (%s): shutting down", sv.name, e)
 		s.beginShutdown(false)
+	case sv.manual || sv.removed:
+		s.setState(sv, stateInactive, sv.stopWhy)
+		if sv.removed {
+			s.forget(sv)
+		} else if sv.restartAfter {
+			sv.restartAfter = false
+			s.startSet([]string{sv.name}, false)
+		}
 	case ShouldRestart(sv.unit.Restart, e):
 		s.setState(sv, stateAutoRestart, e.String())
 		sv.restarts++
@@ -261,8 +268,16 @@ func (s *Supervisor) onExit(sv *service, gen int, e Exit) {
 		g := sv.gen
 		sv.restartTimer = time.AfterFunc(delay, func() {
 			s.post(func() {
-				if sv.gen == g && sv.state == stateAutoRestart {
-					sv.restartTimer = nil
+				if sv.gen != g || sv.state != stateAutoRestart {
+					return
+				}
+				sv.restartTimer = nil
+				switch {
+				case sv.entryErr != nil:
+					s.setState(sv, stateInvalid, sv.entryErr.Error())
+				case sv.held != "":
+					s.setState(sv, stateHeld, sv.held)
+				default:
 					s.launch(sv, true)
 				}
 			})
@@ -286,8 +301,14 @@ func (s *Supervisor) onStartTimeout(sv *service, gen int) {
 	syscall.Kill(-sv.pid, syscall.SIGKILL)
 }
 
-func (s *Supervisor) onNotify(sv *service, gen int, msg string) {
+func (s *Supervisor) onNotify(sv *service, gen int, msg string, pid int) {
 	if gen != sv.gen {
+		return
+	}
+	// Only the service's own processes (its process group, as systemd's
+	// NotifyAccess=all) may speak for it: the socket is writable by all.
+	if pid <= 0 || pid != sv.pid && !inGroup(pid, sv.pid) {
+		s.logf("supervise: %s: ignoring a notification from pid %d, which is not the service's", sv.name, pid)
 		return
 	}
 	for _, line := range strings.Split(msg, "\n") {
@@ -310,6 +331,12 @@ func (s *Supervisor) onNotify(sv *service, gen int, msg string) {
 			// The service announces its own exit; nothing to do until it exits.
 		}
 	}
+}
+
+// inGroup reports whether pid is in the process group pgid.
+func inGroup(pid, pgid int) bool {
+	g, err := syscall.Getpgid(pid)
+	return err == nil && g == pgid
 }
 
 // stop stops a service on request: KillSignal to the process group, SIGKILL

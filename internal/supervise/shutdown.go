@@ -113,7 +113,8 @@ func KillRemaining(pid1 bool, grace time.Duration, logf func(string, ...any)) {
 	n = send(syscall.SIGKILL)
 	logf("supervise: %d processes still left after %s, sent SIGKILL", n, grace)
 	deadline = time.Now().Add(5 * time.Second)
-	for len(children()) > 0 && time.Now().Before(deadline) {
+	for send(syscall.SIGKILL) > 0 && time.Now().Before(deadline) {
+		// Again on every round: orphans keep arriving as their parents die.
 		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -59,6 +59,7 @@ type Supervisor struct {
 	plan     depgraph.Plan
 	stopping *shutdown
 	adhoc    *logs.Log
+	appOn    bool // the /cmd application is one of the services
 
 	captures sync.WaitGroup // log capture goroutines, drained before the logs close
 
@@ -68,6 +69,7 @@ type Supervisor struct {
 	version  atomic.Uint64
 	snap     atomic.Pointer[snapshot]
 	finished chan struct{} // closed when the shutdown sequence is complete
+	exited   chan struct{} // closed when the loop has stopped running events
 	rebootF  atomic.Bool   // the shutdown asked for a reboot
 	shutting atomic.Bool
 	running  atomic.Bool
@@ -89,13 +91,17 @@ func New(cfg Config) *Supervisor {
 		started:  time.Now(),
 		services: map[string]*service{},
 		finished: make(chan struct{}),
+		exited:   make(chan struct{}),
 	}
 }
 
 // post queues f to run on the loop goroutine. It is safe from any goroutine
 // but the loop itself.
 func (s *Supervisor) post(f func()) {
-	s.events <- event{f: f}
+	select {
+	case s.events <- event{f: f}:
+	case <-s.exited:
+	}
 }
 
 // event is a function for the loop to run. A read-only one promises not to
@@ -106,13 +112,31 @@ type event struct {
 }
 
 // call runs f on the loop and waits for it.
-func (s *Supervisor) call(f func()) {
+// It reports false, without running f, once the loop has ended (after a
+// shutdown), so that no caller waits forever for a loop that is gone.
+func (s *Supervisor) call(f func()) bool {
+	return s.run(event{f: f})
+}
+
+// run hands e to the loop and waits until it has run, or the loop has ended.
+func (s *Supervisor) run(e event) bool {
 	done := make(chan struct{})
-	s.post(func() {
+	f := e.f
+	e.f = func() {
 		defer close(done)
 		f()
-	})
-	<-done
+	}
+	select {
+	case s.events <- e:
+	case <-s.exited:
+		return false
+	}
+	select {
+	case <-done:
+		return true
+	case <-s.exited:
+		return false
+	}
 }
 
 // Run loads the service directory, starts every enabled service and
@@ -142,8 +166,10 @@ func (s *Supervisor) Run(ctx context.Context) (reboot bool) {
 			s.safely(e.f)
 		case <-done:
 			done = nil
+			s.version.Add(1)
 			s.beginShutdown(false)
 		case <-s.finished:
+			close(s.exited)
 			s.closeLogs()
 			return s.rebootF.Load()
 		}
@@ -199,10 +225,16 @@ func (s *Supervisor) load(boot bool) error {
 			anyEnabled = true
 		}
 	}
-	if s.cfg.App != nil && !anyEnabled {
+	// Whether the /cmd application runs is decided once, at boot; a reload
+	// neither adds it later nor takes it away.
+	if boot && s.cfg.App != nil {
+		s.appOn = !anyEnabled
+		if !s.appOn {
+			s.logf("supervise: /cmd ignored: the service directory %s defines enabled services", s.cfg.ServiceDir)
+		}
+	}
+	if s.appOn {
 		entries = append(entries, &unit.Entry{Name: s.cfg.App.Name, Path: s.cfg.App.Path, Unit: s.cfg.App})
-	} else if s.cfg.App != nil && boot {
-		s.logf("supervise: /cmd ignored: the service directory %s defines enabled services", s.cfg.ServiceDir)
 	}
 	var toStart []string
 	for _, e := range entries {
@@ -216,6 +248,13 @@ func (s *Supervisor) load(boot bool) error {
 		// A service whose file could not be used before is new as far as
 		// starting goes: it never ran from this definition.
 		isNew := !ok || sv.state == stateInvalid
+		if sv.removed {
+			// Its file came back while it was stopping: start it again
+			// once it is down.
+			sv.removed = false
+			sv.restartAfter = sv.isActive()
+			isNew = !sv.restartAfter
+		}
 		sv.apply(e)
 		if e.Err != nil {
 			s.logf("supervise: %v", e.Err)
@@ -240,13 +279,25 @@ func (s *Supervisor) load(boot bool) error {
 		}
 		s.logf("supervise: %s: service file removed", name)
 		sv.removed = true
-		if sv.isActive() || sv.state == stateAutoRestart || sv.state == stateWaiting {
-			s.stop(sv, "service file removed")
-		} else {
-			s.forget(sv)
+		s.stop(sv, "service file removed")
+		if !sv.isActive() {
+			s.forget(sv) // nothing to wait for; otherwise onExit forgets it
+		}
+	}
+	var wasHeld []string
+	for name, sv := range s.services {
+		if sv.state == stateHeld {
+			wasHeld = append(wasHeld, name)
 		}
 	}
 	s.replan()
+	// A service held back until now whose cause is gone (the missing
+	// requirement was added, the cycle broken) starts, as at boot.
+	for _, name := range wasHeld {
+		if sv := s.services[name]; sv != nil && sv.state == stateInactive && sv.enabled() {
+			toStart = append(toStart, name)
+		}
+	}
 	s.startSet(toStart, false)
 	return dirErr
 }
@@ -333,6 +384,12 @@ func (s *Supervisor) kick() {
 				if ps := s.services[p]; ps != nil && (ps.state == stateWaiting || ps.state == stateStarting) {
 					blocked = true
 					break
+				}
+			}
+			for _, r := range s.plan.Requires[n] {
+				// A requirement between restarts may come back: wait.
+				if rs := s.services[r]; rs != nil && rs.state == stateAutoRestart {
+					blocked = true
 				}
 			}
 			if blocked {
