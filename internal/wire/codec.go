@@ -214,13 +214,13 @@ func (r *Request) UnmarshalJSON(data []byte) error {
 	// One pass over the body: pointers tell present fields from absent
 	// (or null) ones.
 	var b struct {
-		Name      *string   `json:"name"`
-		Lines     *int      `json:"lines"`
-		VsockCID  *uint32   `json:"vsock_cid"`
-		VsockPort *uint32   `json:"vsock_port"`
-		PID       *int      `json:"pid"`
-		Signal    *int      `json:"signal"`
-		Command   *string   `json:"command"`
+		Name      *string `json:"name"`
+		Lines     *int    `json:"lines"`
+		VsockCID  *uint32 `json:"vsock_cid"`
+		VsockPort *uint32 `json:"vsock_port"`
+		PID       *int    `json:"pid"`
+		Signal    *int    `json:"signal"`
+		Command   *string `json:"command"`
 		// Lists stay raw until the variant is known to carry them, so that
 		// a huge list in a request that has no such field costs nothing.
 		Args json.RawMessage `json:"args"`
