@@ -3,10 +3,8 @@ package control
 import (
 	"fmt"
 	"net"
-	"os"
-	"strconv"
-	"strings"
 	"syscall"
+	"unsafe"
 
 	"github.com/mdlayher/vsock"
 	"golang.org/x/sys/unix"
@@ -38,9 +36,13 @@ func identify(c net.Conn, t Transport) (Peer, error) {
 		return p, fmt.Errorf("SO_PEERCRED: %w", err)
 	}
 	var cred *unix.Ucred
-	var credErr error
+	var groups []uint32
+	var credErr, groupErr error
 	if err := raw.Control(func(fd uintptr) {
 		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if credErr == nil && cred.Uid != 0 {
+			groups, groupErr = peerGroups(int(fd))
+		}
 	}); err != nil {
 		return p, fmt.Errorf("SO_PEERCRED: %w", err)
 	}
@@ -48,30 +50,31 @@ func identify(c net.Conn, t Transport) (Peer, error) {
 		return p, fmt.Errorf("SO_PEERCRED: %w", credErr)
 	}
 	p.UID, p.GID, p.PID = cred.Uid, cred.Gid, cred.Pid
-	// SO_PEERCRED carries only the primary group; supplementary groups are
-	// read from /proc so that control.permissions.unix.gids works as
-	// operators expect. A peer that has already exited simply has none.
-	if p.UID != 0 {
-		p.Groups = supplementaryGroups(p.PID)
+	// SO_PEERCRED carries only the primary group; the supplementary ones
+	// come from SO_PEERGROUPS, which like SO_PEERCRED the kernel records at
+	// connect time (reading /proc/<pid> later could read a recycled PID).
+	// Without it the peer simply has no supplementary groups: fail closed.
+	if groupErr == nil {
+		p.Groups = groups
 	}
 	return p, nil
 }
 
-func supplementaryGroups(pid int32) []uint32 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(int(pid)) + "/status")
-	if err != nil {
-		return nil
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "Groups:"); ok {
-			var out []uint32
-			for _, f := range strings.Fields(v) {
-				if g, err := strconv.ParseUint(f, 10, 32); err == nil {
-					out = append(out, uint32(g))
-				}
-			}
-			return out
+// peerGroups reads SO_PEERGROUPS: the peer's supplementary groups at
+// connect time, as an array of gid_t.
+func peerGroups(fd int) ([]uint32, error) {
+	buf := make([]uint32, 64)
+	for {
+		n := uint32(len(buf) * 4)
+		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_PEERGROUPS,
+			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&n)), 0)
+		switch {
+		case e == unix.ERANGE && int(n/4) > len(buf):
+			buf = make([]uint32, n/4)
+			continue
+		case e != 0:
+			return nil, e
 		}
+		return buf[:n/4], nil
 	}
-	return nil
 }

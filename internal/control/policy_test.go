@@ -103,12 +103,12 @@ func runHelperClient(spec string) int {
 }
 
 // asNobody runs this test binary as uid/gid 65534 to send req to path.
-func asNobody(t *testing.T, bin, path string, req wire.Request) string {
+func asNobody(t *testing.T, bin, path string, req wire.Request, groups ...uint32) string {
 	t.Helper()
 	b, _ := json.Marshal(req)
 	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(), helperEnv+"="+path+"|"+string(b))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: groups}}
 	out, _ := cmd.CombinedOutput()
 	return strings.TrimSpace(string(out))
 }
@@ -180,5 +180,15 @@ func TestNonRootPeer(t *testing.T) {
 	sock, _ = serve(Policy{UnixUIDs: []uint32{1000}})
 	if out := asNobody(t, bin, sock, wire.Request{Kind: wire.KindPing}); !strings.Contains(out, "uid 65534 (gid 65534) may not use the control socket") {
 		t.Errorf("unlisted nobody: %s", out)
+	}
+
+	// A listed supplementary group admits the peer (SO_PEERGROUPS); the
+	// same peer without the group is refused.
+	sock, _ = serve(Policy{UnixGIDs: []uint32{4242}, UnixClasses: []Class{ClassRead}})
+	if out := asNobody(t, bin, sock, wire.Request{Kind: wire.KindPing}, 4242); !strings.Contains(out, `"Pong"`) {
+		t.Errorf("nobody with supplementary group 4242: %s", out)
+	}
+	if out := asNobody(t, bin, sock, wire.Request{Kind: wire.KindPing}); strings.Contains(out, `"Pong"`) {
+		t.Errorf("nobody without group 4242 was let in: %s", out)
 	}
 }
