@@ -150,9 +150,9 @@ func (a *app) logsStream(name string, cid, port uint32, output string, follow bo
 	select {
 	case conn = <-accepted:
 	case <-ctx.Done():
-		return a.stopStream(name)
+		return a.stopStream(name, port)
 	case <-time.After(connectBackTimeout):
-		a.stopStream(name)
+		a.stopStream(name, port)
 		return &control.UnreachableError{Target: t, Err: fmt.Errorf("init said the stream started but never connected to %s", l.Addr())}
 	}
 	defer conn.Close()
@@ -180,9 +180,9 @@ func (a *app) logsStream(name string, cid, port uint32, output string, follow bo
 				fmt.Fprintln(out, line)
 			}
 		case <-ctx.Done():
-			return a.stopStream(name)
+			return a.stopStream(name, port)
 		case <-quiet:
-			return a.stopStream(name)
+			return a.stopStream(name, port)
 		case err := <-readErr:
 			if err != nil && !errors.Is(err, io.EOF) {
 				fmt.Fprintf(a.errw, "initctl: log stream ended: %v\n", err)
@@ -193,8 +193,10 @@ func (a *app) logsStream(name string, cid, port uint32, output string, follow bo
 }
 
 // stopStream sends ServiceLogsStreamStop after Ctrl-C or the quiet period.
-func (a *app) stopStream(name string) error {
-	r, err := a.call(wire.Request{Kind: wire.KindServiceLogsStreamStop, Name: name})
+func (a *app) stopStream(name string, port uint32) error {
+	// Only this stream: another terminal may stream the same service to
+	// another port.
+	r, err := a.call(wire.Request{Kind: wire.KindServiceLogsStreamStop, Name: name, VsockPort: port})
 	if err != nil {
 		return err
 	}

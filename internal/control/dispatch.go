@@ -58,7 +58,7 @@ func (s *Server) dispatch(req wire.Request, peer Peer) wire.Response {
 	case wire.KindServiceLogsStream:
 		return s.startStream(req, peer)
 	case wire.KindServiceLogsStreamStop:
-		return s.stopStreams(req.Name)
+		return s.stopStreams(req.Name, req.VsockPort)
 	case wire.KindSystemReload:
 		if err := b.Reload(); err != nil {
 			return wire.Errorf("%v", err)

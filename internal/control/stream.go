@@ -127,12 +127,14 @@ func (s *Server) startStream(req wire.Request, peer Peer) wire.Response {
 
 // stopStreams ends every stream of the named service (the request names no
 // port, as in the reference) and waits for them to close their connections.
-func (s *Server) stopStreams(name string) wire.Response {
+// stopStreams ends the log streams of a service: all of them, or only the
+// one to port when port is not zero.
+func (s *Server) stopStreams(name string, port uint32) wire.Response {
 	s.mu.Lock()
 	var stopped []*stream
 	var ports []int
 	for k, st := range s.streams {
-		if k.name == name {
+		if k.name == name && (port == 0 || k.port == port) {
 			st.cancel()
 			delete(s.streams, k)
 			stopped = append(stopped, st)

@@ -106,6 +106,29 @@ func TestLogsStream(t *testing.T) {
 		t.Errorf("webapp has %d open subscriptions after stop", n)
 	}
 
+	// Two streams of one service on two ports: a stop naming a port ends
+	// only that one (the other terminal's stream goes on).
+	aCh, bCh := listen(9200), listen(9201)
+	for _, port := range []uint32{9200, 9201} {
+		if r := ts.do(t, wire.Request{Kind: wire.KindServiceLogsStream, Name: "webapp", VsockCID: 2, VsockPort: port}); r.Kind != wire.KindLogsStreamStarted {
+			t.Fatalf("stream to %d: %+v", port, r)
+		}
+	}
+	aC, bC := <-aCh, <-bCh
+	defer aC.Close()
+	defer bC.Close()
+	if r := ts.do(t, wire.Request{Kind: wire.KindServiceLogsStreamStop, Name: "webapp", VsockPort: 9200}); r.Kind != wire.KindSuccess {
+		t.Errorf("stop of port 9200: %+v", r)
+	}
+	ts.be.Publish("webapp", "after stop")
+	if got, err := bufio.NewReader(bC).ReadString('\n'); err != nil || got != "after stop\n" {
+		t.Errorf("port 9201 after stopping 9200: %q, %v", got, err)
+	}
+	if _, err := bufio.NewReader(aC).ReadString('\n'); err == nil {
+		t.Error("port 9200 still streaming after its stop")
+	}
+	ts.do(t, wire.Request{Kind: wire.KindServiceLogsStreamStop, Name: "webapp"})
+
 	// The host goes away: the worker stream is cleaned up on its own, even
 	// though the service writes nothing, and the service is untouched.
 	workC.Close()

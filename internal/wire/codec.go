@@ -88,7 +88,7 @@ var requestFields = map[string][]field{
 	KindServiceLogs:           {fName, fLines},
 	KindServiceLogsClear:      {fName},
 	KindServiceLogsStream:     {fName, fVsockCID, fVsockPort},
-	KindServiceLogsStreamStop: {fName},
+	KindServiceLogsStreamStop: {fName, fVsockPort},
 	KindProcessList:           nil,
 	KindProcessStatus:         {fPID},
 	KindProcessStart:          {fCommand, fArgs, fEnv},
@@ -105,6 +105,16 @@ var requestFields = map[string][]field{
 // optionalFields may be missing from a request body; they then take their
 // zero value. Every other listed field is required, as in the reference.
 var optionalFields = map[field]bool{fArgs: true, fEnv: true}
+
+// optionalIn lists fields that are optional only in some variants; absent
+// they are zero. ServiceLogsStreamStop's vsock_port is an addition: zero
+// (what the reference's clients send, by leaving it out) stops every stream
+// of the service, a port only that one.
+var optionalIn = map[string]map[field]bool{
+	KindServiceLogsStreamStop: {fVsockPort: true},
+}
+
+func optional(kind string, f field) bool { return optionalFields[f] || optionalIn[kind][f] }
 
 // RequestKinds returns every request variant name, sorted.
 func RequestKinds() []string {
@@ -158,6 +168,9 @@ func (r Request) MarshalJSON() ([]byte, error) {
 		case fVsockCID:
 			body[string(f)] = r.VsockCID
 		case fVsockPort:
+			if r.VsockPort == 0 && optional(r.Kind, f) {
+				continue // leave an optional zero out, as the reference does
+			}
 			body[string(f)] = r.VsockPort
 		case fPID:
 			body[string(f)] = r.PID
@@ -258,7 +271,7 @@ func (r *Request) UnmarshalJSON(data []byte) error {
 		if err != nil {
 			return fmt.Errorf("%s: field %q: %w", kind, f, err)
 		}
-		if !present && !optionalFields[f] {
+		if !present && !optional(kind, f) {
 			return fmt.Errorf("%s: missing field %q", kind, f)
 		}
 	}
