@@ -95,10 +95,24 @@ func send(ctx context.Context, t Target, req wire.Request) (net.Conn, error) {
 		c.SetDeadline(d)
 	}
 	if _, err := c.Write(b); err != nil {
+		// init may have answered (a refusal, say) and closed before the
+		// request was all written: the answer is then still readable.
+		var resp wire.Response
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		if derr := json.NewDecoder(c).Decode(&resp); derr == nil && resp.Kind != "" {
+			return &answered{Conn: c, resp: resp}, nil
+		}
 		c.Close()
 		return nil, &UnreachableError{Target: t, Err: fmt.Errorf("sending request: %w", err)}
 	}
 	return c, nil
+}
+
+// answered is a connection on which init's response arrived while the
+// request was still being written.
+type answered struct {
+	net.Conn
+	resp wire.Response
 }
 
 // Do sends one request and returns init's response. An Error response is
@@ -111,6 +125,9 @@ func Do(ctx context.Context, t Target, req wire.Request) (wire.Response, error) 
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
+	if a, ok := c.(*answered); ok {
+		return a.resp, nil
+	}
 	var resp wire.Response
 	if err := json.NewDecoder(c).Decode(&resp); err != nil {
 		if errors.Is(err, io.EOF) {
@@ -130,6 +147,9 @@ func Follow(ctx context.Context, t Target, req wire.Request, fn func(wire.Respon
 		return err
 	}
 	defer c.Close()
+	if a, ok := c.(*answered); ok {
+		return fn(a.resp)
+	}
 	c.SetDeadline(time.Time{})
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()

@@ -30,6 +30,10 @@ const (
 	DefaultConfigPath = "/etc/init.yaml"
 )
 
+// refusedRequestLimit is how much of a request init reads from a peer it
+// refuses anyway, before it answers.
+const refusedRequestLimit = 64 << 10
+
 // writeChunk is how much of a response is written per write deadline, so a
 // large response to a slow but live reader does not time out while a
 // reader that stops reading does.
@@ -360,6 +364,11 @@ func (s *Server) handle(c net.Conn, t Transport) {
 	if len(s.cfg.Policy.Granted(peer)) == 0 {
 		err := s.cfg.Policy.Check(peer, wire.KindPing, s.cfg.ConfigPath)
 		s.cfg.Logf("control: connection from %s refused: %v", describe(peer), err)
+		// Take in (and drop) a small request first: closing on a client
+		// that is still writing would make its write fail, and it would
+		// report init unreachable instead of showing the refusal.
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		wire.ReadValue(c, refusedRequestLimit)
 		s.write(c, wire.Errorf("%v", err))
 		return
 	}
