@@ -413,57 +413,51 @@ func (r *Response) UnmarshalJSON(data []byte) error {
 	if body == nil {
 		return fmt.Errorf("response %s needs a body", kind)
 	}
-	dec := func(v any) error {
-		if err := json.Unmarshal(body, v); err != nil {
-			return fmt.Errorf("response %s: %w", kind, err)
-		}
-		return nil
-	}
-	switch kind {
-	case KindSuccess, KindError:
-		var b msgBody
-		err = dec(&b)
-		r.Message = b.Message
-	case KindServiceList:
-		var b serviceListBody
-		err = dec(&b)
-		r.Services = b.Services
-	case KindServiceStatus:
-		var b serviceStatusBody
-		err = dec(&b)
-		r.Status = b.Status
-	case KindServiceLogs:
-		var b logsBody
-		err = dec(&b)
-		r.Logs = b.Logs
-	case KindLogsStreamStarted:
-		var b streamStartedBody
-		err = dec(&b)
-		r.Service, r.VsockCID, r.VsockPort = b.Service, b.VsockCID, b.VsockPort
-	case KindProcessList:
-		var b processListBody
-		err = dec(&b)
-		r.Processes = b.Processes
-	case KindProcessStatus:
-		var b processStatusBody
-		err = dec(&b)
-		r.Process = b.Process
-	case KindProcessStarted:
-		var b processStartedBody
-		err = dec(&b)
-		r.PID, r.Message = b.PID, b.Message
-	case KindSystemStatus:
-		var b systemStatusBody
-		err = dec(&b)
-		r.System = b.Status
-	case KindLogLine:
-		var b logLineBody
-		err = dec(&b)
-		r.Line, r.Missed = b.Line, b.Missed
-	default:
+	if !responseKinds[kind] {
 		return fmt.Errorf("unknown response variant %q (is initctl older than init?)", kind)
 	}
-	return err
+	// Every variant's body keys are distinct but for "status", which two
+	// variants use with different types: decode the union once, and that
+	// one key per variant.
+	var u struct {
+		Message   string          `json:"message"`
+		Services  []ServiceInfo   `json:"services"`
+		Status    json.RawMessage `json:"status"`
+		Logs      []string        `json:"logs"`
+		Service   string          `json:"service"`
+		VsockCID  uint32          `json:"vsock_cid"`
+		VsockPort uint32          `json:"vsock_port"`
+		Processes []ProcessInfo   `json:"processes"`
+		Process   *ProcessInfo    `json:"process"`
+		PID       int             `json:"pid"`
+		Line      string          `json:"line"`
+		Missed    uint64          `json:"missed"`
+	}
+	if err := json.Unmarshal(body, &u); err != nil {
+		return fmt.Errorf("response %s: %w", kind, err)
+	}
+	r.Message, r.Services, r.Logs, r.Processes, r.Process = u.Message, u.Services, u.Logs, u.Processes, u.Process
+	r.Service, r.VsockCID, r.VsockPort, r.PID, r.Line, r.Missed = u.Service, u.VsockCID, u.VsockPort, u.PID, u.Line, u.Missed
+	if u.Status != nil && !isNull(u.Status) {
+		var err error
+		switch kind {
+		case KindServiceStatus:
+			err = json.Unmarshal(u.Status, &r.Status)
+		case KindSystemStatus:
+			err = json.Unmarshal(u.Status, &r.System)
+		}
+		if err != nil {
+			return fmt.Errorf("response %s: status: %w", kind, err)
+		}
+	}
+	return nil
+}
+
+// responseKinds are the response variants this codec knows.
+var responseKinds = map[string]bool{
+	KindPong: true, KindSuccess: true, KindError: true, KindServiceList: true, KindServiceStatus: true,
+	KindServiceLogs: true, KindLogsStreamStarted: true, KindProcessList: true, KindProcessStatus: true,
+	KindProcessStarted: true, KindSystemStatus: true, KindLogLine: true,
 }
 
 // splitVariant returns the variant name and body of an externally tagged
