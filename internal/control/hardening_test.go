@@ -2,9 +2,14 @@ package control_test
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/nitroinit/nitroinit/internal/control"
+	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
 // TestRefusedPIDs checks the PIDs that must never reach kill(2): init
@@ -39,5 +44,37 @@ func TestRefusedPIDs(t *testing.T) {
 		if strings.Contains(c, "Signal") || strings.Contains(c, "Restart") {
 			t.Errorf("a refused PID reached the backend: %s", c)
 		}
+	}
+}
+
+// TestFollowsCannotTakeEverySlot: logs -f holds its connection, so only a
+// quarter of a socket's slots may be followers; other requests still get
+// through.
+func TestFollowsCannotTakeEverySlot(t *testing.T) {
+	ts := startServer(t, func(c *control.Config) { c.MaxConns = 4 })
+	follow := []byte(`{"ServiceLogsFollow":{"name":"webapp","lines":0}}`)
+	first, err := net.Dial("unix", ts.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if _, err := first.Write(follow); err != nil {
+		t.Fatal(err)
+	}
+	// Let the first follow start before the second asks.
+	deadline := time.Now().Add(5 * time.Second)
+	var second wire.Response
+	for time.Now().Before(deadline) {
+		second = decodeResp(t, raw(t, ts.path, follow))
+		if second.Kind == "Error" && strings.Contains(second.Message, "too many logs -f") {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if second.Kind != "Error" || !strings.Contains(second.Message, "too many logs -f") {
+		t.Fatalf("second follow with MaxConns 4: %+v, want the follow limit", second)
+	}
+	if r := decodeResp(t, raw(t, ts.path, []byte(`"Ping"`))); r.Kind != "Pong" {
+		t.Fatalf("ping beside a follow: %+v", r)
 	}
 }

@@ -192,6 +192,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, t Transport) error {
 	// transport (the parent over vsock) cannot use up those of another
 	// (root on the Unix socket).
 	sem := make(chan struct{}, s.cfg.MaxConns)
+	follows := make(chan struct{}, max(1, s.cfg.MaxConns/4))
 	var backoff time.Duration
 	for {
 		select {
@@ -223,7 +224,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, t Transport) error {
 			<-sem
 			return nil
 		}
-		j := job{c, t, sem}
+		j := job{c, t, sem, follows}
 		select {
 		case s.work <- j: // an idle worker took it
 		default:
@@ -235,9 +236,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, t Transport) error {
 
 // job is one accepted connection waiting to be served.
 type job struct {
-	c   net.Conn
-	t   Transport
-	sem chan struct{} // the listener's slots; one is released when done
+	c       net.Conn
+	t       Transport
+	sem     chan struct{} // the listener's slots; one is released when done
+	follows chan struct{} // the listener's slots for logs -f
 }
 
 // workerIdle is how long a worker goroutine waits for the next connection
@@ -267,7 +269,7 @@ func (s *Server) serveConn(j job) {
 	defer func() { <-j.sem }()
 	defer s.untrack(j.c)
 	defer s.recoverPanic("connection")
-	s.handle(j.c, j.t)
+	s.handle(j.c, j.t, j.follows)
 }
 
 // track registers a connection so that Close can cut it; it reports false
@@ -352,7 +354,7 @@ func (s *Server) readRequest(c net.Conn) (wire.Request, *wire.Response, error) {
 	return req, nil, nil
 }
 
-func (s *Server) handle(c net.Conn, t Transport) {
+func (s *Server) handle(c net.Conn, t Transport, follows chan struct{}) {
 	peer, err := identify(c, t)
 	if err != nil {
 		s.cfg.Logf("control: %v", err)
@@ -386,6 +388,16 @@ func (s *Server) handle(c net.Conn, t Transport) {
 		return
 	}
 	if req.Kind == wire.KindServiceLogsFollow {
+		// A follow holds its connection slot for as long as the client
+		// likes: only a quarter of the slots may be held that way, so
+		// that followers cannot lock other requests out.
+		select {
+		case follows <- struct{}{}:
+			defer func() { <-follows }()
+		default:
+			s.write(c, wire.Errorf("too many logs -f streams (%d) are open on this socket; close one first", cap(follows)))
+			return
+		}
 		s.follow(c, req)
 		return
 	}
