@@ -155,6 +155,7 @@ func (s *Supervisor) lookup(name string) (*service, error) {
 // until it is running or has failed.
 func (s *Supervisor) StartService(name string) error {
 	err := errShuttingDown // unless the loop runs the request
+	var settled chan struct{}
 	var timeout time.Duration
 	s.call(func() {
 		var sv *service
@@ -164,65 +165,76 @@ func (s *Supervisor) StartService(name string) error {
 		switch {
 		case sv.entryErr != nil:
 			err = fmt.Errorf("Service '%s' cannot start: %v", name, sv.entryErr)
+			return
 		case sv.held != "":
 			err = fmt.Errorf("Service '%s' is held back: %s", name, sv.held)
+			return
 		case sv.isActive():
-		default:
-			sv.limiter.Reset()
-			s.startSet([]string{name}, true)
+			return
 		}
-		if err == nil {
-			// TimeoutStartSec 0 means no start timeout: wait as long as
-			// a client may (initctl waits up to five minutes).
-			timeout = 5 * time.Minute
-			if t := sv.def().TimeoutStartSec; t > 0 {
-				timeout = t + 5*time.Second
-			}
+		sv.limiter.Reset()
+		s.startSet([]string{name}, true)
+		if sv.state == stateWaiting || sv.state == stateStarting {
+			settled = make(chan struct{})
+			sv.settled = append(sv.settled, settled)
+		}
+		// TimeoutStartSec 0 means no start timeout: wait as long as a
+		// client may (initctl waits up to five minutes).
+		timeout = 5 * time.Minute
+		if t := sv.def().TimeoutStartSec; t > 0 {
+			timeout = t + 5*time.Second
 		}
 	})
 	if err != nil {
 		return err
 	}
-	return s.waitSettled(name, timeout)
+	if settled != nil {
+		select {
+		case <-settled:
+		case <-s.exited:
+			return errShuttingDown
+		case <-time.After(timeout):
+		}
+	}
+	return s.startResult(name, timeout)
 }
 
-// waitSettled waits until a service is no longer waiting or starting and
-// reports an error unless it ended up running (or exited cleanly).
-func (s *Supervisor) waitSettled(name string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		var st State
-		var reason string
-		var ok bool
-		if !s.call(func() {
-			sv := s.services[name]
-			if ok = sv != nil; ok {
-				st, reason = sv.state, sv.reason
-			}
-		}) {
-			return errShuttingDown
+// startResult reports how a start ended: nil when the service is running,
+// or has exited with status 0 (a oneshot, or a simple service that was
+// quick), an error saying why otherwise.
+func (s *Supervisor) startResult(name string, timeout time.Duration) error {
+	var err error
+	if !s.call(func() {
+		sv := s.services[name]
+		if sv == nil {
+			err = notFound(name)
+			return
 		}
-		if !ok {
-			return notFound(name)
-		}
-		switch st {
-		case stateRunning, stateExited:
-			if st == stateExited && reason != "exited with code 0" {
-				return fmt.Errorf("Service '%s' %s", name, reason)
-			}
-			return nil
-		case stateWaiting, stateStarting:
-		default:
-			if reason == "" {
-				reason = st.String()
-			}
-			return fmt.Errorf("Service '%s' failed to start: %s", name, reason)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("Service '%s' is still %s after %s", name, st, timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
+		err = settleError(name, sv.state, sv.reason, sv.lastExit, timeout)
+	}) {
+		return errShuttingDown
 	}
+	return err
+}
+
+// settleError judges the state a start settled in. It goes by the exit
+// value, not by its text.
+func settleError(name string, st State, reason string, last *Exit, timeout time.Duration) error {
+	switch st {
+	case stateRunning:
+		return nil
+	case stateExited:
+		if last != nil && last.Success() {
+			return nil
+		}
+		return fmt.Errorf("Service '%s' %s", name, reason)
+	case stateWaiting, stateStarting:
+		return fmt.Errorf("Service '%s' is still %s after %s", name, st, timeout)
+	}
+	if reason == "" {
+		reason = st.String()
+	}
+	return fmt.Errorf("Service '%s' failed to start: %s", name, reason)
 }
 
 // StopService stops a service and waits for it to be gone.
@@ -451,7 +463,7 @@ func (s *Supervisor) SignalProcess(pid int, sig syscall.Signal, stop bool) (stri
 	if msg != "" {
 		return msg, nil
 	}
-	if err := syscall.Kill(pid, sig); err != nil {
+	if err := s.ops.Kill(pid, sig); err != nil {
 		if err == syscall.ESRCH {
 			return "", fmt.Errorf("Process %d not found", pid)
 		}

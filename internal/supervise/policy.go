@@ -31,6 +31,13 @@ func (e Exit) Clean() bool {
 	return false
 }
 
+// Success reports whether the process ran and exited with status 0 (and
+// was not killed by a timeout): what a start that ends in an exit must
+// achieve to count as done.
+func (e Exit) Success() bool {
+	return e.ExecErr == nil && !e.TimedOut && e.Signal == 0 && e.Code == 0
+}
+
 // Abnormal reports a death by an unclean signal or a timeout.
 func (e Exit) Abnormal() bool {
 	if e.TimedOut {

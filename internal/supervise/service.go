@@ -59,12 +59,13 @@ type service struct {
 	limiter      StartLimiter
 	status       string // last STATUS= from sd_notify
 
-	restartTimer *time.Timer
-	stopTimer    *time.Timer
-	startTimer   *time.Timer
+	restartTimer Timer
+	stopTimer    Timer
+	startTimer   Timer
 	notify       *notifySocket
 	log          *logs.Log
 	waiters      []chan struct{} // closed when the service is no longer active
+	settled      []chan struct{} // closed when the service is no longer waiting or starting
 }
 
 func (s *Supervisor) newService(name string) *service {
@@ -129,10 +130,16 @@ func (s *Supervisor) setState(sv *service, st State, reason string) {
 		}
 		sv.waiters = nil
 	}
+	if st != stateWaiting && st != stateStarting {
+		for _, w := range sv.settled {
+			close(w)
+		}
+		sv.settled = nil
+	}
 }
 
 func (sv *service) cancelTimers() {
-	for _, t := range []**time.Timer{&sv.restartTimer, &sv.stopTimer, &sv.startTimer} {
+	for _, t := range []*Timer{&sv.restartTimer, &sv.stopTimer, &sv.startTimer} {
 		if *t != nil {
 			(*t).Stop()
 			*t = nil
@@ -157,7 +164,7 @@ func (s *Supervisor) launch(sv *service, auto bool) {
 	if !auto {
 		sv.limiter.Reset()
 	}
-	if !sv.limiter.Allow(time.Now()) {
+	if !sv.limiter.Allow(s.ops.Now()) {
 		why := fmt.Sprintf("start limit hit: %d starts within %s; use initctl start, restart or reload to try again",
 			u.StartLimitBurst, u.StartLimitInterval)
 		s.setState(sv, stateFailed, why)
@@ -165,6 +172,11 @@ func (s *Supervisor) launch(sv *service, auto bool) {
 		sv.logLine("init: %s", why)
 		s.kick()
 		return
+	}
+	if auto {
+		// Counted here, once allowed: a restart the limit refused
+		// did not happen.
+		sv.restarts++
 	}
 	sv.manual = false
 	sv.gen++
@@ -197,7 +209,7 @@ func (s *Supervisor) launch(sv *service, auto bool) {
 	if u.Type == unit.TypeNotify {
 		s.setState(sv, stateStarting, "waiting for READY=1")
 		if u.TimeoutStartSec > 0 {
-			sv.startTimer = time.AfterFunc(u.TimeoutStartSec, func() {
+			sv.startTimer = s.ops.AfterFunc(u.TimeoutStartSec, func() {
 				s.post(func() { s.onStartTimeout(sv, gen) })
 			})
 		}
@@ -234,7 +246,7 @@ func (s *Supervisor) onExit(sv *service, gen int, e Exit) {
 	if sv.pid > 0 {
 		// Whatever is left of the process group goes with its leader, as
 		// with systemd's default control-group kill mode.
-		syscall.Kill(-sv.pid, syscall.SIGKILL)
+		s.ops.Kill(-sv.pid, syscall.SIGKILL)
 	}
 	sv.pid = 0
 	sv.cancelTimers()
@@ -263,10 +275,9 @@ func (s *Supervisor) onExit(sv *service, gen int, e Exit) {
 		}
 	case ShouldRestart(sv.unit.Restart, e):
 		s.setState(sv, stateAutoRestart, e.String())
-		sv.restarts++
 		delay := sv.unit.RestartSec
 		g := sv.gen
-		sv.restartTimer = time.AfterFunc(delay, func() {
+		sv.restartTimer = s.ops.AfterFunc(delay, func() {
 			s.post(func() {
 				if sv.gen != g || sv.state != stateAutoRestart {
 					return
@@ -298,7 +309,7 @@ func (s *Supervisor) onStartTimeout(sv *service, gen int) {
 	s.logf("supervise: %s: %s, killing it", sv.name, why)
 	sv.logLine("init: %s, killing it", why)
 	sv.timedOut = true
-	syscall.Kill(-sv.pid, syscall.SIGKILL)
+	s.ops.Kill(-sv.pid, syscall.SIGKILL)
 }
 
 func (s *Supervisor) onNotify(sv *service, gen int, msg string, pid int) {
@@ -365,7 +376,7 @@ func (s *Supervisor) signalStop(sv *service, sig syscall.Signal, group bool) {
 		target = -sv.pid
 	}
 	s.setState(sv, stateStopping, sv.stopWhy)
-	if err := syscall.Kill(target, sig); err != nil && err != syscall.ESRCH {
+	if err := s.ops.Kill(target, sig); err != nil && err != syscall.ESRCH {
 		s.logf("supervise: %s: kill %d %s: %v", sv.name, target, signalName(sig), err)
 	}
 	if sig == syscall.SIGKILL {
@@ -376,13 +387,13 @@ func (s *Supervisor) signalStop(sv *service, sig syscall.Signal, group bool) {
 	if sv.stopTimer != nil {
 		sv.stopTimer.Stop()
 	}
-	sv.stopTimer = time.AfterFunc(timeout, func() {
+	sv.stopTimer = s.ops.AfterFunc(timeout, func() {
 		s.post(func() {
 			if sv.gen == gen && sv.state == stateStopping && sv.pid > 0 {
 				s.logf("supervise: %s: did not stop within %s, sending SIGKILL to its process group", sv.name, timeout)
 				sv.logLine("init: did not stop within %s, sending SIGKILL", timeout)
 				sv.timedOut = true
-				syscall.Kill(-sv.pid, syscall.SIGKILL)
+				s.ops.Kill(-sv.pid, syscall.SIGKILL)
 			}
 		})
 	})
@@ -390,6 +401,10 @@ func (s *Supervisor) signalStop(sv *service, sig syscall.Signal, group bool) {
 
 // forget drops a service whose file is gone and which is no longer running.
 func (s *Supervisor) forget(sv *service) {
+	for _, w := range append(sv.waiters, sv.settled...) {
+		close(w)
+	}
+	sv.waiters, sv.settled = nil, nil
 	sv.cancelTimers()
 	sv.closeNotify()
 	if sv.log != nil {
@@ -453,7 +468,7 @@ func (s *Supervisor) spawn(argv, env []string, u *unit.Unit, log *logs.Log, onEx
 		}
 		attr.Sys.Credential = cred
 	}
-	pid, err := s.cfg.Reaper.Start(path, argv, attr, onExit)
+	pid, err := s.ops.Start(path, argv, attr, onExit)
 	w.Close()
 	if err != nil {
 		r.Close()

@@ -37,7 +37,10 @@ type Config struct {
 	// RuntimeDir holds sd_notify sockets. It is created if missing.
 	RuntimeDir string
 	Reaper     *reap.Reaper
-	Logf       func(format string, args ...any)
+	// Ops starts and signals service processes and arms timers; nil means
+	// the real system, with processes started through Reaper.
+	Ops  Ops
+	Logf func(format string, args ...any)
 	// App, when set, is a service defined outside the service directory
 	// (the AWS /cmd image layout). It is added only when the service
 	// directory defines no enabled service, and when it exits the system
@@ -50,6 +53,7 @@ type Config struct {
 // Supervisor owns every service. Create it with New and run it with Run.
 type Supervisor struct {
 	cfg     Config
+	ops     Ops
 	logf    func(string, ...any)
 	events  chan event
 	started time.Time
@@ -84,8 +88,13 @@ func New(cfg Config) *Supervisor {
 	if cfg.Reaper == nil {
 		cfg.Reaper = reap.New(logf)
 	}
+	ops := cfg.Ops
+	if ops == nil {
+		ops = systemOps{cfg.Reaper}
+	}
 	return &Supervisor{
 		cfg:      cfg,
+		ops:      ops,
 		logf:     logf,
 		events:   make(chan event, 4096),
 		started:  time.Now(),

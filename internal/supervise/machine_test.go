@@ -1,0 +1,293 @@
+package supervise
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Service bodies; %s becomes the service name, which the fake process
+// carries as argv[1].
+const (
+	simple   = "ExecStart = \"/bin/svc %s\"\n"
+	notify   = "ExecStart = \"/bin/svc %s\"\nType = \"notify\"\n"
+	stubborn = "ExecStart = \"/bin/svc %s stubborn\"\n"
+)
+
+func TestStartsInDependencyOrder(t *testing.T) {
+	r := newRig(t, map[string]string{
+		"web.service":   simple + "After = [\"db\"]\nRequires = [\"cache\"]",
+		"db.service":    notify,
+		"cache.service": simple + "After = [\"db\"]",
+		"lone.service":  simple,
+	})
+	// db is up only when it says so: the services after it wait.
+	if got, want := r.started(), []string{"db", "lone"}; !slices.Equal(got, want) {
+		t.Fatalf("started %q before db was ready, want %q", got, want)
+	}
+	r.wantState("db", stateStarting)
+	r.wantState("web", stateWaiting)
+	r.ready("db")
+	if got, want := r.started(), []string{"cache", "web"}; !slices.Equal(got, want) {
+		t.Fatalf("after db was ready started %q, want %q", got, want)
+	}
+	for _, n := range []string{"db", "cache", "web", "lone"} {
+		r.wantState(n, stateRunning)
+	}
+}
+
+func TestRequirementFailureFailsDependants(t *testing.T) {
+	r := newRig(t, map[string]string{
+		"app.service": simple + "Requires = [\"db\"]",
+		"db.service":  notify,
+	})
+	r.wantState("app", stateWaiting)
+	r.exit("db", 1)
+	st, why := r.state("app")
+	if st != stateFailed || !strings.Contains(why, `requirement "db" failed`) {
+		t.Fatalf("app is %v (%s), want failed because of db", st, why)
+	}
+}
+
+func TestHeldBackByCycleAndMissingRequirement(t *testing.T) {
+	r := newRig(t, map[string]string{
+		"a.service": simple + "After = [\"b\"]",
+		"b.service": simple + "After = [\"a\"]",
+		"c.service": simple + "Requires = [\"nosuch\"]",
+	})
+	if got := r.started(); len(got) != 0 {
+		t.Fatalf("started %q", got)
+	}
+	for _, n := range []string{"a", "b", "c"} {
+		r.wantState(n, stateHeld)
+	}
+	if err := r.s.StartService("c"); err == nil || !strings.Contains(err.Error(), "held back") {
+		t.Fatalf("start of a held service: %v", err)
+	}
+	// Breaking the cycle and reloading starts them.
+	r.write("b.service", simple)
+	if err := r.s.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := r.started(), []string{"b", "a"}; !slices.Equal(got, want) {
+		t.Fatalf("after the reload started %q, want %q", got, want)
+	}
+}
+
+// TestRestartTiming: the restart waits RestartSec from the exit, and only
+// the timer brings the service back.
+func TestRestartTiming(t *testing.T) {
+	r := newRig(t, map[string]string{"w.service": simple + "Restart = \"always\"\nRestartSec = 0.5"})
+	r.started()
+	r.exit("w", 3)
+	r.wantState("w", stateAutoRestart)
+	if got := r.pending(); !slices.Equal(got, []time.Duration{500 * time.Millisecond}) {
+		t.Fatalf("armed timers %v, want one of 500ms", got)
+	}
+	if got := r.started(); len(got) != 0 {
+		t.Fatalf("restarted before RestartSec: %q", got)
+	}
+	r.fire(500 * time.Millisecond)
+	if got := r.started(); !slices.Equal(got, []string{"w"}) {
+		t.Fatalf("after RestartSec started %q", got)
+	}
+	r.wantState("w", stateRunning)
+	st, _ := r.s.ServiceStatus("w")
+	if st.RestartCount != 1 {
+		t.Errorf("restart count %d, want 1", st.RestartCount)
+	}
+}
+
+func TestRestartPolicyNo(t *testing.T) {
+	r := newRig(t, map[string]string{"once.service": simple})
+	r.exit("once", 0)
+	r.wantState("once", stateExited)
+	if got := r.pending(); len(got) != 0 {
+		t.Fatalf("timers armed after an exit with Restart=no: %v", got)
+	}
+}
+
+// TestStartLimit: the fourth start within the interval is refused; the
+// refused restart is not counted; a manual start tries again.
+func TestStartLimit(t *testing.T) {
+	r := newRig(t, map[string]string{"crash.service": simple +
+		"Restart = \"always\"\nRestartSec = 1\nStartLimitBurst = 3\nStartLimitIntervalSec = 60"})
+	for i := 0; i < 2; i++ {
+		r.exit("crash", 1)
+		r.fire(time.Second)
+	}
+	r.exit("crash", 1)
+	r.fire(time.Second)
+	st, why := r.state("crash")
+	if st != stateFailed || !strings.Contains(why, "start limit hit") {
+		t.Fatalf("crash is %v (%s), want failed: start limit hit", st, why)
+	}
+	if got := r.started(); len(got) != 3 {
+		t.Fatalf("%d starts, want 3 (%q)", len(got), got)
+	}
+	status, _ := r.s.ServiceStatus("crash")
+	if status.RestartCount != 2 {
+		t.Errorf("restart count %d after 3 starts, want 2 (the refused restart does not count)", status.RestartCount)
+	}
+	if err := r.s.StartService("crash"); err != nil {
+		t.Fatal(err)
+	}
+	r.wantState("crash", stateRunning)
+	// Past the interval, the limit has forgotten old starts.
+	r.exit("crash", 1)
+	r.advance(2 * time.Minute)
+	r.fire(time.Second)
+	r.wantState("crash", stateRunning)
+}
+
+func TestReloadAppliesTheDifference(t *testing.T) {
+	r := newRig(t, map[string]string{
+		"same.service":    simple,
+		"changed.service": simple,
+		"gone.service":    simple,
+	})
+	r.started()
+	pidSame := r.proc("same").pid
+	r.write("changed.service", simple+"Environment = [\"NEW=1\"]")
+	r.write("new.service", simple)
+	if err := os.Remove(filepath.Join(r.dir, "service", "gone.service")); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.s.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.started(); !slices.Equal(got, []string{"new"}) {
+		t.Fatalf("reload started %q, want only new", got)
+	}
+	if r.proc("same").pid != pidSame {
+		t.Error("an unchanged service was restarted")
+	}
+	st, _ := r.s.ServiceStatus("changed")
+	if !st.ChangedOnDisk || !st.Active {
+		t.Errorf("changed: %+v, want still running with changed_on_disk", st)
+	}
+	if _, err := r.s.ServiceStatus("gone"); err == nil {
+		t.Error("a removed service is still listed")
+	}
+	// The new definition takes effect at the next start.
+	if err := r.s.RestartService("changed"); err != nil {
+		t.Fatal(err)
+	}
+	if env := r.proc("changed").env; !slices.Contains(env, "NEW=1") {
+		t.Errorf("restarted with %q, want NEW=1 from the new definition", env)
+	}
+	if st, _ := r.s.ServiceStatus("changed"); st.ChangedOnDisk {
+		t.Error("still changed on disk after the restart")
+	}
+}
+
+// TestStopEscalation: KillSignal to the group, SIGKILL after TimeoutStopSec.
+func TestStopEscalation(t *testing.T) {
+	r := newRig(t, map[string]string{"s.service": stubborn + "TimeoutStopSec = 7\nKillSignal = \"SIGINT\"\nRestart = \"always\""})
+	p := r.proc("s")
+	p.ignore[syscall.SIGINT] = true
+	stopped := make(chan error, 1)
+	go func() { stopped <- r.s.StopService("s") }()
+	waitFor(t, "the stop timer", func() bool { return slices.Contains(r.pending(), 7*time.Second) })
+	r.wantState("s", stateStopping)
+	select {
+	case err := <-stopped:
+		t.Fatalf("StopService returned (%v) while the process lives", err)
+	default:
+	}
+	r.fire(7 * time.Second)
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+	r.ops.mu.Lock()
+	sigs := slices.Clone(p.signals)
+	r.ops.mu.Unlock()
+	if len(sigs) < 2 || sigs[0] != syscall.SIGINT || sigs[1] != syscall.SIGKILL {
+		t.Fatalf("signals %v, want SIGINT then SIGKILL", sigs)
+	}
+	st, _ := r.s.ServiceStatus("s")
+	if st.State != "inactive" || st.ExitStatus == nil || *st.ExitStatus != 128+9 {
+		t.Fatalf("after the stop: %+v", st)
+	}
+	// A stop is remembered: Restart=always does not bring it back.
+	if got := r.pending(); len(got) != 0 {
+		t.Fatalf("timers armed after a stop: %v", got)
+	}
+}
+
+// TestStartWaitsWithoutPolling: StartService of a notify service waits on
+// a channel until READY=1; the loop runs no events meanwhile.
+func TestStartWaitsWithoutPolling(t *testing.T) {
+	r := newRig(t, map[string]string{"n.service.disabled": notify})
+	done := make(chan error, 1)
+	go func() { done <- r.s.StartService("n") }()
+	waitFor(t, "the start", func() bool { st, _ := r.state("n"); return st == stateStarting })
+	r.sync()
+	before := r.s.version.Load()
+	time.Sleep(100 * time.Millisecond) // room for a poll, if there were one
+	if after := r.s.version.Load(); after != before {
+		t.Fatalf("the loop ran %d state events while StartService waited", after-before)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("StartService returned before READY=1: %v", err)
+	default:
+	}
+	r.ready("n")
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSettleJudgesTheExitValue: a start that ended in an exit succeeded
+// only with status 0, whatever the reason text says.
+func TestSettleJudgesTheExitValue(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		st     State
+		reason string
+		exit   *Exit
+		ok     bool
+	}{
+		{"running", stateRunning, "", nil, true},
+		{"exit 0", stateExited, "exited with code 0", &Exit{}, true},
+		{"exit 0 other text", stateExited, "finished", &Exit{}, true},
+		{"exit 3", stateExited, "exited with code 3", &Exit{Code: 3}, false},
+		{"text of success, code 3", stateExited, "exited with code 0", &Exit{Code: 3}, false},
+		{"SIGTERM", stateExited, "killed by SIGTERM", &Exit{Signal: syscall.SIGTERM}, false},
+		{"no exit", stateExited, "", nil, false},
+		{"failed", stateFailed, "start limit hit", nil, false},
+		{"still waiting", stateWaiting, "", nil, false},
+	} {
+		err := settleError("x", tc.st, tc.reason, tc.exit, time.Second)
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: %v, want ok=%v", tc.name, err, tc.ok)
+		}
+	}
+}
+
+func TestStartFailureIsReported(t *testing.T) {
+	r := newRig(t, map[string]string{"bad.service.disabled": simple})
+	r.ops.startFn = func(argv []string) error { return syscall.ENOENT }
+	err := r.s.StartService("bad")
+	if err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Fatalf("start of a missing program: %v", err)
+	}
+	r.wantState("bad", stateFailed)
+}
+
+// waitFor waits for cond, which another goroutine makes true.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
