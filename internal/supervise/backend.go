@@ -166,10 +166,12 @@ func (s *Supervisor) StartService(name string) error {
 		case sv.entryErr != nil:
 			err = fmt.Errorf("Service '%s' cannot start: %v", name, sv.entryErr)
 			return
-		case sv.held != "":
-			err = fmt.Errorf("Service '%s' is held back: %s", name, sv.held)
-			return
 		case sv.isActive():
+			return
+		}
+		s.want(sv)
+		if sv.held != "" {
+			err = fmt.Errorf("Service '%s' is held back: %s", name, sv.held)
 			return
 		}
 		sv.limiter.Reset()
@@ -197,6 +199,32 @@ func (s *Supervisor) StartService(name string) error {
 		}
 	}
 	return s.startResult(name, timeout)
+}
+
+// want marks a service started by hand, and the disabled services it
+// requires, as wanted, and replans: a hand-started set is ordered and
+// awaited with the same graph as at boot.
+func (s *Supervisor) want(sv *service) {
+	changed := false
+	seen := map[string]bool{}
+	var mark func(n string)
+	mark = func(n string) {
+		x := s.services[n]
+		if seen[n] || x == nil || x.isActive() || x.def() == nil {
+			return
+		}
+		seen[n] = true
+		if !x.enabled() && !x.wanted {
+			x.wanted, changed = true, true
+		}
+		for _, r := range s.plan.Requires[n] {
+			mark(r)
+		}
+	}
+	mark(sv.name)
+	if changed {
+		s.replan()
+	}
 }
 
 // startResult reports how a start ended: nil when the service is running,

@@ -291,3 +291,47 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestStartDisabledSetUsesTheGraph: a disabled service started by hand
+// pulls in its disabled requirements and waits for them exactly as at
+// boot, whatever the names' alphabetical order (issue 11 item 2).
+func TestStartDisabledSetUsesTheGraph(t *testing.T) {
+	for _, tc := range []struct{ web, db, dbType string }{
+		{"aweb", "zdb", simple},
+		{"zweb", "adb", simple},
+		{"aweb", "zdb", notify},
+		{"zweb", "adb", notify},
+	} {
+		t.Run(tc.web+"-"+tc.db+"-"+map[bool]string{true: "notify", false: "simple"}[tc.dbType == notify], func(t *testing.T) {
+			r := newRig(t, map[string]string{
+				tc.web + ".service.disabled": simple + "Requires = [\"" + tc.db + "\"]",
+				tc.db + ".service.disabled":  tc.dbType,
+			})
+			done := make(chan error, 1)
+			go func() { done <- r.s.StartService(tc.web) }()
+			if tc.dbType == notify {
+				waitFor(t, tc.db+" to start", func() bool { st, _ := r.state(tc.db); return st == stateStarting })
+				r.wantState(tc.web, stateWaiting)
+				r.ready(tc.db)
+			}
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if got := r.started(); !slices.Equal(got, []string{tc.db, tc.web}) {
+				t.Fatalf("start order %q, want %s then %s", got, tc.db, tc.web)
+			}
+			r.wantState(tc.db, stateRunning)
+			r.wantState(tc.web, stateRunning)
+		})
+	}
+}
+
+func TestStartWithRequirementCycle(t *testing.T) {
+	r := newRig(t, map[string]string{
+		"a.service.disabled": simple + "Requires = [\"b\"]",
+		"b.service.disabled": simple + "Requires = [\"a\"]",
+	})
+	if err := r.s.StartService("a"); err == nil || !strings.Contains(err.Error(), "cycle") {
+		t.Fatalf("start of a service in a requirement cycle: %v", err)
+	}
+}

@@ -41,6 +41,10 @@ type service struct {
 	disabled bool       // disabled on disk (suffix or ServiceEnable=false)
 	app      bool       // the AWS /cmd application: its exit shuts down
 	removed  bool       // its file is gone; forget it once stopped
+	// wanted marks a disabled service started by hand (or pulled in by
+	// one): the plan treats it as enabled until it is stopped, so that it
+	// is ordered and awaited as at boot.
+	wanted bool
 
 	state    State
 	reason   string
@@ -355,6 +359,7 @@ func inGroup(pid, pgid int) bool {
 // bring the service back.
 func (s *Supervisor) stop(sv *service, why string) {
 	sv.manual = true
+	sv.wanted = false
 	sv.stopWhy = why
 	switch sv.state {
 	case stateWaiting, stateAutoRestart:

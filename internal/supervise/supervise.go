@@ -321,7 +321,7 @@ func (s *Supervisor) replan() {
 		}
 		u := sv.def()
 		nodes = append(nodes, depgraph.Node{
-			Name: sv.name, Disabled: !sv.enabled(),
+			Name: sv.name, Disabled: !sv.enabled() && !sv.wanted,
 			Before: u.Before, After: u.After, Requires: u.Requires, RequiredBy: u.RequiredBy,
 		})
 	}
