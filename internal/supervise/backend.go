@@ -324,7 +324,15 @@ func (s *Supervisor) setEnabled(name string, enable bool) error {
 	if _, err := unit.SetEnabled(s.cfg.ServiceDir, name, enable); err != nil {
 		return err
 	}
-	if err := s.Reload(); err != nil {
+	// Only this service's file is read again: a full reload would also
+	// restart the services that their start limit stopped.
+	err := errShuttingDown // unless the loop runs the request
+	s.call(func() {
+		if s.stopping == nil {
+			err = s.load(false, name)
+		}
+	})
+	if err != nil {
 		return err
 	}
 	var got bool
@@ -359,7 +367,7 @@ func (s *Supervisor) Reload() error {
 			err = errShuttingDown
 			return
 		}
-		err = s.load(false)
+		err = s.load(false, "")
 	})
 	return err
 }

@@ -335,3 +335,44 @@ func TestStartWithRequirementCycle(t *testing.T) {
 		t.Fatalf("start of a service in a requirement cycle: %v", err)
 	}
 }
+
+// TestEnableDisableTouchOnlyTheNamedService: enable and disable change the
+// named service's file and flag; a service the start limit stopped stays
+// failed (issue 11 item 3).
+func TestEnableDisableTouchOnlyTheNamedService(t *testing.T) {
+	crash := simple + "Restart = \"always\"\nRestartSec = 1\nStartLimitBurst = 2\nStartLimitIntervalSec = 60"
+	r := newRig(t, map[string]string{
+		"crash.service":  crash,
+		"worker.service": crash,
+		"other.service":  simple,
+	})
+	for _, n := range []string{"crash", "worker"} {
+		r.exit(n, 1)
+		r.fire(time.Second)
+		r.exit(n, 1)
+		r.fire(time.Second)
+		r.wantState(n, stateFailed)
+	}
+	r.started()
+	if err := r.s.DisableService("other"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.s.DisableService("worker"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.s.EnableService("worker"); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.started(); len(got) != 0 {
+		t.Fatalf("enable/disable started %q", got)
+	}
+	r.wantState("crash", stateFailed)
+	r.wantState("worker", stateFailed)
+	r.wantState("other", stateRunning)
+	if st, _ := r.s.ServiceStatus("other"); st.Enabled {
+		t.Error("other still enabled")
+	}
+	if st, _ := r.s.ServiceStatus("worker"); !st.Enabled {
+		t.Error("worker not enabled")
+	}
+}

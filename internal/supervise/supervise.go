@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -161,7 +162,7 @@ func (s *Supervisor) Run(ctx context.Context) (reboot bool) {
 		s.adhoc = l
 	}
 	s.running.Store(true)
-	s.load(true)
+	s.load(true, "")
 	done := ctx.Done()
 	for {
 		select {
@@ -221,11 +222,16 @@ func (s *Supervisor) closeLogs() {
 // load reads the service directory and brings the running set in line with
 // it. At boot every enabled service starts; on reload only new ones do,
 // changed ones keep running and take their new definition at the next
-// start, and removed ones are stopped.
-func (s *Supervisor) load(boot bool) error {
+// start, removed ones are stopped, and failed ones start again. With only
+// set, just that service's file is applied (enable and disable), and no
+// other service is started or stopped.
+func (s *Supervisor) load(boot bool, only string) error {
 	entries, dirErr := unit.LoadDir(s.cfg.ServiceDir)
 	if dirErr != nil {
 		s.logf("supervise: %v", dirErr)
+	}
+	if only != "" {
+		entries = slices.DeleteFunc(entries, func(e *unit.Entry) bool { return e.Name != only })
 	}
 	seen := map[string]bool{}
 	anyEnabled := false
@@ -276,14 +282,14 @@ func (s *Supervisor) load(boot bool) error {
 		case !sv.enabled():
 		case boot || isNew:
 			toStart = append(toStart, sv.name)
-		case sv.state == stateFailed && !sv.isActive():
+		case sv.state == stateFailed && !sv.isActive() && only == "":
 			// A reload clears a start-limit failure.
 			sv.limiter.Reset()
 			toStart = append(toStart, sv.name)
 		}
 	}
 	for name, sv := range s.services {
-		if seen[name] {
+		if seen[name] || only != "" && name != only || sv.app {
 			continue
 		}
 		s.logf("supervise: %s: service file removed", name)
@@ -295,7 +301,7 @@ func (s *Supervisor) load(boot bool) error {
 	}
 	var wasHeld []string
 	for name, sv := range s.services {
-		if sv.state == stateHeld {
+		if sv.state == stateHeld && only == "" {
 			wasHeld = append(wasHeld, name)
 		}
 	}
