@@ -24,7 +24,7 @@ func (sv *service) info() wire.ServiceInfo {
 	inf := wire.ServiceInfo{
 		Name:    sv.name,
 		Enabled: sv.enabled(),
-		Active:  sv.isActive(),
+		Active:  sv.isActive() || sv.remain,
 		State:   sv.state.String(),
 		Error:   sv.reason,
 	}
@@ -166,7 +166,7 @@ func (s *Supervisor) StartService(name string) error {
 		case sv.entryErr != nil:
 			err = fmt.Errorf("Service '%s' cannot start: %v", name, sv.entryErr)
 			return
-		case sv.isActive():
+		case sv.isActive() || sv.remain:
 			return
 		}
 		s.want(sv)
@@ -543,7 +543,7 @@ func (s *Supervisor) SystemStatus() wire.SystemStatus {
 			if sv.enabled() {
 				st.EnabledServices++
 			}
-			if sv.isActive() {
+			if sv.isActive() || sv.remain {
 				st.ActiveServices++
 			}
 		}

@@ -376,3 +376,69 @@ func TestEnableDisableTouchOnlyTheNamedService(t *testing.T) {
 		t.Error("worker not enabled")
 	}
 }
+
+// TestOneshot: a oneshot's start completes with its exit 0; what is ordered
+// after it waits for that; RemainAfterExit keeps it active; a failure
+// fails the start and its dependants (issue 11 item 12).
+func TestOneshot(t *testing.T) {
+	oneshot := simple + "Type = \"oneshot\"\n"
+	r := newRig(t, map[string]string{
+		"setup.service":         oneshot + "RemainAfterExit = true",
+		"migrate.service":       oneshot,
+		"app.service":           simple + "After = [\"setup\"]\nRequires = [\"migrate\"]",
+		"bad.service.disabled":  oneshot,
+		"user.service.disabled": simple + "Requires = [\"bad\"]",
+	})
+	if got, want := r.started(), []string{"migrate", "setup"}; !slices.Equal(got, want) {
+		t.Fatalf("started %q, want %q (app waits for both)", got, want)
+	}
+	r.wantState("setup", stateStarting)
+	if got := r.pending(); len(got) != 0 {
+		t.Errorf("a oneshot without TimeoutStartSec armed timers %v", got)
+	}
+	r.exit("setup", 0)
+	r.wantState("app", stateWaiting)
+	r.exit("migrate", 0)
+	if got := r.started(); !slices.Equal(got, []string{"app"}) {
+		t.Fatalf("after the oneshots started %q, want app", got)
+	}
+	st, _ := r.s.ServiceStatus("setup")
+	if st.State != "exited" || !st.Active {
+		t.Errorf("setup with RemainAfterExit: %s active=%v, want exited and active", st.State, st.Active)
+	}
+	st, _ = r.s.ServiceStatus("migrate")
+	if st.State != "exited" || st.Active {
+		t.Errorf("migrate: %s active=%v, want exited, not active", st.State, st.Active)
+	}
+	// Starting an active oneshot again does nothing; stopping makes it inactive.
+	if err := r.s.StartService("setup"); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.started(); len(got) != 0 {
+		t.Fatalf("start of an active oneshot ran %q", got)
+	}
+	if err := r.s.StopService("setup"); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := r.s.ServiceStatus("setup"); st.Active || st.State != "inactive" {
+		t.Errorf("setup after stop: %+v", st)
+	}
+	// A failing oneshot fails its start and its dependants.
+	done := make(chan error, 1)
+	go func() { done <- r.s.StartService("user") }()
+	waitFor(t, "bad to run", func() bool { st, _ := r.state("bad"); return st == stateStarting })
+	r.exit("bad", 2)
+	err := <-done
+	if err == nil || !strings.Contains(err.Error(), `requirement "bad" failed`) {
+		t.Fatalf("start of user, whose oneshot requirement failed: %v", err)
+	}
+	if st, why := r.state("bad"); st != stateFailed || !strings.Contains(why, "code 2") {
+		t.Errorf("bad is %v (%s), want failed with code 2", st, why)
+	}
+	go func() { done <- r.s.StartService("bad") }()
+	waitFor(t, "bad to run again", func() bool { st, _ := r.state("bad"); return st == stateStarting })
+	r.exit("bad", 2)
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "code 2") {
+		t.Errorf("start of bad: %v", err)
+	}
+}

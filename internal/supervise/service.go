@@ -45,6 +45,9 @@ type service struct {
 	// one): the plan treats it as enabled until it is stopped, so that it
 	// is ordered and awaited as at boot.
 	wanted bool
+	// remain marks a oneshot with RemainAfterExit that succeeded: it is
+	// "active (exited)" until stopped.
+	remain bool
 
 	state    State
 	reason   string
@@ -177,6 +180,7 @@ func (s *Supervisor) launch(sv *service, auto bool) {
 		s.kick()
 		return
 	}
+	sv.remain = false
 	if auto {
 		// Counted here, once allowed: a restart the limit refused
 		// did not happen.
@@ -210,8 +214,12 @@ func (s *Supervisor) launch(sv *service, auto bool) {
 	sv.pid = pid
 	sv.logLine("init: started %s (pid %d)", u.ExecStart, pid)
 	s.logf("supervise: %s: started (pid %d)", sv.name, pid)
-	if u.Type == unit.TypeNotify {
-		s.setState(sv, stateStarting, "waiting for READY=1")
+	if u.Type == unit.TypeNotify || u.Type == unit.TypeOneshot {
+		if u.Type == unit.TypeNotify {
+			s.setState(sv, stateStarting, "waiting for READY=1")
+		} else {
+			s.setState(sv, stateStarting, "running to completion")
+		}
 		if u.TimeoutStartSec > 0 {
 			sv.startTimer = s.ops.AfterFunc(u.TimeoutStartSec, func() {
 				s.post(func() { s.onStartTimeout(sv, gen) })
@@ -269,6 +277,10 @@ func (s *Supervisor) onExit(sv *service, gen int, e Exit) {
 		s.setState(sv, stateExited, e.String())
 		s.logf("supervise: application %s ended (%s): shutting down", sv.name, e)
 		s.beginShutdown(false)
+	case sv.unit.Type == unit.TypeOneshot && sv.state == stateStarting && e.Success():
+		// The start is complete; what is ordered after it may start.
+		sv.remain = sv.unit.RemainAfterExit
+		s.setState(sv, stateExited, e.String())
 	case sv.manual || sv.removed:
 		s.setState(sv, stateInactive, sv.stopWhy)
 		if sv.removed {
@@ -297,7 +309,7 @@ func (s *Supervisor) onExit(sv *service, gen int, e Exit) {
 				}
 			})
 		})
-	case e.ExecErr != nil:
+	case e.ExecErr != nil, sv.unit.Type == unit.TypeOneshot && !e.Success():
 		s.setState(sv, stateFailed, e.String())
 	default:
 		s.setState(sv, stateExited, e.String())
@@ -310,6 +322,9 @@ func (s *Supervisor) onStartTimeout(sv *service, gen int) {
 		return
 	}
 	why := fmt.Sprintf("no READY=1 within %s", sv.unit.TimeoutStartSec)
+	if sv.unit.Type == unit.TypeOneshot {
+		why = fmt.Sprintf("did not finish within %s (TimeoutStartSec)", sv.unit.TimeoutStartSec)
+	}
 	s.logf("supervise: %s: %s, killing it", sv.name, why)
 	sv.logLine("init: %s, killing it", why)
 	sv.timedOut = true
@@ -365,6 +380,12 @@ func (s *Supervisor) stop(sv *service, why string) {
 	case stateWaiting, stateAutoRestart:
 		sv.cancelTimers()
 		s.setState(sv, stateInactive, why)
+		return
+	case stateExited:
+		if sv.remain {
+			sv.remain = false
+			s.setState(sv, stateInactive, why)
+		}
 		return
 	case stateStarting, stateRunning:
 	default:

@@ -371,7 +371,7 @@ func (s *Supervisor) startSet(names []string, pull bool) {
 			continue
 		}
 		sv := s.services[n]
-		if sv == nil || sv.isActive() || sv.state == stateWaiting || sv.held != "" || sv.entryErr != nil {
+		if sv == nil || sv.isActive() || sv.remain || sv.state == stateWaiting || sv.held != "" || sv.entryErr != nil {
 			continue
 		}
 		sv.cancelTimers()
@@ -447,6 +447,7 @@ func (s *Supervisor) unmetRequirement(sv *service) string {
 			return fmt.Sprintf("requirement %q does not exist", r)
 		case rs.state == stateRunning:
 		case rs.state == stateExited && rs.lastExit != nil && rs.lastExit.Clean():
+			// A oneshot that completed, or a service that ended well.
 		default:
 			why := rs.state.String()
 			if rs.reason != "" {

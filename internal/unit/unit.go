@@ -51,6 +51,11 @@ const (
 	// TypeNotify is up when it sends READY=1 on $NOTIFY_SOCKET (sd_notify),
 	// or fails after TimeoutStartSec.
 	TypeNotify Type = "notify"
+	// TypeOneshot runs to completion: its start is done when the process
+	// exits with status 0 (and fails otherwise), so services ordered
+	// after it wait for that exit. It has no start timeout unless
+	// TimeoutStartSec is given.
+	TypeOneshot Type = "oneshot"
 )
 
 // Defaults of optional keys.
@@ -90,7 +95,8 @@ type Unit struct {
 	StartLimitInterval time.Duration  // StartLimitIntervalSec, default 10s; 0 = no limit
 	User, Group        string         // User / Group, names or numbers, "" = root
 	Type               Type           // Type, default simple
-	TimeoutStartSec    time.Duration  // TimeoutStartSec, default 30s (Type=notify)
+	TimeoutStartSec    time.Duration  // TimeoutStartSec, default 30s (Type=notify), none for oneshot
+	RemainAfterExit    bool           // RemainAfterExit: a oneshot that succeeded stays active
 
 	Hash     [32]byte // SHA-256 of the file, to tell whether it changed on disk
 	Warnings []string // ignored problems, "file:line: message"
@@ -302,9 +308,15 @@ func Parse(path string, data []byte) (*Unit, error) {
 		case "Type":
 			if s, ok := p.str(k, v); ok {
 				u.Type = Type(s)
-				if u.Type != TypeSimple && u.Type != TypeNotify {
-					p.errorf(k, "%q is not a service type (use simple or notify)", s)
+				if u.Type != TypeSimple && u.Type != TypeNotify && u.Type != TypeOneshot {
+					p.errorf(k, "%q is not a service type (use simple, notify or oneshot)", s)
 				}
+			}
+		case "RemainAfterExit":
+			if b, ok := v.(bool); ok {
+				u.RemainAfterExit = b
+			} else {
+				p.errorf(k, "%s is not true or false", describe(v))
 			}
 		default:
 			line := p.lines[k]
@@ -313,6 +325,14 @@ func Parse(path string, data []byte) (*Unit, error) {
 				loc += ":" + strconv.Itoa(line)
 			}
 			u.Warnings = append(u.Warnings, fmt.Sprintf("%s: unknown key %q, ignored", loc, k))
+		}
+	}
+	if u.Type == TypeOneshot {
+		if _, set := raw["TimeoutStartSec"]; !set {
+			u.TimeoutStartSec = 0 // setup steps may take long: no limit unless asked
+		}
+		if u.Restart == RestartAlways || u.Restart == RestartOnSuccess {
+			p.errorf("Restart", "%q with Type = \"oneshot\" would run it again after every success; use no or on-failure", u.Restart)
 		}
 	}
 	if _, ok := raw["ExecStart"]; !ok {
