@@ -81,19 +81,30 @@ func LoadDir(dir string) ([]*Entry, error) {
 	return out, nil
 }
 
-// readServiceFile reads a regular file of bounded size.
+// readServiceFile reads a regular file of bounded size. Nothing a directory
+// entry can be may block it: the entry is checked before it is opened (a
+// FIFO would block open until a writer came, a device could do anything),
+// and it is opened without blocking and checked again, in case it was
+// swapped in between.
 func readServiceFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("cannot use service file: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, notRegular(path, st.Mode())
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
 	if err != nil {
 		return nil, fmt.Errorf("cannot open service file: %w", err)
 	}
 	defer f.Close()
-	st, err := f.Stat()
+	st, err = f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("cannot stat service file: %w", err)
 	}
 	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", path)
+		return nil, notRegular(path, st.Mode())
 	}
 	if st.Size() > maxFileSize {
 		return nil, fmt.Errorf("%s: %d bytes is too large for a service file (limit %d)", path, st.Size(), maxFileSize)
@@ -106,6 +117,22 @@ func readServiceFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("%s: grew beyond %d bytes while being read", path, maxFileSize)
 	}
 	return data, nil
+}
+
+// notRegular explains why path, of mode m, is skipped.
+func notRegular(path string, m fs.FileMode) error {
+	what := "not a regular file"
+	switch {
+	case m.IsDir():
+		what = "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		what = "a FIFO (named pipe)"
+	case m&fs.ModeSocket != 0:
+		what = "a socket"
+	case m&fs.ModeDevice != 0:
+		what = "a device"
+	}
+	return fmt.Errorf("%s is %s, not a regular file; skipped (replace it with a TOML file)", path, what)
 }
 
 // Load reads and parses one service file.
