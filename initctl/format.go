@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -75,6 +76,9 @@ func printServiceStatus(w io.Writer, s *wire.ServiceStatus) {
 	if s.StatusText != "" {
 		fmt.Fprintf(w, "  Status Text: %s\n", s.StatusText)
 	}
+	for _, warn := range s.Warnings {
+		fmt.Fprintf(w, "  Warning: %s\n", warn)
+	}
 	if s.PID != nil {
 		fmt.Fprintf(w, "  PID: %d\n", *s.PID)
 	}
@@ -86,7 +90,11 @@ func printServiceStatus(w io.Writer, s *wire.ServiceStatus) {
 		fmt.Fprintf(w, "  Type: %s\n", s.Type)
 	}
 	fmt.Fprintf(w, "  Restart Policy: %s\n", s.RestartPolicy)
-	fmt.Fprintf(w, "  Restart Delay: %ds\n", s.RestartSec)
+	if s.RestartMillis%1000 != 0 {
+		fmt.Fprintf(w, "  Restart Delay: %ss\n", strconv.FormatFloat(float64(s.RestartMillis)/1000, 'f', -1, 64))
+	} else {
+		fmt.Fprintf(w, "  Restart Delay: %ds\n", s.RestartSec)
+	}
 	fmt.Fprintf(w, "  Restart Count: %d\n", s.RestartCount)
 	if s.ExitStatus != nil {
 		fmt.Fprintf(w, "  Last Exit Code: %d\n", *s.ExitStatus)

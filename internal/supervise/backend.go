@@ -119,6 +119,8 @@ func (sv *service) statusInfo() wire.ServiceStatus {
 	if u != nil {
 		st.ExecStart = u.ExecStart
 		st.RestartSec = uint64(u.RestartSec / time.Second)
+		st.RestartMillis = uint64(u.RestartSec / time.Millisecond)
+		st.Warnings = u.Warnings
 		st.Type = string(u.Type)
 		st.Path = u.Path
 		if u.WorkingDirectory != "" {

@@ -442,3 +442,28 @@ func TestOneshot(t *testing.T) {
 		t.Errorf("start of bad: %v", err)
 	}
 }
+
+// TestBareEnvironmentNames: Environment = ["KEEP", "GONE", "A=b"] starts,
+// passes init's KEEP on, leaves GONE unset and warns in status (issue 11
+// item 11); RestartSec = 0.5 is reported as 500 ms (item 6).
+func TestBareEnvironmentNames(t *testing.T) {
+	r := newRig(t, map[string]string{"e.service": simple + "Environment = [\"KEEP\", \"GONE\", \"A=b\"]\nRestartSec = 0.5"})
+	env := r.proc("e").env
+	for _, want := range []string{"KEEP=init", "A=b"} {
+		if !slices.Contains(env, want) {
+			t.Errorf("environment %q lacks %s", env, want)
+		}
+	}
+	for _, kv := range env {
+		if kv == "KEEP" || strings.HasPrefix(kv, "GONE") {
+			t.Errorf("environment has %q", kv)
+		}
+	}
+	st, _ := r.s.ServiceStatus("e")
+	if len(st.Warnings) != 2 || !strings.Contains(st.Warnings[0], `"KEEP" has no value`) {
+		t.Errorf("warnings %q, want one for each bare name", st.Warnings)
+	}
+	if st.RestartSec != 0 || st.RestartMillis != 500 {
+		t.Errorf("restart_sec %d restart_ms %d, want 0 and 500", st.RestartSec, st.RestartMillis)
+	}
+}

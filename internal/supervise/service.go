@@ -441,11 +441,17 @@ func (s *Supervisor) forget(sv *service) {
 
 // mergeEnv returns base with extra applied: a later KEY=VALUE replaces an
 // earlier one with the same key, and the first occurrence keeps its place.
+// An entry without "=" is skipped.
 func mergeEnv(base, extra []string) []string {
 	out := make([]string, 0, len(base)+len(extra))
 	idx := map[string]int{}
 	for _, kv := range append(append([]string(nil), base...), extra...) {
-		k, _, _ := strings.Cut(kv, "=")
+		k, _, ok := strings.Cut(kv, "=")
+		if !ok {
+			// A bare NAME (Environment = ["NAME"]) keeps the value
+			// base has, if any.
+			continue
+		}
 		if i, ok := idx[k]; ok {
 			out[i] = kv
 			continue

@@ -154,14 +154,23 @@ func NameFromPath(path string) (name string, disabled, ok bool) {
 // parser collects the errors of one file so that the operator sees all of
 // them at once.
 type parser struct {
-	file  string
-	lines map[string]int
-	errs  []error
+	file     string
+	lines    map[string]int
+	errs     []error
+	warnings []string
 }
 
 func (p *parser) errorf(key, format string, args ...any) {
 	p.errs = append(p.errs, &Error{File: p.file, Line: p.lines[key], Key: key, Msg: fmt.Sprintf(format, args...)})
 }
+
+// warnf records a tolerated problem as "file:line: Key: message".
+func (p *parser) warnf(key, format string, args ...any) {
+	p.warnings = append(p.warnings, (&Error{File: p.file, Line: p.lines[key], Key: key, Msg: fmt.Sprintf(format, args...)}).Error())
+}
+
+// envNameRE matches a bare environment variable name.
+var envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // keyLines finds the line of each top-level key: "Key = ..." before the first
 // table header, and the header line of each [Table]. BurntSushi's decoder
@@ -348,6 +357,7 @@ func Parse(path string, data []byte) (*Unit, error) {
 			u.Argv = argv
 		}
 	}
+	u.Warnings = append(u.Warnings, p.warnings...)
 	switch len(p.errs) {
 	case 0:
 		return u, nil
@@ -419,6 +429,12 @@ func (p *parser) environment(key string, v any) []string {
 	}
 	for i, s := range list {
 		eq := strings.IndexByte(s, '=')
+		if eq < 0 && envNameRE.MatchString(s) {
+			// The reference accepts a bare name; as with docker run -e
+			// NAME, it passes on init's own value, if init has one.
+			p.warnf(key, "item %d: %q has no value: init's own %s is passed on if it has one, else it stays unset (write %s=value to set it)", i+1, s, s, s)
+			continue
+		}
 		if eq <= 0 || strings.IndexByte(s, 0) >= 0 {
 			p.errorf(key, "item %d: %q is not NAME=value", i+1, s)
 			return nil

@@ -253,8 +253,8 @@ After = ["db.service"]
 		},
 		{
 			name: "bad environment entry and dependency name",
-			toml: "ExecStart = \"/bin/app\"\nEnvironment = [\"NOEQUALS\"]\nRequires = [\"../etc\"]\n",
-			err:  []string{`web.service:2: Environment: item 1: "NOEQUALS" is not NAME=value`, `web.service:3: Requires: item 1: invalid service name "../etc"`},
+			toml: "ExecStart = \"/bin/app\"\nEnvironment = [\"=x\"]\nRequires = [\"../etc\"]\n",
+			err:  []string{`web.service:2: Environment: item 1: "=x" is not NAME=value`, `web.service:3: Requires: item 1: invalid service name "../etc"`},
 		},
 		{
 			name: "bad file name",

@@ -48,6 +48,11 @@ type ServiceStatus struct {
 	ChangedOnDisk bool   `json:"changed_on_disk,omitempty"`
 	Path          string `json:"path,omitempty"`
 	Since         int64  `json:"since,omitempty"` // unix seconds of the last state change
+	// RestartMillis is RestartSec in milliseconds, for delays that are not
+	// whole seconds (restart_sec, as the reference's, is whole seconds).
+	RestartMillis uint64 `json:"restart_ms,omitempty"`
+	// Warnings lists problems in the service file that were tolerated.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // ProcessInfo describes one process from /proc.
