@@ -467,3 +467,32 @@ func TestBareEnvironmentNames(t *testing.T) {
 		t.Errorf("restart_sec %d restart_ms %d, want 0 and 500", st.RestartSec, st.RestartMillis)
 	}
 }
+
+// TestStartErrorsSayWhat: a start that fails names the file or the limit
+// (issue 10 item 8).
+func TestStartErrorsSayWhat(t *testing.T) {
+	for _, tc := range []struct {
+		name, body string
+		err        error
+		want       []string
+	}{
+		{"emfile", simple, syscall.EMFILE, []string{"RLIMIT_NOFILE", "/bin/svc"}},
+		{"eagain", simple, syscall.EAGAIN, []string{"RLIMIT_NPROC"}},
+		{"eacces", simple, syscall.EACCES, []string{"exec /bin/svc: permission denied"}},
+		{"enoent", "ExecStart = \"/nonexistent/prog %s\"", syscall.ENOENT, []string{"exec /nonexistent/prog: no such file or directory"}},
+		{"empty path", "ExecStart = \"prog %s\"\nEnvironment = [\"PATH=\"]", nil, []string{"prog: command not found: PATH is empty"}},
+		{"workdir", simple + "WorkingDirectory = \"/nonexistent/dir\"", nil, []string{"WorkingDirectory: stat /nonexistent/dir: no such file"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, map[string]string{"x.service.disabled": tc.body})
+			r.ops.startFn = func([]string) error { return tc.err }
+			err := r.s.StartService("x")
+			st, _ := r.s.ServiceStatus("x")
+			for _, w := range tc.want {
+				if err == nil || !strings.Contains(err.Error(), w) || !strings.Contains(st.Error, w) {
+					t.Errorf("start error %v, status error %q; want both to say %q", err, st.Error, w)
+				}
+			}
+		})
+	}
+}

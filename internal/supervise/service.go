@@ -1,6 +1,7 @@
 package supervise
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/nitroinit/nitroinit/internal/logs"
 	"github.com/nitroinit/nitroinit/internal/unit"
+	"golang.org/x/sys/unix"
 )
 
 // State is a service's state as shown by list and status.
@@ -500,11 +502,23 @@ func (s *Supervisor) spawn(argv, env []string, u *unit.Unit, log *logs.Log, onEx
 		}
 		attr.Sys.Credential = cred
 	}
+	if attr.Dir != "" {
+		// chdir and exec fail with the same errno; tell them apart.
+		if fi, err := os.Stat(attr.Dir); err != nil {
+			r.Close()
+			w.Close()
+			return 0, fmt.Errorf("WorkingDirectory: %w", err)
+		} else if !fi.IsDir() {
+			r.Close()
+			w.Close()
+			return 0, fmt.Errorf("WorkingDirectory %s is not a directory", attr.Dir)
+		}
+	}
 	pid, err := s.ops.Start(path, argv, attr, onExit)
 	w.Close()
 	if err != nil {
 		r.Close()
-		return 0, err
+		return 0, startError(path, err)
 	}
 	s.captures.Add(1)
 	go func() {
@@ -529,6 +543,28 @@ func (s *Supervisor) spawn(argv, env []string, u *unit.Unit, log *logs.Log, onEx
 	return pid, nil
 }
 
+// startError explains why fork or exec of path failed: which file, or
+// which resource limit.
+func startError(path string, err error) error {
+	var lim unix.Rlimit
+	switch {
+	case errors.Is(err, syscall.EMFILE):
+		unix.Getrlimit(unix.RLIMIT_NOFILE, &lim)
+		return fmt.Errorf("fork %s: %w (init's open-file limit RLIMIT_NOFILE, %d, is reached)", path, err, lim.Cur)
+	case errors.Is(err, syscall.ENFILE):
+		return fmt.Errorf("fork %s: %w (the system-wide open-file limit, fs.file-max, is reached)", path, err)
+	case errors.Is(err, syscall.EAGAIN):
+		unix.Getrlimit(unix.RLIMIT_NPROC, &lim)
+		return fmt.Errorf("fork %s: %w (the process limit is reached: RLIMIT_NPROC is %d for the service's user; or the system's kernel.pid_max / kernel.threads-max)", path, err, lim.Cur)
+	case errors.Is(err, syscall.ENOENT):
+		if _, serr := os.Stat(path); serr == nil {
+			return fmt.Errorf("exec %s: %w (the file exists: its interpreter on the #! line or its dynamic loader is missing)", path, err)
+		}
+		return fmt.Errorf("exec %s: %w", path, err)
+	}
+	return fmt.Errorf("exec %s: %w", path, err)
+}
+
 // lookPath finds a bare command name in the PATH of the service's
 // environment (or a sane default), as a shell would.
 func lookPath(name string, env []string) (string, error) {
@@ -546,6 +582,9 @@ func lookPath(name string, env []string) (string, error) {
 		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
 			return p, nil
 		}
+	}
+	if pathVar == "" {
+		return "", fmt.Errorf("%s: command not found: PATH is empty (set PATH in init.yaml's environment or the service's Environment, or give an absolute path)", name)
 	}
 	return "", fmt.Errorf("%s: command not found in PATH %s", name, pathVar)
 }
