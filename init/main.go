@@ -13,10 +13,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -30,6 +33,7 @@ import (
 	"github.com/nitroinit/nitroinit/internal/supervise"
 	"github.com/nitroinit/nitroinit/internal/unit"
 	"github.com/nitroinit/nitroinit/internal/wire"
+	"golang.org/x/sys/unix"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -160,6 +164,7 @@ func run(a args, pid1 bool, log *logger) int {
 	sigs := make(chan os.Signal, 32)
 	signal.Notify(sigs)
 	resetInheritedIgnores()
+	closeInheritedFDs(log)
 
 	for _, w := range a.ignored {
 		log.Printf("ignoring unknown argument %q", w)
@@ -170,6 +175,16 @@ func run(a args, pid1 bool, log *logger) int {
 	applyEnv(cfg, log)
 
 	info := wire.SystemStatus{Mode: "supervisor", Version: version, Heartbeat: "disabled", NSM: "disabled"}
+	if !pid1 {
+		// Say what is true: the configuration may enable them, but only
+		// PID 1 in an enclave sends the heartbeat and loads the driver.
+		if cfg.Vsock.Enabled {
+			info.Heartbeat = "not sent: not PID 1"
+		}
+		if cfg.NSMDriverPath != "" {
+			info.NSM = "not loaded: not PID 1"
+		}
+	}
 	var app *unit.Unit
 	if pid1 {
 		info.Mode = "pid1"
@@ -224,7 +239,7 @@ func run(a args, pid1 bool, log *logger) int {
 	sup := supervise.New(supervise.Config{
 		ServiceDir: cfg.ServiceDir,
 		Logs:       logCfg,
-		Env:        os.Environ(),
+		Env:        serviceEnv(os.Environ()),
 		RuntimeDir: runtimeDir,
 		Reaper:     r,
 		Logf:       log.Printf,
@@ -280,6 +295,45 @@ func run(a args, pid1 bool, log *logger) int {
 	}
 	emergency(log)
 	return 0
+}
+
+// outerManagerVars are set by a service manager that runs init (systemd,
+// in supervisor mode) for init itself: passed on, they would make a service
+// notify the outer manager as if it were init, or claim sockets that are
+// not its own.
+var outerManagerVars = []string{"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_PID", "WATCHDOG_USEC"}
+
+// serviceEnv is init's environment without what was meant for init alone.
+func serviceEnv(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if !slices.Contains(outerManagerVars, k) {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// closeInheritedFDs marks every file descriptor above 2 that init was
+// started with close-on-exec, so that services get exactly stdin, stdout
+// and stderr. Go opens all of its own descriptors close-on-exec, so this
+// touches only inherited ones.
+func closeInheritedFDs(log *logger) {
+	if err := unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC); err == nil {
+		return
+	}
+	// Kernels before 5.11: one by one.
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		log.Printf("cannot list inherited file descriptors: %v (services may inherit them)", err)
+		return
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			unix.CloseOnExec(fd)
+		}
+	}
 }
 
 func handleSignals(sigs <-chan os.Signal, sup *supervise.Supervisor, log *logger) {
@@ -384,7 +438,7 @@ func awsApp(argv, env []string) *unit.Unit {
 	return &unit.Unit{
 		Name:               "app",
 		Path:               "/cmd",
-		ExecStart:          strings.Join(argv, " "),
+		ExecStart:          unit.Join(argv),
 		Argv:               argv,
 		Environment:        env,
 		Restart:            unit.RestartNo,

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"strconv"
 	"syscall"
 
 	"github.com/nitroinit/nitroinit/internal/procfs"
@@ -147,12 +148,22 @@ func message(msg string, err error) wire.Response {
 // PID 1 (supervisor mode).
 func refusePID(pid int) (wire.Response, bool) {
 	switch {
-	case pid == 1 || pid == os.Getpid():
+	case pid == 1 || pid == os.Getpid() || initThread(pid):
 		return wire.Errorf("Refusing to signal PID %d (init itself); use initctl shutdown or reboot", pid), true
 	case pid <= 0 || pid > math.MaxInt32:
 		return wire.Errorf("Invalid PID %d: must be a process ID between 2 and %d", pid, math.MaxInt32), true
 	}
 	return wire.Response{}, false
+}
+
+// initThread reports whether pid is one of init's own threads: kill(2) of
+// any thread id signals the whole thread group, that is, init.
+func initThread(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	_, err := os.Stat("/proc/self/task/" + strconv.Itoa(pid))
+	return err == nil
 }
 
 func markManaged(p *wire.ProcessInfo, managed map[int]string) {
