@@ -496,3 +496,39 @@ func TestStartErrorsSayWhat(t *testing.T) {
 		})
 	}
 }
+
+// TestDecidedDifferences pins the behaviours docs/services.md lists as
+// differences from the reference (issue 11 item 16).
+func TestDecidedDifferences(t *testing.T) {
+	r := newRig(t, map[string]string{"web.service": simple, "idle.service.disabled": simple})
+	r.started()
+	// start of a running service succeeds and starts nothing (systemd).
+	if err := r.s.StartService("web"); err != nil {
+		t.Errorf("start of a running service: %v", err)
+	}
+	if got := r.started(); len(got) != 0 {
+		t.Errorf("start of a running service started %q", got)
+	}
+	// stop of a stopped service succeeds (systemd).
+	if err := r.s.StopService("idle"); err != nil {
+		t.Errorf("stop of a stopped service: %v", err)
+	}
+	// A freshly started service has restarted 0 times (reference: 1).
+	if st, _ := r.s.ServiceStatus("web"); st.RestartCount != 0 {
+		t.Errorf("restart_count of a fresh service %d, want 0", st.RestartCount)
+	}
+	// disable leaves a running service running, listed and stoppable (systemd).
+	if err := r.s.DisableService("web"); err != nil {
+		t.Fatal(err)
+	}
+	st, err := r.s.ServiceStatus("web")
+	if err != nil || !st.Active || st.Enabled {
+		t.Errorf("web after disable: %+v %v, want active and not enabled", st, err)
+	}
+	// Unknown names: the reference's wording.
+	for _, err := range []error{r.s.StartService("nosuch"), r.s.StopService("nosuch"), r.s.EnableService("nosuch")} {
+		if err == nil || !strings.Contains(err.Error(), "Service 'nosuch' not found") {
+			t.Errorf("unknown service: %v", err)
+		}
+	}
+}
