@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
@@ -137,7 +139,7 @@ func (fs FS) read(pid int, sys system) (wire.ProcessInfo, error) {
 	p := wire.ProcessInfo{
 		PID:      pid,
 		PPID:     st.PPID,
-		Name:     st.Comm,
+		Name:     Printable(st.Comm),
 		State:    st.State,
 		MemoryKB: st.RSSPages * sys.pageSize / 1024,
 	}
@@ -205,9 +207,42 @@ func ParseStat(b []byte) (Stat, error) {
 func Cmdline(raw []byte, comm string) string {
 	raw = bytes.TrimRight(raw, "\x00")
 	if len(raw) == 0 {
-		return "[" + comm + "]"
+		return "[" + Printable(comm) + "]"
 	}
-	return string(bytes.ReplaceAll(raw, []byte{0}, []byte{' '}))
+	return Printable(string(bytes.ReplaceAll(raw, []byte{0}, []byte{' '})))
+}
+
+// Printable escapes what a process may put in its name or command line
+// to forge or garble a ps listing: control characters (a newline would
+// start a fake row, an escape sequence would drive the terminal) become
+// Go-style escapes such as \n and \x1b, and bytes that are not UTF-8
+// become \xNN.
+func Printable(s string) string {
+	clean := true
+	for _, r := range s {
+		if r == utf8.RuneError || unicode.IsControl(r) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			fmt.Fprintf(&b, "\\x%02x", s[i])
+		case unicode.IsControl(r):
+			q := strconv.QuoteRune(r) // '\n', '\x1b', '\u0085'
+			b.WriteString(q[1 : len(q)-1])
+		default:
+			b.WriteString(s[i : i+size])
+		}
+		i += size
+	}
+	return b.String()
 }
 
 // StateName spells out a one-letter /proc state code.
