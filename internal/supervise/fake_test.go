@@ -131,25 +131,21 @@ type rig struct {
 	s    *Supervisor
 	ops  *fakeOps
 	dir  string
-	logs *lockedLog
+	mu   sync.Mutex
+	msgs []string // the supervisor's own messages
 }
 
-// lockedLog collects the supervisor's own messages.
-type lockedLog struct {
-	mu    sync.Mutex
-	lines []string
+func (r *rig) logf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	r.mu.Lock()
+	r.msgs = append(r.msgs, msg)
+	r.mu.Unlock()
 }
 
-func (l *lockedLog) printf(format string, args ...any) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.lines = append(l.lines, strings.TrimSpace(fmt.Sprintf(format, args...)))
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Join(l.lines, "\n")
+func (r *rig) messages() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return strings.Join(r.msgs, "\n")
 }
 
 // newRig writes files (name -> TOML; "%s" in a body becomes the service's
@@ -157,7 +153,7 @@ func (l *lockedLog) String() string {
 func newRig(t *testing.T, files map[string]string) *rig {
 	t.Helper()
 	dir := t.TempDir()
-	r := &rig{t: t, ops: newFakeOps(), dir: dir, logs: &lockedLog{}}
+	r := &rig{t: t, ops: newFakeOps(), dir: dir}
 	if err := os.MkdirAll(filepath.Join(dir, "service"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +166,7 @@ func newRig(t *testing.T, files map[string]string) *rig {
 		Env:        []string{"PATH=/usr/bin:/bin", "KEEP=init"},
 		RuntimeDir: filepath.Join(dir, "run"),
 		Ops:        r.ops,
-		Logf:       r.logs.printf,
+		Logf:       r.logf,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -183,10 +179,10 @@ func newRig(t *testing.T, files map[string]string) *rig {
 		select {
 		case <-done:
 		case <-time.After(20 * time.Second):
-			t.Errorf("supervisor did not shut down; its log:\n%s", r.logs)
+			t.Errorf("supervisor did not shut down; its log:\n%s", r.messages())
 		}
 		if t.Failed() {
-			t.Logf("supervisor log:\n%s", r.logs)
+			t.Logf("supervisor log:\n%s", r.messages())
 		}
 	})
 	r.sync()
