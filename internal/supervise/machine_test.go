@@ -532,3 +532,118 @@ func TestDecidedDifferences(t *testing.T) {
 		}
 	}
 }
+
+// TestShutdownStopsInReverseOrder: what starts later stops earlier, and a
+// wave waits for the one before it to be gone.
+func TestShutdownStopsInReverseOrder(t *testing.T) {
+	r := newRig(t, map[string]string{
+		"db.service":  stubborn,
+		"app.service": simple + "Requires = [\"db\"]",
+	})
+	db := r.proc("db")
+	app := r.proc("app")
+	app.ignore[syscall.SIGTERM] = true
+	r.s.Shutdown(false)
+	waitFor(t, "app to be signalled", func() bool {
+		r.ops.mu.Lock()
+		defer r.ops.mu.Unlock()
+		return len(app.signals) > 0
+	})
+	r.sync()
+	r.ops.mu.Lock()
+	early := len(db.signals)
+	r.ops.mu.Unlock()
+	if early != 0 {
+		t.Fatal("db was signalled while app, which requires it, still ran")
+	}
+	r.ops.die(app, syscall.WaitStatus(0))
+	waitFor(t, "db to be signalled", func() bool {
+		r.ops.mu.Lock()
+		defer r.ops.mu.Unlock()
+		return len(db.signals) > 0
+	})
+	r.ops.die(db, syscall.WaitStatus(0))
+	select {
+	case <-r.s.finished:
+	case <-time.After(20 * time.Second):
+		t.Fatal("shutdown did not finish")
+	}
+	if err := r.s.StartService("app"); err == nil {
+		t.Error("start during shutdown succeeded")
+	}
+}
+
+// TestSignalProcess: a terminating signal to a service's main process
+// stops the service (no restart); others pass through; unknown PIDs fail.
+func TestSignalProcess(t *testing.T) {
+	r := newRig(t, map[string]string{
+		"a.service": simple + "Restart = \"always\"",
+		"b.service": simple + "Restart = \"always\"",
+	})
+	a, b := r.proc("a"), r.proc("b")
+	a.ignore[syscall.SIGUSR1] = true // it handles USR1
+	msg, err := r.s.SignalProcess(a.pid, syscall.SIGUSR1, false)
+	if err != nil || !strings.Contains(msg, "Signal 10 sent") {
+		t.Fatalf("USR1: %q %v", msg, err)
+	}
+	r.wantState("a", stateRunning)
+	if msg, err = r.s.SignalProcess(a.pid, syscall.SIGKILL, false); err != nil || !strings.Contains(msg, "service 'a' stopped") {
+		t.Fatalf("KILL: %q %v", msg, err)
+	}
+	r.sync()
+	r.wantState("a", stateInactive)
+	if msg, err = r.s.SignalProcess(b.pid, syscall.SIGTERM, true); err != nil || !strings.Contains(msg, "SIGTERM sent to process") {
+		t.Fatalf("stop: %q %v", msg, err)
+	}
+	r.sync()
+	r.wantState("b", stateInactive)
+	if got := r.pending(); len(got) != 0 {
+		t.Errorf("restart armed after a stop by signal: %v", got)
+	}
+	if _, err := r.s.SignalProcess(999999, syscall.SIGTERM, false); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Errorf("signal to an unknown pid: %v", err)
+	}
+	if err := r.s.StartService("b"); err != nil {
+		t.Fatal(err)
+	}
+	pid := r.proc("b").pid
+	if msg, err := r.s.RestartProcess(pid); err != nil || !strings.Contains(msg, "Service 'b' restarted") {
+		t.Fatalf("restart by pid: %q %v", msg, err)
+	}
+	if r.proc("b").pid == pid {
+		t.Error("the restart kept the old process")
+	}
+	if got := r.s.ManagedPIDs(); got[r.proc("b").pid] != "b" {
+		t.Errorf("managed pids %v", got)
+	}
+	sys := r.s.SystemStatus()
+	if sys.TotalServices != 2 || sys.ActiveServices != 1 || sys.EnabledServices != 2 {
+		t.Errorf("system status %+v", sys)
+	}
+	if list := r.s.Services(); len(list) != 2 || list[0].Name != "a" || list[0].State != "inactive" {
+		t.Errorf("list %+v", list)
+	}
+}
+
+// TestNotifyTimeoutAndForeignSender: READY=1 from a foreign pid is
+// ignored; without READY=1 within TimeoutStartSec the group is killed and
+// the start fails.
+func TestNotifyTimeoutAndForeignSender(t *testing.T) {
+	r := newRig(t, map[string]string{"n.service.disabled": notify + "TimeoutStartSec = 3"})
+	done := make(chan error, 1)
+	go func() { done <- r.s.StartService("n") }()
+	waitFor(t, "n to start", func() bool { st, _ := r.state("n"); return st == stateStarting })
+	r.s.call(func() {
+		sv := r.s.services["n"]
+		r.s.onNotify(sv, sv.gen, "STATUS=warming up\nREADY=1", 1)
+	})
+	r.wantState("n", stateStarting)
+	r.fire(3 * time.Second)
+	err := <-done
+	if err == nil || !strings.Contains(err.Error(), "timed out") {
+		t.Fatalf("start without READY=1: %v", err)
+	}
+	if !strings.Contains(r.messages(), "no READY=1 within 3s") {
+		t.Errorf("log does not say why:\n%s", r.messages())
+	}
+}
