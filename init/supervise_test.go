@@ -151,3 +151,29 @@ func TestAWSAppCommandLine(t *testing.T) {
 		t.Fatalf("ExecStart %q splits into %q (%v), want %q", u.ExecStart, got, err, argv)
 	}
 }
+
+// TestOneshotWithTheRealBinary: a setup step that takes a while runs to
+// completion before the app ordered after it; a failing one fails its
+// dependant (issue 11 item 12).
+func TestOneshotWithTheRealBinary(t *testing.T) {
+	h := startInit(t, map[string]string{
+		"setup.service":  "ExecStart = \"$SVC exit 0 300ms\"\nType = \"oneshot\"\nRemainAfterExit = true",
+		"app.service":    "ExecStart = \"$SVC append $DIR/order app\"\nAfter = [\"setup\"]\nRequires = [\"setup\"]",
+		"broken.service": "ExecStart = \"$SVC exit 4\"\nType = \"oneshot\"",
+		"user.service":   "ExecStart = \"$SVC sleep\"\nRequires = [\"broken\"]",
+	}, "")
+	app := h.waitState("app", "running", 10*time.Second)
+	setup := h.status("setup")
+	if setup.State != "exited" || !setup.Active || setup.ExitStatus == nil || *setup.ExitStatus != 0 {
+		t.Fatalf("setup: %+v, want active (exited) with status 0", setup)
+	}
+	if app.Since < setup.Since {
+		t.Errorf("app started (%d) before setup finished (%d)", app.Since, setup.Since)
+	}
+	if st := h.waitState("user", "failed", 10*time.Second); !strings.Contains(st.Error, `requirement "broken" failed`) {
+		t.Errorf("user: %+v", st)
+	}
+	if st := h.status("broken"); st.State != "failed" {
+		t.Errorf("broken: %+v", st)
+	}
+}
