@@ -244,6 +244,7 @@ func run(a args, pid1 bool, log *logger) int {
 		Reaper:     r,
 		Logf:       log.Printf,
 		App:        app,
+		AppConsole: os.Stderr, // PID 1's stderr is the console
 		Info:       info,
 	})
 
@@ -433,7 +434,8 @@ func policy(p config.Permissions) control.Policy {
 }
 
 // awsApp turns nitro-cli's /cmd and /env into the service "app": no
-// restart, output captured, and its exit powers the enclave off.
+// restart, /env alone as its environment, output on the console and
+// captured, and its exit powers the enclave off (docs/boot.md).
 func awsApp(argv, env []string) *unit.Unit {
 	return &unit.Unit{
 		Name:               "app",

@@ -2,6 +2,8 @@ package vmtests
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +14,8 @@ import (
 
 // awsGuest is an image like the ones nitro-cli builds from a container:
 // the command in /cmd and its environment in /env, no service files. The
-// command prints a line a second for ten seconds and exits by itself.
+// command prints its environment, then a line a second for ten seconds, and
+// exits by itself.
 func awsGuest() guest {
 	return guest{
 		config: moduleYAML() + `
@@ -25,14 +28,19 @@ control:
   vsock_port: 9001
 `,
 		files: []image.File{
-			{Data: []byte("/bin/svc\ncount\n10\n1s\n"), Dst: "/cmd"},
-			{Data: []byte("GREETING=hello from /env\nEMPTY=\n"), Dst: "/env"},
+			{Data: []byte("/bin/svc\nenv\ncount\n10\n1s\n"), Dst: "/cmd"},
+			{Data: []byte(strings.Join(awsEnv, "\n") + "\n"), Dst: "/env"},
 		},
 	}
 }
 
+// awsEnv is the image's /env: the app must see these variables and no
+// others, as under AWS's init (docs/boot.md).
+var awsEnv = []string{"GREETING=hello from /env", "EMPTY=", "PATH=/usr/bin:/bin"}
+
 // TestAWSCmd boots an AWS-style image: init runs /cmd with /env as the
-// service "app", captures its output, and powers the enclave off when it
+// service "app" with /env alone as its environment, shows its output on the
+// console, captures it too, and powers the enclave off when it
 // exits.
 func TestAWSCmd(t *testing.T) {
 	e := soloBoot(t, "awscmd", awsGuest())
@@ -40,7 +48,7 @@ func TestAWSCmd(t *testing.T) {
 
 	t.Run("app_runs_from_cmd_and_env", func(t *testing.T) {
 		e.explain(t, "app")
-		want := `boot: /cmd found: ["/bin/svc" "count" "10" "1s"] with 2 variables from /env`
+		want := `boot: /cmd found: ["/bin/svc" "env" "count" "10" "1s"] with 3 variables from /env`
 		if !strings.Contains(e.vm.Console(), want) {
 			t.Errorf("console lacks %q", want)
 		}
@@ -49,7 +57,7 @@ func TestAWSCmd(t *testing.T) {
 			t.Errorf("console does not say the missing /rootfs was skipped")
 		}
 		st := e.status(t, "app")
-		if st.RestartPolicy != "no" || !strings.Contains(st.ExecStart, "/bin/svc count 10 1s") {
+		if st.RestartPolicy != "no" || !strings.Contains(st.ExecStart, "/bin/svc env count 10 1s") {
 			t.Errorf("app: %+v; want restart policy no and the /cmd command", st)
 		}
 	})
@@ -62,6 +70,48 @@ func TestAWSCmd(t *testing.T) {
 	t.Run("app_output_captured", func(t *testing.T) {
 		e.explain(t, "app")
 		e.waitLog(t, "app", "line 000000002")
+	})
+
+	// The environment the app printed, from its captured log: the lines
+	// between init's "started" line and the first counted line.
+	t.Run("app_environment_is_env_alone", func(t *testing.T) {
+		e.explain(t, "app")
+		lines := e.waitLog(t, "app", "line 000000001")
+		var got []string
+		in := false
+		for _, l := range lines {
+			_, text, _ := strings.Cut(l, "] ")
+			switch {
+			case strings.HasPrefix(text, "init: started "):
+				in = true
+			case strings.HasPrefix(text, "line 000000001"):
+				in = false
+			case in:
+				got = append(got, text)
+			}
+		}
+		slices.Sort(got)
+		want := slices.Sorted(slices.Values(awsEnv))
+		if !slices.Equal(got, want) {
+			t.Errorf("the app's environment is\n  %q\nwant exactly /env's\n  %q", got, want)
+		}
+	})
+
+	// The app's output on the console as it wrote it, without log
+	// timestamps: what nitro-cli console shows under AWS's init.
+	t.Run("app_output_on_console", func(t *testing.T) {
+		e.explain(t, "app")
+		wantLines := append(slices.Clone(awsEnv), "line 000000002 "+strings.Repeat("x", 80))
+		eventually(t, waitTimeout, "the app's output on the console", func() (bool, string) {
+			console := consoleLines(e.vm.Console())
+			var missing []string
+			for _, w := range wantLines {
+				if !slices.Contains(console, w) {
+					missing = append(missing, w)
+				}
+			}
+			return len(missing) == 0, fmt.Sprintf("console lacks the lines %q", missing)
+		})
 	})
 
 	t.Run("powers_off_when_the_app_exits", func(t *testing.T) {
@@ -86,4 +136,10 @@ func TestAWSCmd(t *testing.T) {
 			}
 		}
 	})
+}
+
+// consoleLines splits the console into lines, without the carriage returns
+// the serial console adds.
+func consoleLines(console string) []string {
+	return strings.Split(strings.ReplaceAll(console, "\r", ""), "\n")
 }

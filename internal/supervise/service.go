@@ -3,6 +3,7 @@ package supervise
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -193,7 +194,11 @@ func (s *Supervisor) launch(sv *service, auto bool) {
 	gen := sv.gen
 	sv.status = ""
 
-	env := mergeEnv(s.cfg.Env, u.Environment)
+	base := s.cfg.Env
+	if sv.app {
+		base = nil // see Config.App
+	}
+	env := mergeEnv(base, u.Environment)
 	if u.Type == unit.TypeNotify {
 		ns, err := listenNotify(filepath.Join(s.cfg.RuntimeDir, "notify", sv.name), func(msg string, pid int) {
 			s.post(func() { s.onNotify(sv, gen, msg, pid) })
@@ -529,12 +534,16 @@ func (s *Supervisor) spawn(argv, env []string, u *unit.Unit, log *logs.Log, onEx
 				s.logf("supervise: log capture panic: %v", v)
 			}
 		}()
+		var out io.Reader = r
+		if u != nil && u == s.cfg.App && s.cfg.AppConsole != nil {
+			out = io.TeeReader(r, ignoreErrors{s.cfg.AppConsole})
+		}
 		if log != nil {
-			log.Capture(r)
+			log.Capture(out)
 		} else {
 			buf := make([]byte, 32<<10)
 			for {
-				if _, err := r.Read(buf); err != nil {
+				if _, err := out.Read(buf); err != nil {
 					return
 				}
 			}
@@ -587,4 +596,12 @@ func lookPath(name string, env []string) (string, error) {
 		return "", fmt.Errorf("%s: command not found: PATH is empty (set PATH in init.yaml's environment or the service's Environment, or give an absolute path)", name)
 	}
 	return "", fmt.Errorf("%s: command not found in PATH %s", name, pathVar)
+}
+
+// ignoreErrors keeps a failing console from ending the capture it tees.
+type ignoreErrors struct{ w io.Writer }
+
+func (e ignoreErrors) Write(p []byte) (int, error) {
+	e.w.Write(p)
+	return len(p), nil
 }

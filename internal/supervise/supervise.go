@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -45,8 +46,14 @@ type Config struct {
 	// App, when set, is a service defined outside the service directory
 	// (the AWS /cmd image layout). It is added only when the service
 	// directory defines no enabled service, and when it exits the system
-	// shuts down, as AWS's init does.
+	// shuts down, as AWS's init does. Its environment is its own
+	// Environment alone, not Env on top, as AWS's init gives its command
+	// /env alone.
 	App *unit.Unit
+	// AppConsole, when set, also gets App's output as written (the
+	// console, where AWS's init leaves its command's output). Write
+	// errors are ignored; the output is captured as any service's.
+	AppConsole io.Writer
 	// Info is copied into SystemStatus (mode, heartbeat, NSM, modules).
 	Info wire.SystemStatus
 }

@@ -32,7 +32,7 @@ modes:
   trap FILE                    on SIGTERM append "TERM" to FILE and exit 0 (sends READY=1 once it can)
   echo-vsock PORT              echo every connection on vsock PORT (any CID)
   echo-unix PATH               echo every connection on the Unix socket PATH
-  env                          print the environment, then sleep
+  env [MODE ARGS]              print the environment, then run MODE (default: sleep)
   ids                          print uid, gid and the signal masks from /proc/self/status, then sleep
 `
 
@@ -41,8 +41,12 @@ func main() {
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
 	}
-	args := os.Args[2:]
-	switch os.Args[1] {
+	run(os.Args[1], os.Args[2:])
+}
+
+// run carries out one mode; "env" may hand on to another.
+func run(mode string, args []string) {
+	switch mode {
 	case "sleep":
 		sleep()
 	case "exit":
@@ -131,6 +135,10 @@ func main() {
 	case "env":
 		for _, kv := range os.Environ() {
 			fmt.Println(kv)
+		}
+		if len(args) > 0 {
+			run(args[0], args[1:])
+			return
 		}
 		sleep()
 	default:
