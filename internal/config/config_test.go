@@ -211,9 +211,9 @@ control:
   permissions:
     unix: {classes: [read, root]}
     vsock: {cids: [x]}
-max_log_files: 0
+max_log_files: -1
 pivot_root: maybe
-environment: {"1BAD": x, GOOD: 8080, LIST: [1]}
+environment: {"A=B": x, GOOD: 8080, LIST: [1]}
 `,
 			errs: []string{
 				`init.yaml:2: cgroups: "v3" is not allowed (use auto, v2, v1, off)`,
@@ -221,9 +221,9 @@ environment: {"1BAD": x, GOOD: 8080, LIST: [1]}
 				`init.yaml:6: control.io_timeout: "-1s" must be longer than zero`,
 				`init.yaml:8: control.permissions.unix.classes[1]: "root" is not a permission class (use read, manage or exec)`,
 				`init.yaml:9: control.permissions.vsock.cids[0]: "x" is not a CID`,
-				`init.yaml:10: max_log_files: "0" is not a whole number from 1 to 1000`,
+				`init.yaml:10: max_log_files: "-1" is not a whole number from 0 to 1000`,
 				`init.yaml:11: pivot_root: "maybe" is not true or false`,
-				`init.yaml:12: environment.1BAD: "1BAD" is not a variable name`,
+				`init.yaml:12: environment.A=B: "A=B" contains '=', which ends a variable's name in the environment; use a name without '='`,
 				`init.yaml:12: environment.LIST: a list is not a plain value`,
 			},
 			check: func(c *Init) string {
@@ -450,4 +450,40 @@ func FuzzParseInit(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestReferenceValues: values the reference accepts are accepted, with the
+// same meaning; the one refused says why and what to use instead.
+func TestReferenceValues(t *testing.T) {
+	tests := []struct {
+		yaml    string
+		check   func(c *Init) bool
+		wantErr string // "" = accepted without a message
+	}{
+		{yaml: "max_log_files: 0", check: func(c *Init) bool { return c.MaxLogFiles == 1 }},
+		{yaml: "max_log_files: 1", check: func(c *Init) bool { return c.MaxLogFiles == 1 }},
+		{yaml: "max_log_size: 1000", check: func(c *Init) bool { return c.MaxLogSize == 1000 }},
+		{yaml: "max_log_size: 1", check: func(c *Init) bool { return c.MaxLogSize == 1 }},
+		{yaml: "max_log_size: 0", check: func(c *Init) bool { return c.MaxLogSize == DefaultMaxLogSize },
+			wantErr: "max_log_size: 0 would rotate the log at every line; use a size in bytes such as 1048576"},
+		{yaml: "environment: {MY-VAR: a, 1X: b, my.var: c}", check: func(c *Init) bool {
+			return reflect.DeepEqual(c.Environ(), []string{"1X=b", "MY-VAR=a", "my.var=c"})
+		}},
+		{yaml: `environment: {"": a, OK: b}`, check: func(c *Init) bool { return reflect.DeepEqual(c.Environ(), []string{"OK=b"}) },
+			wantErr: "an empty name cannot be set"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.yaml, func(t *testing.T) {
+			c, errs := ParseInit("init.yaml", []byte(tt.yaml+"\n"))
+			switch {
+			case tt.wantErr == "" && len(errs) > 0:
+				t.Errorf("messages %q, want none", errs)
+			case tt.wantErr != "" && (len(errs) != 1 || !strings.Contains(errs[0].Error(), tt.wantErr)):
+				t.Errorf("messages %q, want one containing %q", errs, tt.wantErr)
+			}
+			if !tt.check(c) {
+				t.Errorf("wrong result: max_log_files %d, max_log_size %d, environment %q", c.MaxLogFiles, c.MaxLogSize, c.Environ())
+			}
+		})
+	}
 }

@@ -248,6 +248,42 @@ func (d *decoder) intFieldInt(dst *int, min, max int64) field {
 	}
 }
 
+// logSize decodes max_log_size. Any positive size the reference accepts is
+// accepted: a size below a line's length only means one line per file.
+// Zero is refused because it would rotate on every line (and in the
+// reference it does).
+func (d *decoder) logSize(dst *int64) field {
+	return func(key string, n *yaml.Node) {
+		const want = "a number of bytes from 1 to 1125899906842624"
+		if !d.scalar(key, n, want) {
+			return
+		}
+		v, ok := parseInt(n.Value)
+		switch {
+		case ok && v == 0:
+			d.errorf(n, key, "0 would rotate the log at every line; use a size in bytes such as 1048576 (1 MiB)")
+		case !ok || v < 1 || v > 1<<50:
+			d.errorf(n, key, "%q is not %s", n.Value, want)
+		default:
+			*dst = v
+		}
+	}
+}
+
+// logFiles decodes max_log_files. The reference counts rotated files, so
+// its 0 means "keep none": the live file is truncated when full, which is
+// what 1 (the live file alone) means here.
+func (d *decoder) logFiles(dst *int) field {
+	return func(key string, n *yaml.Node) {
+		v := int64(*dst)
+		before := len(d.errs)
+		d.intField(&v, 0, 1000)(key, n)
+		if len(d.errs) == before {
+			*dst = max(int(v), 1)
+		}
+	}
+}
+
 // duration accepts a Go duration string ("10s", "1m30s") or a number of
 // seconds (integer or fraction), and must be positive.
 func (d *decoder) duration(dst *time.Duration) field {
@@ -380,7 +416,20 @@ func (d *decoder) enum(dst *string, allowed ...string) field {
 	}
 }
 
-var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+// envNameProblem says why name cannot be an environment variable's name, or
+// returns "". Like the reference, any name an environment can carry is
+// accepted (MY-VAR, 1X), though a shell cannot expand such names.
+func envNameProblem(name string) string {
+	switch {
+	case name == "":
+		return "an empty name cannot be set; give the variable a name"
+	case strings.Contains(name, "="):
+		return fmt.Sprintf("%q contains '=', which ends a variable's name in the environment; use a name without '='", name)
+	case strings.IndexByte(name, 0) >= 0:
+		return "the name contains a NUL byte, which cannot be passed to a program; remove it"
+	}
+	return ""
+}
 
 // environment decodes a mapping of variable names to scalar values. Numbers and
 // booleans are kept as written ("8080", "true"), since YAML would otherwise
@@ -399,8 +448,12 @@ func (d *decoder) environment(dst *map[string]string) field {
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := resolve(n.Content[i]), resolve(n.Content[i+1])
 			ik := key + "." + k.Value
-			if k.Kind != yaml.ScalarNode || !envName.MatchString(k.Value) {
-				d.errorf(k, ik, "%s is not a variable name (letters, digits and _, not starting with a digit); ignored", kindName(k))
+			if k.Kind != yaml.ScalarNode {
+				d.errorf(k, ik, "%s is not a variable name; ignored", kindName(k))
+				continue
+			}
+			if why := envNameProblem(k.Value); why != "" {
+				d.errorf(k, ik, "%s; ignored", why)
 				continue
 			}
 			if isNull(v) {

@@ -44,8 +44,8 @@ func ParseInit(path string, data []byte) (*Init, []error) {
 	d.mapping("", root, map[string]field{
 		"service_dir":    d.path(&c.ServiceDir),
 		"log_dir":        d.path(&c.LogDir),
-		"max_log_size":   d.intField(&c.MaxLogSize, 4096, 1<<50),
-		"max_log_files":  d.intFieldInt(&c.MaxLogFiles, 1, 1000),
+		"max_log_size":   d.logSize(&c.MaxLogSize),
+		"max_log_files":  d.logFiles(&c.MaxLogFiles),
 		"log_ring_lines": d.intFieldInt(&c.LogRingLines, 0, 1000000),
 		"environment":    d.environment(&c.Environment),
 		"control": func(key string, n *yaml.Node) {
