@@ -54,7 +54,16 @@ func (a *app) serviceCmds() []*cobra.Command {
 			if err := a.simple(wire.Request{Kind: wire.KindServiceEnable, Name: args[0]}); err != nil || !now {
 				return err
 			}
-			return a.simple(wire.Request{Kind: wire.KindServiceStart, Name: args[0]})
+			r, err := a.call(wire.Request{Kind: wire.KindServiceStart, Name: args[0]})
+			if err != nil {
+				return err
+			}
+			if r.Kind == wire.KindError && !a.jsonOutput() {
+				// The reference's words, which scripts may match.
+				fmt.Fprintf(a.errw, "✗ Error starting service: %s\n", r.Message)
+				return &initError{r.Message}
+			}
+			return a.show(r, nil)
 		},
 	}
 	enable.Flags().BoolVar(&now, "now", false, "start the service immediately after enabling")
@@ -77,6 +86,9 @@ func (a *app) serviceCmds() []*cobra.Command {
 				return err
 			}
 			return a.show(r, func(r wire.Response) {
+				if len(r.Logs) == 0 {
+					fmt.Fprintln(a.out, "No logs available")
+				}
 				for _, l := range r.Logs {
 					fmt.Fprintln(a.out, l)
 				}

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nitroinit/nitroinit/internal/procfs"
 	"github.com/nitroinit/nitroinit/internal/wire"
@@ -14,6 +15,10 @@ import (
 // printServiceList prints the reference's table. The STATE column is an
 // addition placed last so that awk's $1..$5 stay where scripts expect them.
 func printServiceList(w io.Writer, services []wire.ServiceInfo) {
+	if len(services) == 0 {
+		fmt.Fprintln(w, "No services found")
+		return
+	}
 	withState := false
 	for _, s := range services {
 		withState = withState || s.State != ""
@@ -35,13 +40,26 @@ func printServiceList(w io.Writer, services []wire.ServiceInfo) {
 		if withState {
 			state := s.State
 			if s.Error != "" {
-				state += ": " + s.Error
+				state += ": " + oneLine(s.Error)
 			}
 			fmt.Fprintf(w, "%-25s %-10s %-10s %-15s %-10d %s\n", s.Name, enabled, active, s.RestartPolicy, s.RestartCount, state)
 		} else {
 			fmt.Fprintf(w, "%-25s %-10s %-10s %-15s %d\n", s.Name, enabled, active, s.RestartPolicy, s.RestartCount)
 		}
 	}
+}
+
+// oneLine joins the lines of a multi-line message (errors.Join's, such as
+// every problem of an invalid service file) with "; ", so that it stays on
+// its table row; status shows it whole.
+func oneLine(msg string) string {
+	var parts []string
+	for _, l := range strings.Split(msg, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			parts = append(parts, l)
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 func yesNo(b bool) string {
@@ -65,13 +83,15 @@ func printServiceStatus(w io.Writer, s *wire.ServiceStatus) {
 		}
 		fmt.Fprintf(w, "  Status: active (%s)\n", state)
 	} else {
-		if state == "" {
-			state = "dead"
+		if state == "" || state == "inactive" {
+			state = "dead" // the reference's and systemd's word
 		}
 		fmt.Fprintf(w, "  Status: inactive (%s)\n", state)
 	}
 	if s.Error != "" {
-		fmt.Fprintf(w, "  Error: %s\n", s.Error)
+		// Every line of a multi-line error, the later ones indented under
+		// the first.
+		fmt.Fprintf(w, "  Error: %s\n", strings.ReplaceAll(strings.TrimRight(s.Error, "\n"), "\n", "\n         "))
 	}
 	if s.StatusText != "" {
 		fmt.Fprintf(w, "  Status Text: %s\n", s.StatusText)
@@ -124,27 +144,43 @@ func printServiceStatus(w io.Writer, s *wire.ServiceStatus) {
 	}
 }
 
-// humanKB formats a size in KiB the way the reference does: 512K, 8.2M,
-// 256M, 1.5G.
+// humanKB formats a size in KiB the way the reference's initctl does:
+// 512K, 1.0M, 8.2M, 256.0M, 1.5G (one decimal from 1 MiB up; its README's
+// "256M" is not what it prints).
 func humanKB(kb uint64) string {
 	const k = 1024
-	trim := func(v float64, unit string) string {
-		return strings.TrimSuffix(fmt.Sprintf("%.1f", v), ".0") + unit
-	}
 	switch {
 	case kb < k:
 		return fmt.Sprintf("%dK", kb)
 	case kb < k*k:
-		return trim(float64(kb)/k, "M")
+		return fmt.Sprintf("%.1fM", float64(kb)/k)
 	default:
-		return trim(float64(kb)/(k*k), "G")
+		return fmt.Sprintf("%.1fG", float64(kb)/(k*k))
 	}
 }
 
-// maxCommand is the widest COMMAND shown in ps list; longer ones end in ...
-const maxCommand = 60
+// maxCommand is the widest COMMAND shown in ps list, as in the reference:
+// a longer one keeps its first maxCommand-3 bytes and ends in "...".
+const maxCommand = 50
+
+// cutCommand shortens a command line for ps list, never inside a UTF-8
+// character (the reference cuts bytes, and fails on such a command).
+func cutCommand(cmd string) string {
+	if len(cmd) <= maxCommand {
+		return cmd
+	}
+	n := maxCommand - 3
+	for n > 0 && !utf8.RuneStart(cmd[n]) {
+		n--
+	}
+	return cmd[:n] + "..."
+}
 
 func printProcessList(w io.Writer, procs []wire.ProcessInfo) {
+	if len(procs) == 0 {
+		fmt.Fprintln(w, "No processes found")
+		return
+	}
 	fmt.Fprintf(w, "%-8s %-8s %-12s %-6s %-8s %-10s %-10s %s\n", "PID", "PPID", "STATE", "CPU%", "MEM", "MANAGED", "SERVICE", "COMMAND")
 	fmt.Fprintln(w, strings.Repeat("-", 100))
 	for _, p := range procs {
@@ -152,11 +188,7 @@ func printProcessList(w io.Writer, procs []wire.ProcessInfo) {
 		if p.ServiceName != nil {
 			svc = *p.ServiceName
 		}
-		cmd := p.Cmdline
-		if len(cmd) > maxCommand {
-			cmd = cmd[:maxCommand-3] + "..."
-		}
-		fmt.Fprintf(w, "%-8d %-8d %-12s %-6.1f %-8s %-10s %-10s %s\n", p.PID, p.PPID, procfs.StateName(p.State), p.CPUPercent, humanKB(p.MemoryKB), yesNo(p.Managed), svc, cmd)
+		fmt.Fprintf(w, "%-8d %-8d %-12s %-6.1f %-8s %-10s %-10s %s\n", p.PID, p.PPID, procfs.StateName(p.State), p.CPUPercent, humanKB(p.MemoryKB), yesNo(p.Managed), svc, cutCommand(p.Cmdline))
 	}
 }
 

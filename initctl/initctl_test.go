@@ -407,7 +407,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestFormatting(t *testing.T) {
-	for kb, want := range map[uint64]string{512: "512K", 8397: "8.2M", 12800: "12.5M", 262144: "256M", 65536: "64M", 1572864: "1.5G"} {
+	for kb, want := range map[uint64]string{512: "512K", 8397: "8.2M", 12800: "12.5M", 262144: "256.0M", 65536: "64.0M", 1024: "1.0M", 1023: "1023K", 1048576: "1.0G", 1572864: "1.5G"} {
 		if got := humanKB(kb); got != want {
 			t.Errorf("humanKB(%d) = %q, want %q", kb, got, want)
 		}

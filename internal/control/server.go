@@ -345,7 +345,8 @@ func (s *Server) readRequest(c net.Conn) (wire.Request, *wire.Response, error) {
 	if err := req.UnmarshalJSON(raw); err != nil {
 		var ue *wire.UnknownRequestError
 		if errors.As(err, &ue) {
-			r := wire.Errorf("%v", ue)
+			// The reference's prefix, which scripts may match.
+			r := wire.Errorf("Invalid request: %v", ue)
 			return req, &r, nil
 		}
 		r := wire.Errorf("Invalid request: %v", err)
