@@ -2,12 +2,74 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/nitroinit/nitroinit/initramfs/image"
+	"github.com/nitroinit/nitroinit/internal/config"
 	"github.com/nitroinit/nitroinit/internal/enclavesim"
 )
+
+// servicesIntoRootfs moves the --service files into the root given with
+// --rootfs, where init reads them after the root switch: the initramfs's
+// /service is out of reach by then. The directory is the new root's own
+// init.yaml service_dir, or else the initramfs's (initramfsYAML, or the
+// --config file). Without a root switch nothing moves.
+func servicesIntoRootfs(spec *image.Spec, initramfsYAML []byte, log io.Writer) error {
+	if spec.Rootfs == "" || len(spec.Services) == 0 {
+		return nil
+	}
+	boot, where := config.DefaultInit(), "the default init.yaml"
+	switch {
+	case initramfsYAML != nil:
+		boot, _ = config.ParseInit(image.ConfigPath, initramfsYAML)
+		where = "--sim-config's init.yaml"
+	case spec.Config != "":
+		var errs []error
+		boot, errs = config.LoadInit(spec.Config)
+		for _, err := range errs {
+			if !config.IsWarning(err) {
+				return fmt.Errorf("--config: %w (fix it before building: it decides where --service files go)", err)
+			}
+		}
+		where = "--config " + spec.Config
+	}
+	if !boot.PivotRoot {
+		return nil // no switch: init reads the initramfs's service_dir
+	}
+	if path.Clean(boot.PivotRootDir) != image.RootfsDir {
+		return fmt.Errorf("--service with --rootfs: %s switches to pivot_root_dir %s, but --rootfs is copied to %s, so init would never read the services; set pivot_root_dir: %s",
+			where, boot.PivotRootDir, image.RootfsDir, image.RootfsDir)
+	}
+	dir := boot.ServiceDir
+	newRootYAML := filepath.Join(spec.Rootfs, strings.TrimPrefix(image.ConfigPath, "/"))
+	if _, err := os.Stat(newRootYAML); err == nil {
+		rt, errs := config.LoadInit(newRootYAML)
+		for _, err := range errs {
+			if !config.IsWarning(err) {
+				return fmt.Errorf("--rootfs: %w (fix it before building: it decides where --service files go)", err)
+			}
+		}
+		dir, where = rt.ServiceDir, newRootYAML
+	}
+	var kept []string
+	for _, svc := range spec.Services {
+		if !strings.HasSuffix(svc, ".service") && !strings.HasSuffix(svc, ".service.disabled") {
+			kept = append(kept, svc) // image.Spec reports it
+			continue
+		}
+		dst := path.Join(image.RootfsDir, dir, filepath.Base(svc))
+		spec.Files = append(spec.Files, image.File{Src: svc, Dst: dst, Mode: 0o644})
+		fmt.Fprintf(log, "service %s -> %s (service_dir %s of %s, read after the switch to %s)\n", svc, dst, dir, where, image.RootfsDir)
+	}
+	spec.Services = kept
+	return nil
+}
 
 func buildCmd() *cobra.Command {
 	var (
@@ -27,7 +89,8 @@ func buildCmd() *cobra.Command {
   --initctl PATH          /usr/bin/initctl
   --config FILE           /etc/init.yaml
   --initctl-config FILE   /etc/initctl.yaml
-  --service FILE          /service/<name>.service (repeatable)
+  --service FILE          /service/<name>.service (repeatable); with --rootfs, the
+                          service directory init reads after switching to it
   --module FILE           /lib/modules/<name> (repeatable; list them in kernel_modules)
   --kernel-modules        the test kernel's vsock and nsm modules, as --module
   --file SRC:/DST         anything else (repeatable)
@@ -56,12 +119,16 @@ A /dev/console node is included. The same inputs always give the same bytes.`,
 				}
 				spec.Modules = append(spec.Modules, k.Modules...)
 			}
+			var yaml []byte // the initramfs's init.yaml, when it is made here
 			if simConfig {
 				if spec.Config != "" {
 					return fmt.Errorf("--sim-config and --config %s both give /etc/init.yaml: drop one", spec.Config)
 				}
-				yaml := enclavesim.InitYAML(heartbeatCID, spec.Modules, spec.Rootfs != "")
-				spec.Files = append(spec.Files, image.File{Data: []byte(yaml), Dst: image.ConfigPath})
+				yaml = []byte(enclavesim.InitYAML(heartbeatCID, spec.Modules, spec.Rootfs != ""))
+				spec.Files = append(spec.Files, image.File{Data: yaml, Dst: image.ConfigPath})
+			}
+			if err := servicesIntoRootfs(&spec, yaml, cmd.ErrOrStderr()); err != nil {
+				return err
 			}
 			if err := spec.WriteFile(out); err != nil {
 				return err

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/u-root/mkuimage/cpio"
+
 	"github.com/nitroinit/nitroinit/internal/enclavesim"
 )
 
@@ -158,5 +160,72 @@ func TestDemo(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q", want)
 		}
+	}
+}
+
+// TestBuildServicesWithRootfs: with --rootfs, --service files go where init
+// reads services after the switch, or the build says why it cannot.
+func TestBuildServicesWithRootfs(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	initBin := write("init", "INIT")
+	svc := write("a.service", "ExecStart = \"/bin/a\"\n")
+	bare := filepath.Join(dir, "bare")
+	os.MkdirAll(filepath.Join(bare, "bin"), 0o755)
+	own := filepath.Join(dir, "own")
+	write("own/etc/init.yaml", "service_dir: /srv/services\n")
+	tests := []struct {
+		name    string
+		args    []string
+		want    string // the service's path in the image
+		wantErr string
+	}{
+		{name: "default config", args: []string{"--rootfs", bare}, want: "rootfs/service/a.service"},
+		{name: "sim config", args: []string{"--rootfs", bare, "--sim-config"}, want: "rootfs/service/a.service"},
+		{name: "initramfs service_dir", args: []string{"--rootfs", bare, "--config", write("c1.yaml", "service_dir: /etc/svc\n")}, want: "rootfs/etc/svc/a.service"},
+		{name: "new root's service_dir wins", args: []string{"--rootfs", own, "--config", write("c2.yaml", "service_dir: /etc/svc\n")}, want: "rootfs/srv/services/a.service"},
+		{name: "no root switch", args: []string{"--rootfs", bare, "--config", write("c3.yaml", "pivot_root: false\n")}, want: "service/a.service"},
+		{name: "no rootfs", want: "service/a.service"},
+		{name: "switch elsewhere", args: []string{"--rootfs", bare, "--config", write("c4.yaml", "pivot_root_dir: /app\n")},
+			wantErr: "switches to pivot_root_dir /app, but --rootfs is copied to /rootfs, so init would never read the services; set pivot_root_dir: /rootfs"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "out.cpio")
+			_, stderr, err := run(t, append([]string{"build", "-o", out, "--init", initBin, "--service", svc}, tc.args...)...)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(b)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var services []string
+			for _, r := range recs {
+				if strings.HasSuffix(r.Name, ".service") {
+					services = append(services, r.Name)
+				}
+			}
+			if len(services) != 1 || services[0] != tc.want {
+				t.Errorf("service files in the image: %q, want [%q]; build said:\n%s", services, tc.want, stderr)
+			}
+		})
 	}
 }
