@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -15,48 +16,16 @@ import (
 // TestAgainstRealInit runs the real init binary in supervisor mode with real
 // services and drives it only through the initctl binary.
 func TestAgainstRealInit(t *testing.T) {
-	dir := t.TempDir()
-	initBin := filepath.Join(dir, "init")
-	build := exec.Command("go", "build", "-o", initBin, "../init")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building init: %v\n%s", err, out)
-	}
-	svcDir, logDir, sock := filepath.Join(dir, "service"), filepath.Join(dir, "log"), filepath.Join(dir, "run", "init.sock")
-	os.MkdirAll(svcDir, 0o755)
-	write := func(name, body string) {
-		if err := os.WriteFile(filepath.Join(svcDir, name), []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("ticker.service", `ExecStart = "/bin/sh -c 'i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done'"
+	in := startInit(t, map[string]string{
+		"ticker.service": `ExecStart = "/bin/sh -c 'i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done'"
 Restart = "always"
 RestartSec = 1
-`)
-	write("idle.service", `ExecStart = "/bin/sleep 1000"
+`,
+		"idle.service": `ExecStart = "/bin/sleep 1000"
 ServiceEnable = false
-`)
-	cfg := filepath.Join(dir, "init.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("service_dir: %s\nlog_dir: %s\ncontrol:\n  unix_socket_path: %s\n", svcDir, logDir, sock)), 0o644)
-	cmd := exec.Command(initBin, "--config", cfg)
-	var console strings.Builder
-	cmd.Stdout, cmd.Stderr = &console, &console
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-		}
-		if t.Failed() {
-			t.Logf("init console:\n%s", console.String())
-		}
-	}()
+`,
+	})
+	sock, exited, initPID := in.sock, in.exited, in.pid
 
 	ctl := func(args ...string) result {
 		return initctl(t, nil, append([]string{"-s", sock}, args...)...)
@@ -86,7 +55,7 @@ ServiceEnable = false
 	if pid <= 1 {
 		t.Fatalf("no PID in status:\n%s", st.stdout)
 	}
-	if r := ctl("ps", "list"); r.code != 0 || !regexpLine(r.stdout, fmt.Sprintf(`^%d +%d +\S+ .* yes +ticker +/bin/sh -c`, pid, cmd.Process.Pid)) {
+	if r := ctl("ps", "list"); r.code != 0 || !regexpLine(r.stdout, fmt.Sprintf(`^%d +%d +\S+ .* yes +ticker +/bin/sh -c`, pid, initPID)) {
 		t.Errorf("ps list does not show ticker's main PID %d as managed:\n%s", pid, r.stdout)
 	}
 	if r := ctl("ps", "status", fmt.Sprint(pid)); r.code != 0 || !strings.Contains(r.stdout, "  Managed by Init: yes\n  Service: ticker\n") {
@@ -148,4 +117,79 @@ ServiceEnable = false
 	case <-time.After(20 * time.Second):
 		t.Error("init did not exit after initctl shutdown")
 	}
+}
+
+// initBin is the real init, built once by startInit.
+var (
+	initOnce     sync.Once
+	initBin      string
+	initBuildErr error
+)
+
+// realInit is a running init and where to reach it.
+type realInit struct {
+	sock   string     // control socket
+	svcDir string     // service_dir
+	pid    int        // init's PID
+	exited chan error // receives once init has exited
+}
+
+// startInit runs the real init binary in supervisor mode with the given
+// service files and returns its control socket and service directory. It
+// is stopped with SIGTERM when the test ends; its console is logged if the
+// test failed.
+func startInit(t *testing.T, services map[string]string) *realInit {
+	t.Helper()
+	initOnce.Do(func() {
+		initBin = filepath.Join(filepath.Dir(initctlBin), "init")
+		build := exec.Command("go", "build", "-o", initBin, "../init")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			initBuildErr = fmt.Errorf("building init: %v\n%s", err, out)
+		}
+	})
+	if initBuildErr != nil {
+		t.Fatal(initBuildErr)
+	}
+	dir := t.TempDir()
+	svcDir, logDir, sock := filepath.Join(dir, "service"), filepath.Join(dir, "log"), filepath.Join(dir, "run", "init.sock")
+	if err := os.MkdirAll(svcDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range services {
+		if err := os.WriteFile(filepath.Join(svcDir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := filepath.Join(dir, "init.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("service_dir: %s\nlog_dir: %s\ncontrol:\n  unix_socket_path: %s\n", svcDir, logDir, sock)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(initBin, "--config", cfg)
+	var console strings.Builder
+	cmd.Stdout, cmd.Stderr = &console, &console
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+		}
+		if t.Failed() {
+			t.Logf("init console:\n%s", console.String())
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for initctl(t, nil, "-s", sock, "ping").code != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("init did not answer ping within 10s; console:\n%s", console.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return &realInit{sock: sock, svcDir: svcDir, pid: cmd.Process.Pid, exited: exited}
 }
