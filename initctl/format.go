@@ -76,17 +76,15 @@ func printServiceStatus(w io.Writer, s *wire.ServiceStatus) {
 	}
 	fmt.Fprintf(w, "Service: %s\n", s.Name)
 	fmt.Fprintf(w, "  Enabled: %s\n", yesNo(s.Enabled))
-	state := s.State
+	// The reference's two Status lines, which scripts match; our more
+	// precise state (starting, failed, disabled, ...) on a line of its own.
 	if s.Active {
-		if state == "" {
-			state = "running"
-		}
-		fmt.Fprintf(w, "  Status: active (%s)\n", state)
+		fmt.Fprintln(w, "  Status: active (running)")
 	} else {
-		if state == "" || state == "inactive" {
-			state = "dead" // the reference's and systemd's word
-		}
-		fmt.Fprintf(w, "  Status: inactive (%s)\n", state)
+		fmt.Fprintln(w, "  Status: inactive (dead)")
+	}
+	if s.State != "" && s.State != "running" && s.State != "inactive" {
+		fmt.Fprintf(w, "  State: %s\n", s.State)
 	}
 	if s.Error != "" {
 		// Every line of a multi-line error, the later ones indented under

@@ -119,7 +119,7 @@ func TestReferenceOutput(t *testing.T) {
 		{
 			name: "multi-line error in status", args: []string{"status", "bad"},
 			answers: map[string]string{"ServiceStatus": `{"ServiceStatus":{"status":{"name":"bad","enabled":false,"active":false,"pid":null,"exec_start":"","working_directory":null,"restart_policy":"","restart_sec":0,"restart_count":0,"exit_status":null,"dependencies":{"before":[],"after":[],"requires":[],"required_by":[]},"state":"invalid","error":"bad.service:1: Restart: no\nbad.service:2: Type: no"}}}`},
-			stdout:  "Service: bad\n  Enabled: no\n  Status: inactive (invalid)\n  Error: bad.service:1: Restart: no\n         bad.service:2: Type: no\n  Command: \n  Restart Policy: \n  Restart Delay: 0s\n  Restart Count: 0\n",
+			stdout:  "Service: bad\n  Enabled: no\n  Status: inactive (dead)\n  State: invalid\n  Error: bad.service:1: Restart: no\n         bad.service:2: Type: no\n  Command: \n  Restart Policy: \n  Restart Delay: 0s\n  Restart Count: 0\n",
 		},
 		{
 			name: "stopped service status", args: []string{"status", "web"},
