@@ -55,7 +55,7 @@ func MapMemory(regions []Region, fds []int) (*Memory, error) {
 		base := r.MmapOffset &^ (page - 1)
 		skip := r.MmapOffset - base
 		length := r.Size + skip
-		if length > 1<<46 {
+		if r.Size > 1<<46 || length > 1<<46 {
 			m.Unmap()
 			return nil, fmt.Errorf("memory region %d: size %#x is implausible", i, r.Size)
 		}
@@ -66,7 +66,13 @@ func MapMemory(regions []Region, fds []int) (*Memory, error) {
 			m.Unmap()
 			return nil, fmt.Errorf("memory region %d: fstat fd %d: %w", i, fds[i], err)
 		}
-		if st.Mode&unix.S_IFMT == unix.S_IFREG && uint64(st.Size) < r.MmapOffset+r.Size {
+		// Only a regular file (memfd, tmpfs, hugetlbfs) has a size to
+		// check; written without a sum that could wrap.
+		if st.Mode&unix.S_IFMT != unix.S_IFREG {
+			m.Unmap()
+			return nil, fmt.Errorf("memory region %d: fd %d is not a regular file (mode %#o); use a memfd or file memory backend with share=on", i, fds[i], st.Mode)
+		}
+		if size := uint64(st.Size); r.MmapOffset > size || r.Size > size-r.MmapOffset {
 			m.Unmap()
 			return nil, fmt.Errorf("memory region %d (offset %#x size %#x) extends past the end of its %d-byte file", i, r.MmapOffset, r.Size, st.Size)
 		}

@@ -85,12 +85,24 @@ func TestMapMemoryRejects(t *testing.T) {
 		{"past the file", Region{Size: 16384}, "past the end"},
 		{"empty", Region{Size: 0}, "empty"},
 		{"wrapping", Region{GuestPhysAddr: ^uint64(0) - 10, Size: 4096}, "wrapping"},
+		// offset+size wraps to 4096, which a plain sum let through.
+		{"offset wrapping past the file", Region{Size: 8192, MmapOffset: ^uint64(0) - 4095}, "past the end"},
+		{"offset past the file", Region{Size: 4096, MmapOffset: 8192}, "past the end"},
+		{"implausible size", Region{Size: 1 << 50}, "implausible"},
 	}
+	null, err := unix.Open("/dev/null", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(null)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := MapMemory([]Region{tc.r}, []int{fd}); err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("MapMemory = %v, want error containing %q", err, tc.want)
 			}
 		})
+	} // A device node has no size to check against (and may fault).
+	if _, err := MapMemory([]Region{{Size: 4096}}, []int{null}); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Fatalf("MapMemory(/dev/null) = %v, want a not-a-regular-file error", err)
 	}
 }

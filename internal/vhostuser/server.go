@@ -16,6 +16,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -588,7 +589,7 @@ func (ss *session) update() error {
 	}
 	qs := make([]*Queue, len(ss.vrings))
 	for i, v := range ss.vrings {
-		q, err := newQueue(i, ss.mem, v.num, v.addr.desc, v.addr.avail, v.addr.used, ss.mem.SliceUser, v.kickCh, v.call)
+		q, err := newQueueNoFault(i, ss.mem, v.num, v.addr.desc, v.addr.avail, v.addr.used, v.kickCh, v.call)
 		if err != nil {
 			return err
 		}
@@ -599,6 +600,20 @@ func (ss *session) update() error {
 	ss.started = true
 	ss.s.backend.Start(qs)
 	return nil
+}
+
+// newQueueNoFault builds a queue from QEMU addresses. Building one reads
+// the used index from guest memory; if QEMU truncated the memory file
+// since SET_MEM_TABLE, that read faults, which becomes an error here
+// instead of a SIGBUS that kills the process.
+func newQueueNoFault(index int, mem *Memory, size uint16, desc, avail, used uint64, kick <-chan struct{}, call *eventFD) (q *Queue, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			q, err = nil, fmt.Errorf("queue %d: reading its rings: %v", index, r)
+		}
+	}()
+	return newQueue(index, mem, size, desc, avail, used, mem.SliceUser, kick, call)
 }
 
 // stop takes the queues back from the backend and remembers where each

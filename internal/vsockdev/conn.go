@@ -42,7 +42,7 @@ type conn struct {
 
 	// host -> guest
 	pending      []byte // chunk from the reader not yet sent to the guest
-	txCnt        uint32 // bytes sent to the guest
+	txCnt        uint64 // bytes sent to the guest
 	peerBufAlloc uint32
 	peerFwdCnt   uint32
 	hostEOF      bool // reader saw EOF: SHUTDOWN(SEND) goes after pending
@@ -50,10 +50,12 @@ type conn struct {
 	inReady      bool
 	resume       chan struct{} // loop -> reader: chunk consumed
 
-	// guest -> host
-	rxCnt        uint32 // payload bytes received from the guest
-	fwdCnt       uint32 // of those, written to the host socket
-	lastFwdSent  uint32 // fwdCnt as last told to the guest
+	// guest -> host. The counters are 64-bit so that no sum of them and
+	// a guest-supplied length can wrap; the wire carries the low 32 bits,
+	// which wrap as the virtio spec intends.
+	rxCnt        uint64 // payload bytes received from the guest
+	fwdCnt       uint64 // of those, written to the host socket
+	lastFwdSent  uint64 // fwdCnt as last told to the guest
 	creditQueued bool
 	guestNoSend  bool // guest sent SHUTDOWN(SEND)
 	guestNoRecv  bool // guest sent SHUTDOWN(RCV)
@@ -62,17 +64,21 @@ type conn struct {
 	done chan struct{} // closed when the loop forgets the conn
 }
 
-// credit is how many bytes the guest can take now.
+// credit is how many bytes the guest can take now. The guest's fwd_cnt is
+// a wrapping 32-bit counter, so the bytes in flight are the difference of
+// the low 32 bits; a fwd_cnt ahead of what was sent reads as a full buffer
+// (no credit), never as extra credit.
 func (c *conn) credit() uint32 {
-	inFlight := c.txCnt - c.peerFwdCnt
+	inFlight := uint32(c.txCnt) - c.peerFwdCnt
 	if inFlight >= c.peerBufAlloc {
 		return 0
 	}
 	return c.peerBufAlloc - inFlight
 }
 
-// buffered is how many guest bytes wait for the host socket.
-func (c *conn) buffered() uint32 { return c.rxCnt - c.fwdCnt }
+// buffered is how many guest bytes wait for the host socket; it never
+// exceeds bufAlloc.
+func (c *conn) buffered() uint64 { return c.rxCnt - c.fwdCnt }
 
 // sendable reports whether the loop has something for the guest on this
 // stream and the guest can take it.
@@ -206,6 +212,11 @@ func (d *Device) reader(c *conn) {
 // isQuietNetErr reports errors that only mean the client went away.
 func isQuietNetErr(err error) bool {
 	return errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// streamKey is the key of the stream a guest packet belongs to.
+func streamKey(h header) connKey {
+	return connKey{hostCID: h.DstCID, hostPort: h.DstPort, guestPort: h.SrcPort}
 }
 
 func (k connKey) String() string {

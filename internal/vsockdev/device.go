@@ -72,7 +72,16 @@ type Stats struct {
 	// Resets counts transport resets (driver stop, guest reboot, QEMU
 	// gone).
 	Resets uint64
+	// Overruns counts guest packets refused with RST because they claimed
+	// more than maxPacketLen (64 KiB) of payload or more than the stream's
+	// credit (256 KiB less what still waits for the host socket).
+	Overruns uint64
 }
+
+// maxPacketLen bounds the payload of one guest packet: Linux's
+// VIRTIO_VSOCK_MAX_PKT_BUF_SIZE, the most any driver puts in one. A longer
+// claim resets the stream whatever the descriptors hold.
+const maxPacketLen = 64 << 10
 
 // bufAlloc is the receive buffer each stream advertises to the guest: the
 // guest never has more than this in flight towards one host socket, which
@@ -105,8 +114,8 @@ type Device struct {
 	once    sync.Once
 	served  atomic.Bool
 
-	hostConns, guestConns, toGuest, fromGuest, resets atomic.Uint64
-	active                                            atomic.Int64
+	hostConns, guestConns, toGuest, fromGuest, resets, overruns atomic.Uint64
+	active                                                      atomic.Int64
 
 	// Loop state.
 	rxq, txq *vhostuser.Queue
@@ -214,6 +223,7 @@ func (d *Device) Stats() Stats {
 		BytesToGuest:     d.toGuest.Load(),
 		BytesFromGuest:   d.fromGuest.Load(),
 		Resets:           d.resets.Load(),
+		Overruns:         d.overruns.Load(),
 	}
 }
 
@@ -578,7 +588,7 @@ func (d *Device) handleEvent(ev event) {
 		d.queueRST(c)
 		d.abort(c)
 	case evWritten:
-		c.fwdCnt += uint32(ev.n)
+		c.fwdCnt += uint64(ev.n)
 		d.maybeCreditUpdate(c)
 	case evWriteErr:
 		if !isQuietNetErr(ev.err) {
@@ -712,6 +722,19 @@ func (d *Device) handlePacket(ch *vhostuser.Chain) {
 		d.warnOnce("srccid", "guest packet with source CID %d, want %d: dropped (%v)", h.SrcCID, d.cfg.GuestCID, h)
 		return
 	}
+	if h.Op == opRW && h.Len > maxPacketLen {
+		// Larger than any driver sends (Linux: 64 KiB): refused before
+		// anything is sized by it, and the stream is reset.
+		d.overruns.Add(1)
+		d.warnOnce("maxlen", "guest packet claims %d payload bytes, more than the %d a packet may carry: stream reset (%v)", h.Len, maxPacketLen, h)
+		if c := d.conns[streamKey(h)]; c != nil && h.Type == typeStream {
+			d.queueRST(c)
+			d.abort(c)
+		} else {
+			d.rstReply(h)
+		}
+		return
+	}
 	if h.Op == opRW && int(h.Len) > ch.ReadableLen()-hdrSize {
 		d.warnOnce("len", "guest packet claims %d payload bytes but carries %d: dropped (%v)", h.Len, ch.ReadableLen()-hdrSize, h)
 		return
@@ -720,7 +743,7 @@ func (d *Device) handlePacket(ch *vhostuser.Chain) {
 		d.rstReply(h)
 		return
 	}
-	key := connKey{hostCID: h.DstCID, hostPort: h.DstPort, guestPort: h.SrcPort}
+	key := streamKey(h)
 	c := d.conns[key]
 	if c == nil {
 		if h.Op == opRequest && len(d.conns) >= maxStreams {
@@ -776,7 +799,9 @@ func (d *Device) handlePacket(ch *vhostuser.Chain) {
 			d.abort(c)
 			return
 		}
-		if c.buffered()+h.Len > bufAlloc {
+		// 64-bit sum: a guest-supplied length cannot wrap it.
+		if c.buffered()+uint64(h.Len) > bufAlloc {
+			d.overruns.Add(1)
 			d.warnOnce("credit", "guest overran the credit of %v (%d buffered + %d > %d): stream reset", c.key, c.buffered(), h.Len, bufAlloc)
 			d.queueRST(c)
 			d.abort(c)
@@ -787,7 +812,7 @@ func (d *Device) handlePacket(ch *vhostuser.Chain) {
 			c.wbuf.data, _ = sc.appendTo(c.wbuf.data, int(h.Len))
 			c.wbuf.mu.Unlock()
 			c.wbuf.signal()
-			c.rxCnt += h.Len
+			c.rxCnt += uint64(h.Len)
 			d.fromGuest.Add(uint64(h.Len))
 		}
 	case opCreditUpdate:
@@ -846,7 +871,7 @@ func (d *Device) fillRx() {
 			d.ctrl[0] = ctrlPkt{}
 			d.ctrl = d.ctrl[1:]
 			if p.c != nil {
-				p.hdr.BufAlloc, p.hdr.FwdCnt = bufAlloc, p.c.fwdCnt
+				p.hdr.BufAlloc, p.hdr.FwdCnt = bufAlloc, uint32(p.c.fwdCnt)
 				p.c.lastFwdSent = p.c.fwdCnt
 				if p.hdr.Op == opCreditUpdate {
 					p.c.creditQueued = false
@@ -876,7 +901,7 @@ func (d *Device) sendData(c *conn, sc *scatter, room int) int {
 	h := header{
 		SrcCID: c.key.hostCID, DstCID: uint64(d.cfg.GuestCID),
 		SrcPort: c.key.hostPort, DstPort: c.key.guestPort,
-		Type: typeStream, BufAlloc: bufAlloc, FwdCnt: c.fwdCnt,
+		Type: typeStream, BufAlloc: bufAlloc, FwdCnt: uint32(c.fwdCnt),
 	}
 	c.lastFwdSent = c.fwdCnt
 	if len(c.pending) == 0 {
@@ -892,7 +917,7 @@ func (d *Device) sendData(c *conn, sc *scatter, room int) int {
 	sc.write(d.hdrBuf[:])
 	sc.write(c.pending[:n])
 	c.pending = c.pending[n:]
-	c.txCnt += uint32(n)
+	c.txCnt += uint64(n)
 	d.toGuest.Add(uint64(n))
 	if len(c.pending) == 0 {
 		c.pending = nil

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,6 +36,13 @@ const fakeRing = 64
 
 func newFakeGuest(t testing.TB) *fakeGuest {
 	t.Helper()
+	return newFakeGuestSized(t, 8<<20, fakeRing)
+}
+
+// newFakeGuestSized is newFakeGuest with memSize bytes of guest memory and
+// rings of ringSize descriptors.
+func newFakeGuestSized(t testing.TB, memSize int, ringSize uint16) *fakeGuest {
+	t.Helper()
 	dir := t.TempDir()
 	dev, err := New(Config{VhostUserSocket: filepath.Join(dir, "vu.sock"), HybridSocket: filepath.Join(dir, "h.sock"), Logf: t.Logf, ConnectTimeout: 2 * time.Second})
 	if err != nil {
@@ -44,7 +52,7 @@ func newFakeGuest(t testing.TB) *fakeGuest {
 	done := make(chan error, 1)
 	go func() { done <- dev.Serve(ctx) }()
 	g := &fakeGuest{t: t, dev: dev, hybrid: filepath.Join(dir, "h.sock"), rxBufs: map[uint32][]byte{}}
-	g.f, err = frontend.Dial(filepath.Join(dir, "vu.sock"), 8<<20)
+	g.f, err = frontend.Dial(filepath.Join(dir, "vu.sock"), memSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +73,7 @@ func newFakeGuest(t testing.TB) *fakeGuest {
 	if err := g.f.SetMemTable(); err != nil {
 		t.Fatal(err)
 	}
-	if err := g.f.AddRings(2, fakeRing); err != nil {
+	if err := g.f.AddRings(2, ringSize); err != nil {
 		t.Fatal(err)
 	}
 	g.postRx(32)
@@ -378,6 +386,65 @@ func TestFakeGuestCreditOverrun(t *testing.T) {
 	hc.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.Copy(io.Discard, hc); err != nil && !errors.Is(err, io.EOF) {
 		t.Logf("host side after overrun: %v", err)
+	}
+}
+
+// TestFakeGuestWrappedLength is the attack of issue 10 item 2: with guest
+// data waiting for a host client that does not read, a packet claims
+// 0xFFFFFFFF payload bytes, and its chain really carries that much: 65
+// descriptors that all alias the same 64 MiB of guest memory. A 32-bit
+// credit check wrapped and the device copied ~4 GiB onto its heap. It must
+// answer RST, count the packet, and keep serving other streams.
+func TestFakeGuestWrappedLength(t *testing.T) {
+	const alias = 64 << 20
+	g := newFakeGuestSized(t, alias+8<<20, 128)
+	victim := g.connectOut(8400, 1402, 1<<20)
+	other := g.connectOut(8401, 1403, 1<<20)
+	// The victim's host client does not read: fill its socket so that
+	// guest data stays buffered in the device (within the credit).
+	chunk := make([]byte, 60<<10)
+	for sent := 0; sent+len(chunk) <= bufAlloc-4096; sent += len(chunk) {
+		g.send(header{DstCID: 3, SrcPort: 8400, DstPort: 1402, Op: opRW, BufAlloc: 1 << 20}, chunk)
+	}
+	for _, length := range []uint32{0xffffffff, 0xffffffff - bufAlloc + 1, maxPacketLen + 1} {
+		hdrGPA, hdr := g.f.Alloc(hdrSize)
+		(&header{SrcCID: DefaultGuestCID, DstCID: 3, SrcPort: 8400, DstPort: 1402, Len: length, Type: typeStream, Op: opRW, BufAlloc: 1 << 20}).encode(hdr)
+		descs := []frontend.Desc{{Addr: hdrGPA, Len: hdrSize}}
+		for range 65 {
+			descs = append(descs, frontend.Desc{Addr: frontend.GuestBase, Len: alias})
+		}
+		if _, err := g.tx().AddDescs(descs); err != nil {
+			t.Fatal(err)
+		}
+		if used := g.tx().Collect(5 * time.Second); len(used) != 1 {
+			t.Fatalf("len %#x: the device did not return the chain (%v)", length, used)
+		}
+		// The first claim resets the victim; later ones belong to no
+		// stream and are answered with RST too.
+		if p := g.expect(opRST); p.h.DstPort != 8400 || p.h.SrcPort != 1402 {
+			t.Fatalf("len %#x: RST %v is not for the victim stream 16:8400", length, p.h)
+		}
+	}
+	if s := g.dev.Stats(); s.Overruns != 3 {
+		t.Errorf("Stats().Overruns = %d, want 3", s.Overruns)
+	}
+	// The victim's host client sees its stream end; the other stream
+	// still carries data both ways.
+	victim.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.Copy(io.Discard, victim); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("victim host side: %v", err)
+	}
+	g.send(header{DstCID: 3, SrcPort: 8401, DstPort: 1403, Op: opRW, BufAlloc: 1 << 20}, []byte("alive"))
+	other.SetDeadline(time.Now().Add(5 * time.Second))
+	b := make([]byte, 5)
+	if _, err := io.ReadFull(other, b); err != nil || string(b) != "alive" {
+		t.Fatalf("other stream after the attack: %q %v", b, err)
+	}
+	if _, err := other.Write([]byte("back")); err != nil {
+		t.Fatal(err)
+	}
+	if p := g.expect(opRW); string(p.payload) != "back" || p.h.DstPort != 8401 {
+		t.Fatalf("other stream towards the guest: %v %q", p.h, p.payload)
 	}
 }
 

@@ -69,16 +69,17 @@ func TestScatter(t *testing.T) {
 
 func TestCredit(t *testing.T) {
 	tests := []struct {
-		name                    string
-		bufAlloc, txCnt, fwdCnt uint32
-		want                    uint32
+		name             string
+		bufAlloc, fwdCnt uint32
+		txCnt            uint64
+		want             uint32
 	}{
 		{"fresh", 65536, 0, 0, 65536},
-		{"half in flight", 65536, 40000, 7232, 32768},
-		{"all in flight", 4096, 8192, 4096, 0},
-		{"peer shrank its buffer", 1000, 5000, 3000, 0},
-		{"counters wrapped", 65536, 100, 0xffffff00, 65536 - 356},
-		{"peer fwd_cnt ahead (buggy)", 4096, 10, 20, 0},
+		{"half in flight", 65536, 7232, 40000, 32768},
+		{"all in flight", 4096, 4096, 8192, 0},
+		{"peer shrank its buffer", 1000, 3000, 5000, 0},
+		{"peer's 32-bit fwd_cnt wrapped", 65536, 0xffffff00, 1<<32 + 100, 65536 - 356},
+		{"peer fwd_cnt ahead (buggy)", 4096, 20, 10, 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -97,7 +98,7 @@ func TestCredit(t *testing.T) {
 func TestCreditUpdatePolicy(t *testing.T) {
 	tests := []struct {
 		name                      string
-		rxCnt, fwdCnt, lastSent   uint32
+		rxCnt, fwdCnt, lastSent   uint64
 		queued, guestNoSend, want bool
 	}{
 		{"nothing forwarded", bufAlloc, 0, 0, false, false, false},
@@ -107,7 +108,7 @@ func TestCreditUpdatePolicy(t *testing.T) {
 		{"already told", bufAlloc, bufAlloc, bufAlloc, false, false, false},
 		{"already queued", bufAlloc, bufAlloc, 0, true, false, false},
 		{"guest will not send", bufAlloc, bufAlloc, 0, false, true, false},
-		{"wrapped counters", bufAlloc/2 - 16, 5, 0xfffffff0, false, false, true},
+		{"past 4 GiB", 1<<32 + bufAlloc/2 - 16, 1<<32 + 5, 0xfffffff0, false, false, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -395,6 +395,29 @@ func (r *Ring) AddBuffers(readable [][]byte, writable []int) (uint16, [][]byte, 
 	return ids[0], out, nil
 }
 
+// AddDescs links descs (their NEXT flags and Next fields are set here)
+// into one chain on free descriptors and publishes it, so a test can build
+// chains whose buffers overlap or lie anywhere. Collect frees them.
+func (r *Ring) AddDescs(descs []Desc) (uint16, error) {
+	n := len(descs)
+	if n == 0 || n > len(r.freeDesc) {
+		return 0, fmt.Errorf("chain of %d descriptors, %d free", n, len(r.freeDesc))
+	}
+	ids := r.freeDesc[len(r.freeDesc)-n:]
+	r.freeDesc = r.freeDesc[:len(r.freeDesc)-n]
+	for k, id := range ids {
+		d := descs[k]
+		d.Flags &^= DescNext
+		if k+1 < n {
+			d.Flags |= DescNext
+			d.Next = ids[k+1]
+		}
+		r.SetDesc(id, d)
+	}
+	r.Publish(ids[0])
+	return ids[0], nil
+}
+
 // Used is one used-ring element.
 type Used struct {
 	ID, Len uint32
