@@ -127,6 +127,10 @@ type Device struct {
 	panics   int // consecutive loop turns that panicked
 	hdrBuf   [hdrSize]byte
 	warned   map[string]bool
+
+	// spawn starts the loop's helper goroutines (dial, reader, writer);
+	// the fuzz test replaces it to keep runs deterministic.
+	spawn func(func())
 }
 
 type ctrlPkt struct {
@@ -170,6 +174,33 @@ func New(cfg Config) (*Device, error) {
 	if cfg.VhostUserSocket == "" || cfg.HybridSocket == "" {
 		return nil, errors.New("vsockdev: Config.VhostUserSocket and Config.HybridSocket are required")
 	}
+	d, err := newDevice(cfg)
+	if err != nil {
+		return nil, err
+	}
+	cfg = d.cfg
+	if fi, err := os.Lstat(cfg.HybridSocket); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		os.Remove(cfg.HybridSocket)
+	}
+	hl, err := net.ListenUnix("unix", &net.UnixAddr{Name: cfg.HybridSocket, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("vsockdev: hybrid socket %s: %w", cfg.HybridSocket, err)
+	}
+	hl.SetUnlinkOnClose(true)
+	d.hybrid = hl
+	vu, err := vhostuser.Listen(cfg.VhostUserSocket, backend{d}, d.logf)
+	if err != nil {
+		hl.Close()
+		return nil, fmt.Errorf("vsockdev: %w", err)
+	}
+	d.vu = vu
+	return d, nil
+}
+
+// newDevice checks cfg, fills in defaults and builds the device's state,
+// without sockets: New adds them; the fuzz test drives the loop's packet
+// handling directly.
+func newDevice(cfg Config) (*Device, error) {
 	if cfg.GuestCID == 0 {
 		cfg.GuestCID = DefaultGuestCID
 	}
@@ -192,25 +223,11 @@ func New(cfg Config) (*Device, error) {
 		conns:    make(map[connKey]*conn),
 		nextPort: firstHostPort,
 		warned:   make(map[string]bool),
+		spawn:    func(f func()) { go f() },
 	}
 	if d.logf == nil {
 		d.logf = func(string, ...any) {}
 	}
-	if fi, err := os.Lstat(cfg.HybridSocket); err == nil && fi.Mode()&os.ModeSocket != 0 {
-		os.Remove(cfg.HybridSocket)
-	}
-	hl, err := net.ListenUnix("unix", &net.UnixAddr{Name: cfg.HybridSocket, Net: "unix"})
-	if err != nil {
-		return nil, fmt.Errorf("vsockdev: hybrid socket %s: %w", cfg.HybridSocket, err)
-	}
-	hl.SetUnlinkOnClose(true)
-	d.hybrid = hl
-	vu, err := vhostuser.Listen(cfg.VhostUserSocket, backend{d}, d.logf)
-	if err != nil {
-		hl.Close()
-		return nil, fmt.Errorf("vsockdev: %w", err)
-	}
-	d.vu = vu
 	return d, nil
 }
 
@@ -538,8 +555,8 @@ func (d *Device) established(c *conn, preamble []byte) {
 	if c.timer != nil {
 		c.timer.Stop()
 	}
-	go d.writer(c, preamble)
-	go d.reader(c)
+	d.spawn(func() { d.writer(c, preamble) })
+	d.spawn(func() { d.reader(c) })
 }
 
 func (d *Device) handleEvent(ev event) {
@@ -754,7 +771,7 @@ func (d *Device) handlePacket(ch *vhostuser.Chain) {
 		if h.Op == opRequest {
 			c = d.newConn(key, stDialing, nil, nil)
 			c.peerBufAlloc, c.peerFwdCnt = h.BufAlloc, h.FwdCnt
-			go d.dial(c, h.DstPort)
+			d.spawn(func() { d.dial(c, h.DstPort) })
 			return
 		}
 		d.rstReply(h)
