@@ -209,6 +209,69 @@ func (d *Device) reader(c *conn) {
 	}
 }
 
+// abort forgets c and closes its host socket at once.
+func (d *Device) abort(c *conn) {
+	if c.state == stClosed {
+		return
+	}
+	d.forget(c)
+	if c.uc != nil {
+		c.uc.Close()
+	}
+}
+
+// closeGracefully forgets c but lets its writer flush what the guest sent
+// before closing the host socket.
+func (d *Device) closeGracefully(c *conn) {
+	if c.state == stClosed {
+		return
+	}
+	wasConnected := c.state == stConnected
+	d.forget(c)
+	if c.uc == nil {
+		return
+	}
+	if !wasConnected {
+		c.uc.Close()
+		return
+	}
+	c.wbuf.mu.Lock()
+	c.wbuf.closeAll = true
+	c.wbuf.mu.Unlock()
+	// A client that stopped reading must not pin the writer (and the
+	// buffer) forever: a write already blocked is bounded too.
+	c.uc.SetWriteDeadline(time.Now().Add(flushTimeout))
+	c.wbuf.signal()
+}
+
+func (d *Device) forget(c *conn) {
+	c.state = stClosed
+	delete(d.conns, c.key)
+	d.active.Add(-1)
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	close(c.done)
+}
+
+func (d *Device) newConn(key connKey, st connState, uc net.Conn, br *bufio.Reader) *conn {
+	c := &conn{key: key, state: st, uc: uc, br: br, resume: make(chan struct{}, 1), done: make(chan struct{})}
+	c.wbuf.wake = make(chan struct{}, 1)
+	d.conns[key] = c
+	d.active.Add(1)
+	return c
+}
+
+// established starts the goroutines of a stream that just connected.
+func (d *Device) established(c *conn, preamble []byte) {
+	c.state = stConnected
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	d.spawn(func() { d.writer(c, preamble) })
+	d.spawn(func() { d.reader(c) })
+}
+
 // isQuietNetErr reports errors that only mean the client went away.
 func isQuietNetErr(err error) bool {
 	return errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded)
