@@ -104,9 +104,9 @@ type Device struct {
 	vu      *vhostuser.Server
 	hybrid  *net.UnixListener
 	events  chan event
-	ctl     chan ctlReq
-	quit    chan struct{} // closed by Close
-	loopEnd chan struct{} // closed when the loop has exited
+	handOff chan handOffReq // queues from the vhost-user server (handoff.go)
+	quit    chan struct{}   // closed by Close
+	loopEnd chan struct{}   // closed when the loop has exited
 	once    sync.Once
 	served  atomic.Bool
 
@@ -114,15 +114,15 @@ type Device struct {
 	active                                                      atomic.Int64
 
 	// Loop state.
-	rxq, txq *vhostuser.Queue
-	conns    map[connKey]*conn
-	ctrl     []ctrlPkt
-	ready    []*conn
-	nextPort uint32
-	chain    vhostuser.Chain
-	panics   int // consecutive loop turns that panicked
-	hdrBuf   [hdrSize]byte
-	warned   map[string]bool
+	rxq, txq    *vhostuser.Queue
+	conns       map[connKey]*conn
+	pendingCtrl []ctrlPacket // control packets waiting for a receive buffer (rx.go)
+	ready       []*conn      // streams with data or a SHUTDOWN for the guest
+	nextPort    uint32
+	chain       vhostuser.Chain
+	panics      int // consecutive loop turns that panicked
+	hdrBuf      [hdrSize]byte
+	warned      map[string]bool
 
 	// spawn starts the loop's helper goroutines (dial, reader, writer);
 	// the fuzz test replaces it to keep runs deterministic.
@@ -179,7 +179,7 @@ func newDevice(cfg Config) (*Device, error) {
 		cfg:      cfg,
 		logf:     cfg.Logf,
 		events:   make(chan event, 256),
-		ctl:      make(chan ctlReq),
+		handOff:  make(chan handOffReq),
 		quit:     make(chan struct{}),
 		loopEnd:  make(chan struct{}),
 		conns:    make(map[connKey]*conn),

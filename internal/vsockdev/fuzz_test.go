@@ -265,8 +265,8 @@ func FuzzDevicePackets(f *testing.F) {
 					t.Fatalf("%v: %d bytes buffered, %d in the write buffer; the credit is %d", c.key, c.buffered(), n, bufAlloc)
 				}
 			}
-			if len(d.ctrl) > ctrlLimit+2 {
-				t.Fatalf("%d control packets queued", len(d.ctrl))
+			if len(d.pendingCtrl) > ctrlLimit+2 {
+				t.Fatalf("%d control packets queued", len(d.pendingCtrl))
 			}
 			if len(d.conns) > maxStreams {
 				t.Fatalf("%d streams", len(d.conns))

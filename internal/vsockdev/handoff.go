@@ -8,9 +8,13 @@ import (
 
 // The queue hand-off: the vhost-user server gives the device loop the
 // rings when the guest driver starts and takes them back before anything
-// about them or guest memory changes.
+// about them or guest memory changes. (Packets of the virtio-vsock
+// control operations, REQUEST, RST and the like, are something else:
+// ctrlPacket in rx.go.)
 
-type ctlReq struct {
+// handOffReq passes the queues to the loop (start) or takes them back
+// (start nil); the server waits on done.
+type handOffReq struct {
 	start []*vhostuser.Queue // nil: stop
 	done  chan struct{}
 }
@@ -26,21 +30,26 @@ func (b backend) Config() []byte {
 	return cfg
 }
 
-func (b backend) Start(qs []*vhostuser.Queue) { b.d.control(qs) }
-func (b backend) Stop()                       { b.d.control(nil) }
+func (b backend) Start(qs []*vhostuser.Queue) { b.d.giveQueues(qs) }
+func (b backend) Stop()                       { b.d.giveQueues(nil) }
 
-func (d *Device) control(qs []*vhostuser.Queue) {
-	req := ctlReq{start: qs, done: make(chan struct{})}
+// giveQueues hands qs to the loop, or takes the queues back when qs is
+// nil, and returns once the loop has switched: after a stop the loop no
+// longer touches guest memory.
+func (d *Device) giveQueues(qs []*vhostuser.Queue) {
+	req := handOffReq{start: qs, done: make(chan struct{})}
 	select {
-	case d.ctl <- req:
+	case d.handOff <- req:
 		<-req.done
 	case <-d.loopEnd:
 	}
 }
 
-// startStop takes or gives back the queues. The vhost-user server waits on
-// req.done, so it is closed even if this panics.
-func (d *Device) startStop(req ctlReq) {
+// takeQueues is the loop's side of the hand-off: every stream is reset
+// (the guest driver starts afresh either way), then the loop serves the
+// new queues or none. The vhost-user server waits on req.done, so it is
+// closed even if this panics.
+func (d *Device) takeQueues(req handOffReq) {
 	defer close(req.done)
 	n := len(d.conns)
 	d.rxq, d.txq = nil, nil

@@ -75,8 +75,8 @@ func (d *Device) step() (cont bool) {
 	select {
 	case <-d.quit:
 		return false
-	case req := <-d.ctl:
-		d.startStop(req)
+	case req := <-d.handOff:
+		d.takeQueues(req)
 	case <-rxKick:
 	case <-txKick:
 	case ev := <-d.events:
@@ -105,10 +105,17 @@ func (d *Device) reset(count bool) {
 	for _, c := range d.conns {
 		d.abort(c)
 	}
-	d.ctrl = d.ctrl[:0]
+	d.pendingCtrl = d.pendingCtrl[:0]
 	d.ready = d.ready[:0]
 }
 
+// handleEvent applies one event from the host side (a hybrid client's
+// CONNECT, a finished dial, a reader's chunk or EOF, a writer's progress
+// or failure, a connect timeout) to the stream it names. It owns the
+// stream's state transitions on the host's account: it may create a
+// stream (CONNECT), connect or drop it, and queue control packets for the
+// guest, but it never touches the rings; serviceQueues does that after.
+// Events about streams already closed are ignored.
 func (d *Device) handleEvent(ev event) {
 	c := ev.c
 	if ev.kind == evHostConnect {
@@ -228,7 +235,9 @@ func (d *Device) maybeCreditUpdate(c *conn) {
 	}
 }
 
-// serviceQueues takes the guest's packets and fills its receive buffers.
+// serviceQueues takes the guest's packets and fills its receive buffers,
+// then interrupts the guest once for each queue it used. It is the only
+// code that touches guest memory, and runs only between the hand-offs.
 func (d *Device) serviceQueues() {
 	if d.rxq == nil {
 		return

@@ -115,7 +115,7 @@ func TestCreditUpdatePolicy(t *testing.T) {
 			d := &Device{cfg: Config{GuestCID: 16}}
 			c := &conn{rxCnt: tc.rxCnt, fwdCnt: tc.fwdCnt, lastFwdSent: tc.lastSent, creditQueued: tc.queued, guestNoSend: tc.guestNoSend}
 			d.maybeCreditUpdate(c)
-			got := len(d.ctrl) == 1 && d.ctrl[0].hdr.Op == opCreditUpdate
+			got := len(d.pendingCtrl) == 1 && d.pendingCtrl[0].hdr.Op == opCreditUpdate
 			if got != tc.want {
 				t.Fatalf("credit update queued = %v, want %v", got, tc.want)
 			}

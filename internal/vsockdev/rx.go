@@ -9,13 +9,19 @@ import (
 // The receive queue: packets the device puts in the guest's receive
 // buffers (host to guest), control packets first, then stream data.
 
-type ctrlPkt struct {
+// ctrlPacket is a virtio-vsock control packet (REQUEST, RESPONSE, RST,
+// CREDIT_UPDATE) waiting in pendingCtrl for a receive buffer; SHUTDOWN
+// goes with the stream's data instead (sendData), after it. Not to be
+// confused with the queue hand-off (handOffReq).
+type ctrlPacket struct {
 	c   *conn // for buf_alloc/fwd_cnt; nil for replies to unknown streams
 	hdr header
 }
 
+// queueCtrl queues a control packet of c for the guest; buf_alloc and
+// fwd_cnt are filled in when it is written, so they are current.
 func (d *Device) queueCtrl(c *conn, op uint16, flags uint32) {
-	d.ctrl = append(d.ctrl, ctrlPkt{c: c, hdr: header{
+	d.pendingCtrl = append(d.pendingCtrl, ctrlPacket{c: c, hdr: header{
 		SrcCID: c.key.hostCID, DstCID: uint64(d.cfg.GuestCID),
 		SrcPort: c.key.hostPort, DstPort: c.key.guestPort,
 		Type: typeStream, Op: op, Flags: flags,
@@ -24,8 +30,12 @@ func (d *Device) queueCtrl(c *conn, op uint16, flags uint32) {
 
 func (d *Device) queueRST(c *conn) { d.queueCtrl(c, opRST, 0) }
 
-// fillRx writes control packets and stream data into the guest's receive
-// buffers, streams taking turns one packet at a time.
+// fillRx owns the rx ring: it writes control packets and stream data into
+// the guest's receive buffers, pendingCtrl first, then streams from ready
+// taking turns one packet at a time, until the ring has no buffers or
+// nothing is left to send. It is the only writer of guest memory, and it
+// decides what each stream may send: sendData stays within the guest's
+// credit and the buffer's size.
 func (d *Device) fillRx() {
 	for {
 		for len(d.ready) > 0 && !d.ready[0].sendable() {
@@ -34,13 +44,13 @@ func (d *Device) fillRx() {
 		}
 		// Control packets of streams closed since they were queued are
 		// dropped, except the RST that announces the closing.
-		for len(d.ctrl) > 0 && d.ctrl[0].c != nil && d.ctrl[0].c.state == stClosed && d.ctrl[0].hdr.Op != opRST {
-			if d.ctrl[0].hdr.Op == opCreditUpdate {
-				d.ctrl[0].c.creditQueued = false
+		for len(d.pendingCtrl) > 0 && d.pendingCtrl[0].c != nil && d.pendingCtrl[0].c.state == stClosed && d.pendingCtrl[0].hdr.Op != opRST {
+			if d.pendingCtrl[0].hdr.Op == opCreditUpdate {
+				d.pendingCtrl[0].c.creditQueued = false
 			}
-			d.ctrl = d.ctrl[1:]
+			d.pendingCtrl = d.pendingCtrl[1:]
 		}
-		if len(d.ctrl) == 0 && len(d.ready) == 0 {
+		if len(d.pendingCtrl) == 0 && len(d.ready) == 0 {
 			break
 		}
 		ok, err := d.rxq.Pop(&d.chain)
@@ -61,10 +71,10 @@ func (d *Device) fillRx() {
 			continue
 		}
 		sc := newScatter(d.chain.Writable)
-		if len(d.ctrl) > 0 {
-			p := d.ctrl[0]
-			d.ctrl[0] = ctrlPkt{}
-			d.ctrl = d.ctrl[1:]
+		if len(d.pendingCtrl) > 0 {
+			p := d.pendingCtrl[0]
+			d.pendingCtrl[0] = ctrlPacket{}
+			d.pendingCtrl = d.pendingCtrl[1:]
 			if p.c != nil {
 				p.hdr.BufAlloc, p.hdr.FwdCnt = bufAlloc, uint32(p.c.fwdCnt)
 				p.c.lastFwdSent = p.c.fwdCnt
@@ -84,8 +94,8 @@ func (d *Device) fillRx() {
 		d.rxq.Push(d.chain.Head, uint32(written))
 		d.markReady(c)
 	}
-	if len(d.ctrl) == 0 {
-		d.ctrl = nil // let a burst's backing array go
+	if len(d.pendingCtrl) == 0 {
+		d.pendingCtrl = nil // let a burst's backing array go
 	}
 }
 

@@ -7,21 +7,29 @@ import (
 	"github.com/nitroinit/nitroinit/internal/vhostuser"
 )
 
-// The transmit queue: packets the guest sends (guest to host).
+// The transmit queue: packets the guest sends (guest to host). Every
+// field of every header and every length here is the guest's to choose;
+// each is checked before it is used (docs/vsockdev.md, Robustness).
 
 // rstReply answers a guest packet that belongs to no stream.
 func (d *Device) rstReply(h header) {
-	if h.Op == opRST || len(d.ctrl) >= 4*ctrlLimit {
+	if h.Op == opRST || len(d.pendingCtrl) >= 4*ctrlLimit {
 		return
 	}
-	d.ctrl = append(d.ctrl, ctrlPkt{hdr: header{
+	d.pendingCtrl = append(d.pendingCtrl, ctrlPacket{hdr: header{
 		SrcCID: h.DstCID, DstCID: h.SrcCID, SrcPort: h.DstPort, DstPort: h.SrcPort,
 		Type: typeStream, Op: opRST,
 	}})
 }
 
+// processTx owns the tx ring: it takes the guest's chains one at a time,
+// hands each to handlePacket and returns it as used (the device writes
+// nothing into tx buffers). It stops when the ring is empty or broken, or
+// when pendingCtrl is full (ctrlLimit): the guest then has to post receive
+// buffers before it may send more, which bounds what its packets can make
+// the device queue.
 func (d *Device) processTx() {
-	for len(d.ctrl) < ctrlLimit {
+	for len(d.pendingCtrl) < ctrlLimit {
 		ok, err := d.txq.Pop(&d.chain)
 		if err != nil {
 			d.warnOnce("txchain", "guest tx queue: %v", err)
@@ -38,6 +46,13 @@ func (d *Device) processTx() {
 	}
 }
 
+// handlePacket owns the stream state transitions on the guest's account:
+// it validates one packet (header size, source CID, payload length
+// against maxPacketLen and the chain, credit), then opens, answers,
+// shuts down or resets the stream it names, and appends RW payload to the
+// stream's write buffer for its writer goroutine. Replies go to
+// pendingCtrl; nothing is written to the guest here. The chain's buffers
+// are valid only during the call.
 func (d *Device) handlePacket(ch *vhostuser.Chain) {
 	sc := newScatter(ch.Readable)
 	if sc.read(d.hdrBuf[:]) < hdrSize {
