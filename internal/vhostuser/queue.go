@@ -19,6 +19,7 @@ const (
 	descFlagIndirect = 4
 
 	availFlagNoInterrupt = 1
+	usedFlagNoNotify     = 1
 
 	descSize = 16
 )
@@ -80,6 +81,7 @@ type Queue struct {
 	used      []byte
 	lastAvail uint16
 	usedIdx   uint16
+	usedFlags uint16 // as last written: usedFlagNoNotify or 0
 	pushed    bool
 	broken    bool
 
@@ -115,7 +117,8 @@ func newQueue(index int, mem *Memory, size uint16, descAddr, availAddr, usedAddr
 		return nil, fmt.Errorf("queue %d: used ring at %#x is not 4-byte aligned", index, usedAddr)
 	}
 	q := &Queue{Index: index, size: size, mem: mem, desc: desc, avail: avail, used: used, kick: kick, call: call}
-	q.usedIdx = q.loadUsedIdx()
+	w := q.loadUsedWord()
+	q.usedIdx, q.usedFlags = uint16(w>>16), uint16(w)&usedFlagNoNotify
 	return q, nil
 }
 
@@ -144,8 +147,33 @@ func (q *Queue) availWord() (flags, idx uint16) {
 	return binary.LittleEndian.Uint16(q.avail[0:]), binary.LittleEndian.Uint16(q.avail[2:])
 }
 
-func (q *Queue) loadUsedIdx() uint16 {
-	return uint16(atomic.LoadUint32((*uint32)(unsafe.Pointer(&q.used[0]))) >> 16)
+// loadUsedWord reads used flags (low half) and idx (high half).
+func (q *Queue) loadUsedWord() uint32 {
+	return atomic.LoadUint32((*uint32)(unsafe.Pointer(&q.used[0])))
+}
+
+// storeUsedWord publishes the used index and flags together; the atomic
+// store orders every used element written before it.
+func (q *Queue) storeUsedWord() {
+	atomic.StoreUint32((*uint32)(unsafe.Pointer(&q.used[0])), uint32(q.usedIdx)<<16|uint32(q.usedFlags))
+}
+
+// SetNoNotify asks the driver not to kick the queue (on), or to kick it
+// again (off), through VRING_USED_F_NO_NOTIFY. It is advice: a driver may
+// kick anyway. After turning kicks back on, a device must look at the
+// available ring once more (Pending), for buffers made available while
+// they were off: the store here comes before that load (sequentially
+// consistent atomics), as the spec's barrier requires.
+func (q *Queue) SetNoNotify(on bool) {
+	var f uint16
+	if on {
+		f = usedFlagNoNotify
+	}
+	if f == q.usedFlags {
+		return
+	}
+	q.usedFlags = f
+	q.storeUsedWord()
 }
 
 // Pending is the number of chains the driver has made available that the
@@ -231,8 +259,8 @@ func (q *Queue) Push(head uint16, written uint32) {
 	binary.LittleEndian.PutUint32(q.used[off+4:], written)
 	q.usedIdx++
 	// The element must be visible before the index: the atomic store
-	// orders them. Used flags stay 0 (the device never suppresses kicks).
-	atomic.StoreUint32((*uint32)(unsafe.Pointer(&q.used[0])), uint32(q.usedIdx)<<16)
+	// orders them.
+	q.storeUsedWord()
 	q.pushed = true
 }
 

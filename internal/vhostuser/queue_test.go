@@ -305,3 +305,25 @@ func TestNewQueueRejects(t *testing.T) {
 		})
 	}
 }
+
+// TestNoNotify checks VRING_USED_F_NO_NOTIFY: set and cleared by
+// SetNoNotify, kept by Push, and picked up from memory by a new queue
+// over the same ring (a restart after SET_MEM_TABLE).
+func TestNoNotify(t *testing.T) {
+	r := newRing(8)
+	usedFlags := func() uint16 { return binary.LittleEndian.Uint16(r.off(r.used)) }
+	q := r.queue(t)
+	q.SetNoNotify(true)
+	if usedFlags() != usedFlagNoNotify {
+		t.Fatalf("used flags %#x after SetNoNotify(true)", usedFlags())
+	}
+	q.Push(3, 10)
+	if usedFlags() != usedFlagNoNotify || r.usedIdx() != 1 {
+		t.Fatalf("after Push: used flags %#x idx %d, want NO_NOTIFY and 1", usedFlags(), r.usedIdx())
+	}
+	q2 := r.queue(t)
+	q2.SetNoNotify(false)
+	if usedFlags() != 0 || r.usedIdx() != 1 {
+		t.Fatalf("new queue, SetNoNotify(false): used flags %#x idx %d, want 0 and 1", usedFlags(), r.usedIdx())
+	}
+}

@@ -243,7 +243,23 @@ func (d *Device) serviceQueues() {
 		return
 	}
 	d.processTx()
-	d.fillRx()
+	for {
+		if !d.fillRx() {
+			// Nothing waits for a receive buffer: the device takes
+			// them when it has something to send, and a kick for each
+			// buffer the guest posts would only wake the loop (and
+			// cost the guest an exit).
+			d.rxq.SetNoNotify(true)
+			break
+		}
+		// Out of receive buffers with packets waiting: ask the guest to
+		// kick when it posts more, then look once more for buffers it
+		// posted before it could see that.
+		d.rxq.SetNoNotify(false)
+		if n, _ := d.rxq.Pending(); n == 0 {
+			break
+		}
+	}
 	d.rxq.Notify()
 	d.txq.Notify()
 }

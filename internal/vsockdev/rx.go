@@ -35,8 +35,9 @@ func (d *Device) queueRST(c *conn) { d.queueCtrl(c, opRST, 0) }
 // taking turns one packet at a time, until the ring has no buffers or
 // nothing is left to send. It is the only writer of guest memory, and it
 // decides what each stream may send: sendData stays within the guest's
-// credit and the buffer's size.
-func (d *Device) fillRx() {
+// credit and the buffer's size. It reports whether it stopped for want of
+// receive buffers with something still to send (starved).
+func (d *Device) fillRx() (starved bool) {
 	for {
 		for len(d.ready) > 0 && !d.ready[0].sendable() {
 			d.ready[0].inReady = false
@@ -57,11 +58,12 @@ func (d *Device) fillRx() {
 		if err != nil {
 			d.warnOnce("rxchain", "guest rx queue: %v", err)
 			if errors.Is(err, vhostuser.ErrRingBroken) {
-				return
+				return false
 			}
 			continue
 		}
 		if !ok {
+			starved = true
 			break
 		}
 		room := d.chain.WritableLen()
@@ -97,6 +99,7 @@ func (d *Device) fillRx() {
 	if len(d.pendingCtrl) == 0 {
 		d.pendingCtrl = nil // let a burst's backing array go
 	}
+	return starved
 }
 
 // sendData writes one packet of c into a receive buffer with room payload

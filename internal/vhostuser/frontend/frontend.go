@@ -70,9 +70,12 @@ type Ring struct {
 	Size              uint16
 	Desc, Avail, Used uint64 // guest-physical
 	Kick, Call        int    // eventfds
-	availIdx          uint16
-	lastUsed          uint16
-	freeDesc          []uint16
+	// Suppressed counts kicks Publish left out because the back end
+	// asked for none (VRING_USED_F_NO_NOTIFY).
+	Suppressed int
+	availIdx   uint16
+	lastUsed   uint16
+	freeDesc   []uint16
 }
 
 // Dial connects to the back end and creates memSize bytes of shared guest
@@ -346,12 +349,19 @@ func (r *Ring) SetDesc(i uint16, d Desc) {
 	binary.LittleEndian.PutUint16(b[14:], d.Next)
 }
 
-// Publish puts head on the available ring and kicks.
+// Publish puts head on the available ring and kicks, unless the back end
+// set VRING_USED_F_NO_NOTIFY, as Linux's virtqueue_kick_prepare does
+// without EVENT_IDX.
 func (r *Ring) Publish(head uint16) {
 	binary.LittleEndian.PutUint16(r.f.slice(r.Avail+4+2*uint64(r.availIdx%r.Size), 2), head)
 	r.availIdx++
 	p := (*uint32)(unsafe.Pointer(&r.f.slice(r.Avail, 4)[0]))
 	atomic.StoreUint32(p, uint32(r.availIdx)<<16)
+	// The index store comes before the flags load (both atomic).
+	if atomic.LoadUint32((*uint32)(unsafe.Pointer(&r.f.slice(r.Used, 4)[0])))&1 != 0 {
+		r.Suppressed++
+		return
+	}
 	r.Notify()
 }
 
