@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -54,12 +55,19 @@ type conn struct {
 	// a guest-supplied length can wrap; the wire carries the low 32 bits,
 	// which wrap as the virtio spec intends.
 	rxCnt        uint64 // payload bytes received from the guest
-	fwdCnt       uint64 // of those, written to the host socket
-	lastFwdSent  uint64 // fwdCnt as last told to the guest
+	lastFwdSent  uint64 // fwdCnt() as last told to the guest
 	creditQueued bool
 	guestNoSend  bool // guest sent SHUTDOWN(SEND)
 	guestNoRecv  bool // guest sent SHUTDOWN(RCV)
 	wbuf         writeBuf
+
+	// Shared with the writer. written is fwd_cnt: the writer adds what
+	// it wrote, the loop reads it when it tells the guest. The writer
+	// wakes the loop about it (evWritten) only while wantWritten is set,
+	// that is while the guest is low on credit: request/reply traffic
+	// then costs the loop no turn per write.
+	written     atomic.Uint64
+	wantWritten atomic.Bool
 
 	done chan struct{} // closed when the loop forgets the conn
 }
@@ -78,7 +86,11 @@ func (c *conn) credit() uint32 {
 
 // buffered is how many guest bytes wait for the host socket; it never
 // exceeds bufAlloc.
-func (c *conn) buffered() uint64 { return c.rxCnt - c.fwdCnt }
+func (c *conn) buffered() uint64 { return c.rxCnt - c.fwdCnt() }
+
+// fwdCnt is how many guest bytes the writer has written to the host
+// socket.
+func (c *conn) fwdCnt() uint64 { return c.written.Load() }
 
 // sendable reports whether the loop has something for the guest on this
 // stream and the guest can take it.
@@ -134,7 +146,13 @@ func (d *Device) writer(c *conn, preamble []byte) {
 		if len(data) > 0 {
 			n, err := c.uc.Write(data)
 			if n > 0 {
-				d.post(event{kind: evWritten, c: c, n: n})
+				// Add before the flag is read; the loop sets the flag
+				// before it reads the count (maybeCreditUpdate), so one
+				// of the two sees the other.
+				c.written.Add(uint64(n))
+				if c.wantWritten.Load() {
+					d.post(event{kind: evWritten, c: c})
+				}
 			}
 			if err != nil {
 				d.post(event{kind: evWriteErr, c: c, err: err})

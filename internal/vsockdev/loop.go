@@ -162,7 +162,6 @@ func (d *Device) handleEvent(ev event) {
 		d.queueRST(c)
 		d.abort(c)
 	case evWritten:
-		c.fwdCnt += uint64(ev.n)
 		d.maybeCreditUpdate(c)
 	case evWriteErr:
 		if !isQuietNetErr(ev.err) {
@@ -225,11 +224,19 @@ func (d *Device) markReady(c *conn) {
 // traffic needs no extra packets, while a one-way stream gets an update
 // about every half buffer and can never stall: a guest out of credit has
 // a full buffer in flight, and the next write completion reports it.
+// It runs when guest data arrives (rxCnt grew) and when the writer reports
+// progress, which it does only while this asks for it (wantWritten).
 func (d *Device) maybeCreditUpdate(c *conn) {
-	if c.creditQueued || c.guestNoSend || c.fwdCnt == c.lastFwdSent {
+	if c.creditQueued || c.guestNoSend || c.rxCnt-c.lastFwdSent < bufAlloc/2 {
+		c.wantWritten.Store(false)
 		return
 	}
-	if c.rxCnt-c.lastFwdSent >= bufAlloc/2 {
+	// The guest runs low: it hears as soon as anything more is written.
+	// The flag is set before the count is read; the writer adds to the
+	// count before it reads the flag.
+	c.wantWritten.Store(true)
+	if c.fwdCnt() != c.lastFwdSent {
+		c.wantWritten.Store(false)
 		c.creditQueued = true
 		d.queueCtrl(c, opCreditUpdate, 0)
 	}

@@ -113,11 +113,18 @@ func TestCreditUpdatePolicy(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			d := &Device{cfg: Config{GuestCID: 16}}
-			c := &conn{rxCnt: tc.rxCnt, fwdCnt: tc.fwdCnt, lastFwdSent: tc.lastSent, creditQueued: tc.queued, guestNoSend: tc.guestNoSend}
+			c := &conn{rxCnt: tc.rxCnt, lastFwdSent: tc.lastSent, creditQueued: tc.queued, guestNoSend: tc.guestNoSend}
+			c.written.Store(tc.fwdCnt)
 			d.maybeCreditUpdate(c)
 			got := len(d.pendingCtrl) == 1 && d.pendingCtrl[0].hdr.Op == opCreditUpdate
 			if got != tc.want {
 				t.Fatalf("credit update queued = %v, want %v", got, tc.want)
+			}
+			// The writer is asked to report progress only while the
+			// guest is low on credit and no update is on its way.
+			low := !tc.queued && !tc.guestNoSend && tc.rxCnt-tc.lastSent >= bufAlloc/2
+			if want := low && !got; c.wantWritten.Load() != want {
+				t.Fatalf("wantWritten = %v, want %v", c.wantWritten.Load(), want)
 			}
 		})
 	}

@@ -78,8 +78,9 @@ func (d *Device) fillRx() (starved bool) {
 			d.pendingCtrl[0] = ctrlPacket{}
 			d.pendingCtrl = d.pendingCtrl[1:]
 			if p.c != nil {
-				p.hdr.BufAlloc, p.hdr.FwdCnt = bufAlloc, uint32(p.c.fwdCnt)
-				p.c.lastFwdSent = p.c.fwdCnt
+				fwd := p.c.fwdCnt()
+				p.hdr.BufAlloc, p.hdr.FwdCnt = bufAlloc, uint32(fwd)
+				p.c.lastFwdSent = fwd
 				if p.hdr.Op == opCreditUpdate {
 					p.c.creditQueued = false
 				}
@@ -109,9 +110,10 @@ func (d *Device) sendData(c *conn, sc *scatter, room int) int {
 	h := header{
 		SrcCID: c.key.hostCID, DstCID: uint64(d.cfg.GuestCID),
 		SrcPort: c.key.hostPort, DstPort: c.key.guestPort,
-		Type: typeStream, BufAlloc: bufAlloc, FwdCnt: uint32(c.fwdCnt),
+		Type: typeStream, BufAlloc: bufAlloc,
 	}
-	c.lastFwdSent = c.fwdCnt
+	fwd := c.fwdCnt()
+	h.FwdCnt, c.lastFwdSent = uint32(fwd), fwd
 	if len(c.pending) == 0 {
 		h.Op, h.Flags = opShutdown, shutdownSend
 		c.shutSent = true

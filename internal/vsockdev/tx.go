@@ -156,6 +156,7 @@ func (d *Device) handlePacket(ch *vhostuser.Chain) {
 			c.wbuf.signal()
 			c.rxCnt += uint64(h.Len)
 			d.fromGuest.Add(uint64(h.Len))
+			d.maybeCreditUpdate(c)
 		}
 	case opCreditUpdate:
 	case opCreditRequest:
