@@ -127,64 +127,66 @@ var (
 )
 
 func fuzzSeeds() [][]byte {
+	toConnected := func(op uint16) header {
+		return header{DstCID: 3, SrcPort: 2000, DstPort: 1000, Op: op, BufAlloc: 1 << 16}
+	}
+	hdr := func(h header) []byte {
+		b := make([]byte, hdrSize)
+		h.encode(b)
+		return b
+	}
+	builds := []func(im *fuzzImage){
+		// A normal exchange: data, split data, credit request, the
+		// response to the host's connection, a new connection, shutdown.
+		func(im *fuzzImage) {
+			im.packet(toConnected(opRW), []byte("hello"))
+			h := toConnected(opRW)
+			h.Len = 6
+			im.tx([2]uint64{im.put(hdr(h)), hdrSize}, [2]uint64{im.put([]byte("wor")), 3}, [2]uint64{im.put([]byte("ld!")), 3})
+			im.packet(toConnected(opCreditRequest), nil)
+			im.packet(header{DstCID: 3, SrcPort: 5000, DstPort: firstHostPort, Op: opResponse, BufAlloc: 4096}, nil)
+			im.packet(header{DstCID: 2, SrcPort: 3000, DstPort: 4000, Op: opRequest, BufAlloc: 4096}, nil)
+			h = toConnected(opShutdown)
+			h.Flags = shutdownRcv | shutdownSend
+			im.packet(h, nil)
+			im.rx(8, 512)
+		},
+		// Issue 10 item 2: with guest data buffered, a wrapped length
+		// whose chain really carries more than 4 GiB (the zero region).
+		func(im *fuzzImage) {
+			im.packet(toConnected(opRW), make([]byte, 200))
+			h := toConnected(opRW)
+			h.Len = 0xffffffff
+			im.tx([2]uint64{im.put(hdr(h)), hdrSize}, [2]uint64{fuzzZeroGPA, 0xffffffff}, [2]uint64{fuzzZeroGPA, 4096})
+			im.rx(2, 256)
+		},
+		// A credit overrun, an RST, garbage for unknown streams.
+		func(im *fuzzImage) {
+			im.packet(toConnected(opRW), make([]byte, 200))
+			h := toConnected(opRW)
+			h.Len = bufAlloc
+			im.packet(h, nil)
+			im.packet(header{DstCID: 3, SrcPort: 5000, DstPort: firstHostPort, Op: opRST}, nil)
+			im.packet(header{DstCID: 7, SrcPort: 1, DstPort: 2, Op: 99}, nil)
+			im.rx(4, 44)
+		},
+		// A descriptor loop and a readable-after-writable chain.
+		func(im *fuzzImage) {
+			im.desc(fuzzTxDesc, 0, fuzzPackets, 8, 1, 1)
+			im.desc(fuzzTxDesc, 1, fuzzPackets, 8, 1, 0)
+			im.publish(fuzzTxAvail, &im.txN, 0)
+			im.desc(fuzzTxDesc, 2, fuzzPackets, 8, 3, 3)
+			im.desc(fuzzTxDesc, 3, fuzzPackets, 8, 0, 0)
+			im.publish(fuzzTxAvail, &im.txN, 2)
+			im.rx(1, 4096)
+		},
+	}
 	var seeds [][]byte
-	toConnected := header{DstCID: 3, SrcPort: 2000, DstPort: 1000, BufAlloc: 1 << 16}
-
-	// A normal exchange: data, split data, credit request, the response
-	// to the host's connection, a new connection, shutdown.
-	im := newFuzzImage()
-	h := toConnected
-	h.Op = opRW
-	im.packet(h, []byte("hello"))
-	hb := make([]byte, hdrSize)
-	h.Len = 6
-	h.encode(hb)
-	im.tx([2]uint64{im.put(hb), hdrSize}, [2]uint64{im.put([]byte("wor")), 3}, [2]uint64{im.put([]byte("ld!")), 3})
-	h = toConnected
-	h.Op = opCreditRequest
-	im.packet(h, nil)
-	im.packet(header{DstCID: 3, SrcPort: 5000, DstPort: firstHostPort, Op: opResponse, BufAlloc: 4096}, nil)
-	im.packet(header{DstCID: 2, SrcPort: 3000, DstPort: 4000, Op: opRequest, BufAlloc: 4096}, nil)
-	h = toConnected
-	h.Op, h.Flags = opShutdown, shutdownRcv|shutdownSend
-	im.packet(h, nil)
-	im.rx(8, 512)
-	seeds = append(seeds, im.mem)
-
-	// Issue 10 item 2: with guest data buffered, a wrapped length whose
-	// chain really carries more than 4 GiB (the zero region).
-	im = newFuzzImage()
-	h = toConnected
-	h.Op = opRW
-	im.packet(h, make([]byte, 200))
-	h.Len = 0xffffffff
-	h.encode(hb)
-	im.tx([2]uint64{im.put(hb), hdrSize}, [2]uint64{fuzzZeroGPA, 0xffffffff}, [2]uint64{fuzzZeroGPA, 4096})
-	im.rx(2, 256)
-	seeds = append(seeds, im.mem)
-
-	// A credit overrun, an RST, garbage for unknown streams.
-	im = newFuzzImage()
-	h = toConnected
-	h.Op = opRW
-	im.packet(h, make([]byte, 200))
-	h.Op, h.Len = opRW, bufAlloc
-	im.packet(h, nil)
-	im.packet(header{DstCID: 3, SrcPort: 5000, DstPort: firstHostPort, Op: opRST}, nil)
-	im.packet(header{DstCID: 7, SrcPort: 1, DstPort: 2, Op: 99}, nil)
-	im.rx(4, 44)
-	seeds = append(seeds, im.mem)
-
-	// A descriptor loop and a readable-after-writable chain.
-	im = newFuzzImage()
-	im.desc(fuzzTxDesc, 0, fuzzPackets, 8, 1, 1)
-	im.desc(fuzzTxDesc, 1, fuzzPackets, 8, 1, 0)
-	im.publish(fuzzTxAvail, &im.txN, 0)
-	im.desc(fuzzTxDesc, 2, fuzzPackets, 8, 3, 3)
-	im.desc(fuzzTxDesc, 3, fuzzPackets, 8, 0, 0)
-	im.publish(fuzzTxAvail, &im.txN, 2)
-	im.rx(1, 4096)
-	seeds = append(seeds, im.mem)
+	for _, build := range builds {
+		im := newFuzzImage()
+		build(im)
+		seeds = append(seeds, im.mem)
+	}
 	return seeds
 }
 

@@ -155,20 +155,18 @@ func (d *Device) handleEvent(ev event) {
 	case evHostEOF:
 		c.hostEOF = true
 		d.markReady(c)
-	case evHostReadErr:
+	case evHostReadErr, evWriteErr:
 		if !isQuietNetErr(ev.err) {
-			d.logf("vsockdev: %v: reading host socket: %v", c.key, ev.err)
+			what := "reading"
+			if ev.kind == evWriteErr {
+				what = "writing"
+			}
+			d.logf("vsockdev: %v: %s host socket: %v", c.key, what, ev.err)
 		}
 		d.queueRST(c)
 		d.abort(c)
 	case evWritten:
 		d.maybeCreditUpdate(c)
-	case evWriteErr:
-		if !isQuietNetErr(ev.err) {
-			d.logf("vsockdev: %v: writing host socket: %v", c.key, ev.err)
-		}
-		d.queueRST(c)
-		d.abort(c)
 	case evConnectTimeout:
 		if c.state == stConnecting {
 			d.logf("vsockdev: guest did not answer a connection to port %d within %v", c.key.guestPort, d.cfg.ConnectTimeout)
