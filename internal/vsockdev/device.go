@@ -93,6 +93,10 @@ const ctrlLimit = 1024
 // buffers a guest or host clients can make the device hold.
 const maxStreams = 4096
 
+// maxHandshakes bounds the hybrid clients that have connected but not yet
+// sent their CONNECT line.
+const maxHandshakes = 256
+
 // firstHostPort is where host-side port numbers for host-initiated streams
 // start, as in Firecracker.
 const firstHostPort = 1 << 30
@@ -109,6 +113,9 @@ type Device struct {
 	loopEnd chan struct{}   // closed when the loop has exited
 	once    sync.Once
 	served  atomic.Bool
+
+	handshakes chan struct{} // one token per pending hybrid handshake
+	warnHybrid sync.Once
 
 	hostConns, guestConns, toGuest, fromGuest, resets, overruns atomic.Uint64
 	active                                                      atomic.Int64
@@ -176,16 +183,17 @@ func newDevice(cfg Config) (*Device, error) {
 		cfg.ConnectTimeout = 10 * time.Second
 	}
 	d := &Device{
-		cfg:      cfg,
-		logf:     cfg.Logf,
-		events:   make(chan event, 256),
-		handOff:  make(chan handOffReq),
-		quit:     make(chan struct{}),
-		loopEnd:  make(chan struct{}),
-		conns:    make(map[connKey]*conn),
-		nextPort: firstHostPort,
-		warned:   make(map[string]bool),
-		spawn:    func(f func()) { go f() },
+		cfg:        cfg,
+		logf:       cfg.Logf,
+		events:     make(chan event, 256),
+		handOff:    make(chan handOffReq),
+		quit:       make(chan struct{}),
+		loopEnd:    make(chan struct{}),
+		conns:      make(map[connKey]*conn),
+		nextPort:   firstHostPort,
+		warned:     make(map[string]bool),
+		spawn:      func(f func()) { go f() },
+		handshakes: make(chan struct{}, maxHandshakes),
 	}
 	if d.logf == nil {
 		d.logf = func(string, ...any) {}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -515,6 +516,60 @@ func TestFakeGuestBrokenRingAndReset(t *testing.T) {
 	}
 	if s := g.dev.Stats(); s.Resets == 0 {
 		t.Errorf("reset not counted: %+v", s)
+	}
+}
+
+// TestHybridHandshakeLimit checks the bound on hybrid clients that have
+// not sent their CONNECT line: past maxHandshakes new clients are closed at
+// once, and a slot is free again when a pending client goes away.
+func TestHybridHandshakeLimit(t *testing.T) {
+	dir := t.TempDir()
+	dev, err := New(Config{VhostUserSocket: filepath.Join(dir, "vu.sock"), HybridSocket: filepath.Join(dir, "h.sock"), ConnectTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- dev.Serve(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	dial := func() net.Conn {
+		c, err := net.Dial("unix", filepath.Join(dir, "h.sock"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	waitPending := func(n int) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); len(dev.handshakes) != n; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d handshakes pending, want %d", len(dev.handshakes), n)
+			}
+		}
+	}
+	silent := make([]net.Conn, maxHandshakes)
+	for i := range silent {
+		silent[i] = dial()
+	}
+	waitPending(maxHandshakes)
+	extra := dial()
+	extra.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := extra.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("client past the limit: read %d, %v; want EOF", n, err)
+	}
+	silent[0].Close()
+	waitPending(maxHandshakes - 1)
+	again := dial()
+	waitPending(maxHandshakes)
+	again.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if _, err := again.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("client after a slot freed: %v, want it kept waiting for its CONNECT line", err)
 	}
 }
 

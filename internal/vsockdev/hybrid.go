@@ -37,7 +37,20 @@ func (d *Device) acceptHybrid() {
 			}
 			continue
 		}
-		go d.handshake(uc)
+		select {
+		case d.handshakes <- struct{}{}:
+			go func() {
+				defer func() { <-d.handshakes }()
+				d.handshake(uc)
+			}()
+		default:
+			// Each pending handshake holds a goroutine and a 64 KiB
+			// buffer until its CONNECT line or ConnectTimeout.
+			d.warnHybrid.Do(func() {
+				d.logf("vsockdev: hybrid socket %s: %d clients have not sent their CONNECT line yet: closing new ones until they do", d.cfg.HybridSocket, maxHandshakes)
+			})
+			uc.Close()
+		}
 	}
 }
 
