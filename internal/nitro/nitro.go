@@ -50,3 +50,34 @@ const (
 	// NSMLockedPCRs is how many of the first PCRs are locked at boot.
 	NSMLockedPCRs = 16
 )
+
+// The EIF (Enclave Image File) format, as aws-nitro-enclaves-image-format
+// defines it and QEMU's nitro-enclave machine loads it.
+const (
+	// EIFMagic opens every EIF.
+	EIFMagic = ".eif"
+	// EIFVersion is the format version nitro-cli writes; QEMU refuses
+	// anything older.
+	EIFVersion uint16 = 4
+	// EIFHeaderSize is the fixed header's length in bytes.
+	EIFHeaderSize = 548
+	// EIFSectionHeaderSize is the length of the header before each section.
+	EIFSectionHeaderSize = 12
+	// EIFMaxSections is how many sections the header has room for.
+	EIFMaxSections = 32
+	// EIFFlagARM64 is the header flag for arm64 images; x86_64 images have 0.
+	EIFFlagARM64 uint16 = 1
+	// EIFDefaultMemory and EIFDefaultCPUs are what eif_build writes.
+	EIFDefaultMemory uint64 = 1 << 30
+	EIFDefaultCPUs   uint64 = 2
+)
+
+// EIF section types.
+const (
+	EIFSectionInvalid   uint16 = 0
+	EIFSectionKernel    uint16 = 1
+	EIFSectionCmdline   uint16 = 2
+	EIFSectionRamdisk   uint16 = 3
+	EIFSectionSignature uint16 = 4
+	EIFSectionMetadata  uint16 = 5
+)
