@@ -21,7 +21,7 @@ import (
 // init.yaml service_dir, or else the initramfs's (initramfsYAML, or the
 // --config file). Without a root switch nothing moves.
 func servicesIntoRootfs(spec *image.Spec, initramfsYAML []byte, log io.Writer) error {
-	if spec.Rootfs == "" || len(spec.Services) == 0 {
+	if (spec.Rootfs == "" && len(spec.Tree) == 0) || len(spec.Services) == 0 {
 		return nil
 	}
 	boot, where := config.DefaultInit(), "the default init.yaml"
@@ -48,7 +48,7 @@ func servicesIntoRootfs(spec *image.Spec, initramfsYAML []byte, log io.Writer) e
 	}
 	dir := boot.ServiceDir
 	newRootYAML := filepath.Join(spec.Rootfs, strings.TrimPrefix(image.ConfigPath, "/"))
-	if _, err := os.Stat(newRootYAML); err == nil {
+	if _, err := os.Stat(newRootYAML); err == nil && spec.Rootfs != "" {
 		rt, errs := config.LoadInit(newRootYAML)
 		for _, err := range errs {
 			if !config.IsWarning(err) {
@@ -79,6 +79,7 @@ func buildCmd() *cobra.Command {
 		kernelModules bool
 		simConfig     bool
 		heartbeatCID  uint32
+		ef            eifFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "build -o OUT --init PATH [flags]",
@@ -112,6 +113,12 @@ A /dev/console node is included. The same inputs always give the same bytes.`,
 				}
 				spec.Files = append(spec.Files, pf)
 			}
+			if err := ef.apply(&spec); err != nil {
+				return err
+			}
+			if ef.img != nil {
+				defer ef.img.Close()
+			}
 			if kernelModules {
 				k, err := enclavesim.FindKernel()
 				if err != nil {
@@ -124,11 +131,14 @@ A /dev/console node is included. The same inputs always give the same bytes.`,
 				if spec.Config != "" {
 					return fmt.Errorf("--sim-config and --config %s both give /etc/init.yaml: drop one", spec.Config)
 				}
-				yaml = []byte(enclavesim.InitYAML(heartbeatCID, spec.Modules, spec.Rootfs != ""))
+				yaml = []byte(enclavesim.InitYAML(heartbeatCID, spec.Modules, spec.Rootfs != "" || len(spec.Tree) > 0))
 				spec.Files = append(spec.Files, image.File{Data: yaml, Dst: image.ConfigPath})
 			}
 			if err := servicesIntoRootfs(&spec, yaml, cmd.ErrOrStderr()); err != nil {
 				return err
+			}
+			if ef.format == formatEIF {
+				return ef.writeEIF(cmd, spec, out)
 			}
 			if err := spec.WriteFile(out); err != nil {
 				return err
@@ -153,6 +163,7 @@ A /dev/console node is included. The same inputs always give the same bytes.`,
 	f.StringVar(&spec.Rootfs, "rootfs", "", "directory copied to "+image.RootfsDir)
 	f.BoolVar(&spec.NoConsole, "no-console", false, "leave out /dev/console")
 	f.BoolVar(&simConfig, "sim-config", false, "write a minimal simulator init.yaml (see above)")
+	ef.register(cmd)
 	f.Uint32Var(&heartbeatCID, "heartbeat-cid", enclavesim.HostCIDFor(enclavesim.RouteVhostUser), "with --sim-config: the CID the heartbeat goes to (2 on the vhost-vsock route)")
 	return cmd
 }

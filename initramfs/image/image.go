@@ -64,6 +64,28 @@ type Spec struct {
 	// NoConsole leaves out /dev/console. The kernel opens it for PID 1's
 	// standard streams before any devtmpfs exists, so it is on by default.
 	NoConsole bool
+	// Tree is an imported root filesystem (a container image's), placed as
+	// given: unlike every other input it keeps owners and device numbers,
+	// and may hold hard links.
+	Tree []TreeFile
+	// AppOnly makes the application half of a two-ramdisk EIF, which the
+	// kernel unpacks over the boot half: no /init is needed, and neither
+	// /dev/console nor the standard directories are added.
+	AppOnly bool
+}
+
+// TreeFile is one file of an imported root filesystem.
+type TreeFile struct {
+	// Dst is the absolute path inside the image.
+	Dst string
+	// Record holds the type and permission bits (Mode), owner (UID, GID),
+	// device numbers (Rmajor, Rminor) and content (regular files: ReaderAt
+	// and FileSize; symlinks: the target). Name, times and inode are set
+	// by the builder.
+	Record cpio.Record
+	// HardLink, for a hard link, is the Dst of the regular file it is
+	// another name for; Record is then ignored but for nothing.
+	HardLink string
 }
 
 // ModulePath returns where a module given in Spec.Modules ends up inside the
@@ -86,6 +108,10 @@ func ParseFile(arg string) (File, error) {
 type entry struct {
 	rec    cpio.Record
 	origin string
+	// keepOwner keeps rec's UID and GID (imported trees only).
+	keepOwner bool
+	// hardLink is the normalised name of the file this one is a hard link to.
+	hardLink string
 }
 
 // Records validates the spec and returns the archive's records in write
@@ -94,14 +120,17 @@ type entry struct {
 func (s Spec) Records() ([]cpio.Record, error) {
 	plan := map[string]entry{}
 	var errs []error
-	add := func(name string, rec cpio.Record, origin string) {
+	addEntry := func(name string, e entry) {
 		name = cpio.Normalize(name)
-		rec.Name = name
+		e.rec.Name = name
 		if prev, ok := plan[name]; ok {
-			errs = append(errs, fmt.Errorf("/%s is given twice: by %s and by %s; drop one", name, prev.origin, origin))
+			errs = append(errs, fmt.Errorf("/%s is given twice: by %s and by %s; drop one", name, prev.origin, e.origin))
 			return
 		}
-		plan[name] = entry{rec: rec, origin: origin}
+		plan[name] = e
+	}
+	add := func(name string, rec cpio.Record, origin string) {
+		addEntry(name, entry{rec: rec, origin: origin})
 	}
 	addFile := func(src, dst string, mode fs.FileMode, origin string) {
 		rec, err := fileRecord(src, mode)
@@ -112,9 +141,9 @@ func (s Spec) Records() ([]cpio.Record, error) {
 		add(dst, rec, origin)
 	}
 
-	if s.Init == "" {
+	if s.Init == "" && !s.AppOnly {
 		errs = append(errs, errors.New("no init binary given (--init PATH): the image needs one as /init"))
-	} else {
+	} else if s.Init != "" {
 		addFile(s.Init, InitPath, 0o755, "--init "+s.Init)
 		if err := checkStatic(s.Init); err != nil {
 			errs = append(errs, fmt.Errorf("--init %s: %w", s.Init, err))
@@ -158,7 +187,7 @@ func (s Spec) Records() ([]cpio.Record, error) {
 		}
 		addFile(f.Src, f.Dst, f.Mode, origin)
 	}
-	if !s.NoConsole {
+	if !s.NoConsole && !s.AppOnly {
 		// 5:1 is /dev/console on Linux.
 		add("/dev/console", cpio.CharDev("", 0o600, 5, 1), "the built-in /dev/console")
 	}
@@ -167,13 +196,30 @@ func (s Spec) Records() ([]cpio.Record, error) {
 			errs = append(errs, err)
 		}
 	}
+	for _, tf := range s.Tree {
+		origin := "image file " + tf.Dst
+		if !path.IsAbs(tf.Dst) {
+			errs = append(errs, fmt.Errorf("%s: destination must be absolute", origin))
+			continue
+		}
+		e := entry{rec: tf.Record, origin: origin, keepOwner: true}
+		if tf.HardLink != "" {
+			e.rec = cpio.StaticRecord(nil, cpio.Info{Mode: cpio.S_IFREG})
+			e.hardLink = cpio.Normalize(tf.HardLink)
+		}
+		addEntry(tf.Dst, e)
+	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 
 	// Directories every image has: init mounts over these early, and the
 	// parents of everything above.
-	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "etc", "service", "log"} {
+	standard := []string{"dev", "proc", "sys", "run", "tmp", "etc", "service", "log"}
+	if s.AppOnly {
+		standard = nil
+	}
+	for _, d := range standard {
 		if _, ok := plan[d]; !ok {
 			plan[d] = entry{rec: cpio.Directory(d, 0o755), origin: "standard directory"}
 		}
@@ -197,17 +243,56 @@ func (s Spec) Records() ([]cpio.Record, error) {
 	// Lexical order puts every directory before its contents ("a" < "a/b").
 	sort.Strings(names)
 	recs := make([]cpio.Record, 0, len(names))
+	index := make(map[string]int, len(names))
 	for i, n := range names {
-		r := plan[n].rec
+		e := plan[n]
+		r := e.rec
 		r.Info = cpio.MakeReproducible(r).Info
+		if e.keepOwner {
+			r.UID, r.GID = e.rec.UID, e.rec.GID
+		}
 		r.Ino = uint64(i + 1)
 		r.NLink = 1
 		if r.Mode&cpio.S_IFMT == cpio.S_IFDIR {
 			r.NLink = 2
 		}
 		recs = append(recs, r)
+		index[n] = i
+	}
+	if err := linkRecords(recs, names, plan, index); err != nil {
+		return nil, err
 	}
 	return recs, nil
+}
+
+// linkRecords gives every hard link its target's inode, mode and owner, and
+// every member of a link group the group's size as link count: that is how
+// the kernel's initramfs unpacker recognises hard links in newc archives
+// (it links records with equal inode numbers and a link count of 2 or
+// more). The target keeps the data; the links have none.
+func linkRecords(recs []cpio.Record, names []string, plan map[string]entry, index map[string]int) error {
+	groups := map[int][]int{}
+	for i, n := range names {
+		link := plan[n].hardLink
+		if link == "" {
+			continue
+		}
+		j, ok := index[link]
+		if !ok || recs[j].Mode&cpio.S_IFMT != cpio.S_IFREG || plan[link].hardLink != "" {
+			return fmt.Errorf("/%s (from %s) is a hard link to /%s, which is not a regular file in the image", n, plan[n].origin, link)
+		}
+		t := recs[j]
+		recs[i].Ino, recs[i].Mode, recs[i].UID, recs[i].GID = t.Ino, t.Mode, t.UID, t.GID
+		groups[j] = append(groups[j], i)
+	}
+	for j, links := range groups {
+		n := uint64(len(links) + 1)
+		recs[j].NLink = n
+		for _, i := range links {
+			recs[i].NLink = n
+		}
+	}
+	return nil
 }
 
 // Write writes the archive (with trailer) to w.
