@@ -452,5 +452,21 @@ func awsApp(argv, env []string) *unit.Unit {
 		StartLimitInterval: unit.DefaultStartLimitInterval,
 		Type:               unit.TypeSimple,
 		TimeoutStartSec:    unit.DefaultTimeoutStartSec,
+		WorkingDirectory:   awsWorkDir(env),
 	}
+}
+
+// awsWorkDir is the directory /env's PWD names, where `initramfs build
+// --from-image` puts the image's WorkingDir, when it is one (docs/boot.md);
+// "" (init's own, /) otherwise.
+func awsWorkDir(env []string) string {
+	for i := len(env) - 1; i >= 0; i-- {
+		if v, ok := strings.CutPrefix(env[i], "PWD="); ok {
+			if fi, err := os.Stat(v); err == nil && fi.IsDir() && filepath.IsAbs(v) {
+				return v
+			}
+			return ""
+		}
+	}
+	return ""
 }

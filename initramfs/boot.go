@@ -35,6 +35,7 @@ func (s *simFlags) register(cmd *cobra.Command) {
 	f.StringVar(&s.opts.QEMU, "qemu", "", "QEMU binary or command line (default: $VMTEST_QEMU or qemu-system-x86_64)")
 	f.DurationVar(&s.opts.Timeout, "timeout", 0, "kill QEMU after this long (0: no limit)")
 	f.BoolVarP(&s.verbose, "verbose", "v", false, "log the simulator's decisions and the vsock device's diagnostics")
+	f.StringVar(&s.opts.Machine, "machine", "", "QEMU machine: q35 (default; virtio PCI) or microvm (virtio-mmio, as in Nitro; the kernel needs virtio_mmio)")
 }
 
 func (s *simFlags) options(stderr io.Writer) enclavesim.Options {
@@ -66,6 +67,11 @@ the userspace vhost-user device, 2 with the kernel's vhost-vsock).`,
 			stderr := cmd.ErrOrStderr()
 			o := sf.options(stderr)
 			o.Initrd = args[0]
+			o, cleanup, err := prepareEIF(stderr, o)
+			if err != nil {
+				return err
+			}
+			defer cleanup()
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			if printOnly {

@@ -197,7 +197,7 @@ func TestBuildEIFFromImage(t *testing.T) {
 	cmd.Stdin = bytes.NewReader(rds[1])
 	e, _ := cmd.Output()
 	files["env"] = string(e)
-	if files["cmd"] != "/bin/app\nfirst arg\nsecond\ntwo words\n" || files["env"] != "FOO=bar\nGREETING=hello world\nPWD=/data\n" {
+	if files["cmd"] != "/bin/app\nargv\nfirst arg\ntwo words\n" || files["env"] != "FOO=bar\nGREETING=hello world\nPWD=/data\n" {
 		t.Errorf("/cmd %q /env %q", files["cmd"], files["env"])
 	}
 }

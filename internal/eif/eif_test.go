@@ -138,6 +138,10 @@ func TestMeasure(t *testing.T) {
 	if one.PCR2.String() != emptyPCR {
 		t.Errorf("single-ramdisk PCR2 = %s, want %s", one.PCR2, emptyPCR)
 	}
+	var back Measurements
+	if err := json.Unmarshal([]byte(`"`+goldenPCR0+`"`), &back.PCR0); err != nil || back.PCR0 != fromImage.PCR0 {
+		t.Errorf("PCR0 does not round-trip through JSON: %v", err)
+	}
 	j, _ := json.Marshal(fromImage)
 	want := `{"HashAlgorithm":"Sha384 { ... }","PCR0":"` + goldenPCR0 + `","PCR1":"` + goldenPCR1 + `","PCR2":"` + goldenPCR2 + `"}`
 	if string(j) != want {

@@ -21,6 +21,18 @@ func (p PCR) String() string { return hex.EncodeToString(p[:]) }
 // MarshalText implements encoding.TextMarshaler (hex).
 func (p PCR) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
 
+// UnmarshalText implements encoding.TextUnmarshaler: 96 hex digits.
+func (p *PCR) UnmarshalText(b []byte) error {
+	if hex.DecodedLen(len(b)) != len(p) {
+		return fmt.Errorf("eif: PCR %q: want %d hex digits", b, 2*len(p))
+	}
+	_, err := hex.Decode(p[:], b)
+	if err != nil {
+		return fmt.Errorf("eif: PCR %q: %w", b, err)
+	}
+	return nil
+}
+
 // Measurements are an image's PCRs as nitro-cli computes them at build time
 // and the Nitro hypervisor at boot:
 //

@@ -74,6 +74,12 @@ type Options struct {
 	Timeout time.Duration
 	// Logf receives the simulator's diagnostics; nil discards them.
 	Logf func(format string, args ...any)
+	// Cmdline, when set, replaces the simulator's own kernel command line
+	// (an EIF's, which is measured; see PrepareEIF). Append follows it.
+	Cmdline string
+	// Machine is MachineQ35 ("": PCI devices) or MachineMicrovm (virtio-mmio
+	// devices only, as in a Nitro enclave).
+	Machine string
 }
 
 // Resolve fills in every choice Start would make, so a caller can show the
@@ -137,6 +143,9 @@ func (o Options) Resolve(ctx context.Context) (Options, error) {
 	if o.Route == RouteVhostUser && o.GuestCID == 3 {
 		return o, fmt.Errorf("guest CID 3 is the parent's CID on the %s route: pick another", o.Route)
 	}
+	if err := checkMachine(o.Machine); err != nil {
+		return o, err
+	}
 	if o.Accel == "" && !choosesAccel(qemu) {
 		accel, why := DetectAccel(ctx, qemu, o.Kernel)
 		o.logf("accelerator %s: %s", accel, why)
@@ -192,7 +201,7 @@ func CommandLine(o Options) ([]string, error) {
 		"-display", "none",
 		"-kernel", o.Kernel,
 		"-initrd", o.Initrd,
-		"-append", KernelCmdline(o.Append),
+		"-append", kernelCmdline(o),
 	), nil
 }
 
@@ -211,7 +220,7 @@ func MachineArgs(o Options) []string {
 		// A guest reboot ends QEMU too; the console tells reboot from
 		// power-off (see Classify).
 		"-no-reboot",
-		"-M", "q35,memory-backend=mem",
+		"-M", machineArg(o.Machine),
 		"-m", strconv.Itoa(o.MemoryMB) + "M",
 		"-smp", strconv.Itoa(o.CPUs),
 	}
@@ -250,11 +259,11 @@ func vsockArgs(o Options) []string {
 	switch o.Route {
 	case RouteVhostVsock:
 		return []string{"-object", mem,
-			"-device", fmt.Sprintf("vhost-vsock-pci,guest-cid=%d", o.GuestCID)}
+			"-device", fmt.Sprintf("%s,guest-cid=%d", vsockDevice(o.Machine, "vhost-vsock"), o.GuestCID)}
 	default:
 		return []string{"-object", mem,
 			"-chardev", "socket,id=vsock0,path=" + VhostUserSocket(o.Dir),
-			"-device", "vhost-user-vsock-pci,chardev=vsock0"}
+			"-device", vsockDevice(o.Machine, "vhost-user-vsock") + ",chardev=vsock0"}
 	}
 }
 

@@ -207,7 +207,7 @@ func TestImagesAgainstUmociUnpack(t *testing.T) {
 			if im.Name != c.name || im.Version != c.version {
 				t.Errorf("name, version = %q, %q; want %q, %q", im.Name, im.Version, c.name, c.version)
 			}
-			if got, w := im.Command(), []string{"/bin/app", "first arg", "second", "two words"}; !reflect.DeepEqual(got, w) {
+			if got, w := im.Command(), []string{"/bin/app", "argv", "first arg", "two words"}; !reflect.DeepEqual(got, w) {
 				t.Errorf("Command() = %q, want %q", got, w)
 			}
 			if got := im.Env(); !reflect.DeepEqual(got, []string{"FOO=bar", "GREETING=hello world"}) {

@@ -3,13 +3,14 @@
 # (GNU tar writes the layers, umoci assembles the image and unpacks the
 # reference root filesystem, skopeo copies it into every transport).
 #
-# Layer 1: /bin/app (APP, or a small script), a hard link, a symlink, a
+# Layer 1: /bin/app (APP, or a small script; the vmtests give
+#   internal/testprog/svc, whose argv mode prints its argv and cwd), a hard link, a symlink, a
 #   setuid file, files owned by 1000:1001, /dev/null (a char device), a fifo,
 #   /deleteme, /data/old1 and /data/sub/old2.
 # Layer 2: deletes /deleteme (.wh.deleteme), replaces /data opaquely
 #   (data/.wh..wh..opq, mode 0750 owned by 5:6, with data/new) and changes
 #   /etc/conf.
-# Config: Entrypoint [/bin/app, first arg], Cmd [second arg, "two words"],
+# Config: Entrypoint [/bin/app, argv], Cmd ["first arg", "two words"],
 #   Env FOO=bar and GREETING=hello world, WorkingDir /data.
 #
 # Writes OUT/oci (tag "app"), OUT/app-docker.tar (docker-archive,
@@ -58,8 +59,8 @@ umoci new --image oci:app
 umoci raw add-layer --image oci:app layer1.tar
 umoci raw add-layer --image oci:app layer2.tar
 umoci config --image oci:app \
-	--config.entrypoint /bin/app --config.entrypoint 'first arg' \
-	--config.cmd second --config.cmd 'two words' \
+	--config.entrypoint /bin/app --config.entrypoint argv \
+	--config.cmd 'first arg' --config.cmd 'two words' \
 	--config.env FOO=bar --config.env 'GREETING=hello world' \
 	--config.workingdir /data
 umoci unpack --image oci:app bundle >/dev/null

@@ -33,6 +33,8 @@ modes:
   echo-vsock PORT              echo every connection on vsock PORT (any CID)
   echo-unix PATH               echo every connection on the Unix socket PATH
   env [MODE ARGS]              print the environment, then run MODE (default: sleep)
+  argv [ARGS]                  print "argv: " with the arguments quoted, "cwd: " with the working directory and
+                               "env: " before each variable, then sleep
   ids                          print uid, gid and the signal masks from /proc/self/status, then sleep
 `
 
@@ -130,6 +132,15 @@ func run(mode string, args []string) {
 			if strings.HasPrefix(line, "SigBlk:") || strings.HasPrefix(line, "SigIgn:") {
 				fmt.Println(strings.Join(strings.Fields(line), " "))
 			}
+		}
+		sleep()
+	case "argv":
+		fmt.Printf("argv: %q\n", os.Args)
+		wd, err := os.Getwd()
+		check(err)
+		fmt.Printf("cwd: %s\n", wd)
+		for _, kv := range os.Environ() {
+			fmt.Printf("env: %s\n", kv)
 		}
 		sleep()
 	case "env":

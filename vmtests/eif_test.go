@@ -1,0 +1,179 @@
+package vmtests
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nitroinit/nitroinit/internal/eif"
+	"github.com/nitroinit/nitroinit/internal/enclavesim"
+)
+
+// needImageTools fails in CI, and skips elsewhere, when the tools that build
+// the test container image (umoci, skopeo, GNU tar) or root are missing.
+func needImageTools(t *testing.T) {
+	t.Helper()
+	var missing []string
+	for _, tool := range []string{"umoci", "skopeo", "tar"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			missing = append(missing, tool)
+		}
+	}
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root")
+	}
+	if len(missing) == 0 {
+		return
+	}
+	msg := "needs " + strings.Join(missing, ", ") + " to build the container image (ci/install-deps.sh installs the tools)"
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
+
+// eifGuest is an EIF built the way a user builds one: a container image
+// made by umoci and skopeo (internal/oci/testdata/mkimage.sh, with svc as
+// its /bin/app) turned into an EIF by `initramfs build --from-image
+// --format eif`.
+type eifGuest struct {
+	path         string
+	measurements eif.Measurements // as build printed them
+}
+
+func buildEIFGuest(t *testing.T, dir string, hostCID uint32, ref func(imageDir string) string) eifGuest {
+	t.Helper()
+	initramfs := filepath.Join(bin.dir, "initramfs")
+	if _, err := os.Stat(initramfs); err != nil {
+		cmd := exec.Command("go", "build", "-o", initramfs, "./initramfs")
+		cmd.Dir = ".."
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("building initramfs: %v\n%s", err, out)
+		}
+	}
+	imageDir := filepath.Join(dir, "image")
+	script, _ := filepath.Abs("../internal/oci/testdata/mkimage.sh")
+	if out, err := exec.Command(script, imageDir, bin.svc).CombinedOutput(); err != nil {
+		t.Fatalf("mkimage.sh: %v\n%s", err, out)
+	}
+	g := eifGuest{path: filepath.Join(dir, "app.eif")}
+	cmd := exec.Command(initramfs, "build", "--init", bin.init, "--initctl", bin.initctl,
+		"--kernel-modules", "--sim-config", "--heartbeat-cid", strconv.Itoa(int(hostCID)),
+		"--from-image", ref(imageDir), "--format", "eif", "-o", g.path)
+	cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH=1700000000")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("initramfs build: %v\n%s", err, errText(err))
+	}
+	var printed struct{ Measurements map[string]string }
+	if err := json.Unmarshal(out, &printed); err != nil {
+		t.Fatalf("initramfs build printed %q: %v", out, err)
+	}
+	for i, p := range []*eif.PCR{&g.measurements.PCR0, &g.measurements.PCR1, &g.measurements.PCR2} {
+		if err := p.UnmarshalText([]byte(printed.Measurements[fmt.Sprintf("PCR%d", i)])); err != nil {
+			t.Fatalf("PCR%d: %v", i, err)
+		}
+	}
+	return g
+}
+
+func errText(err error) string {
+	if ee, ok := err.(*exec.ExitError); ok {
+		return string(ee.Stderr)
+	}
+	return ""
+}
+
+// TestEIFBoot boots an EIF built from a container image, as QEMU's
+// nitro-enclave machine would (its kernel, its measured cmdline, its
+// ramdisks concatenated), and checks the heartbeat, the app's argv,
+// environment and working directory from the image config, and initctl
+// over vsock.
+func TestEIFBoot(t *testing.T) {
+	needVM(t)
+	needImageTools(t)
+	stopShared()
+	dir, err := os.MkdirTemp("", "vmt-eif-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+
+	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+	defer cancel()
+	placeholder := filepath.Join(dir, "placeholder")
+	os.WriteFile(placeholder, nil, 0o644)
+	opts, err := enclavesim.Options{Initrd: placeholder, Kernel: kernel.BootImage(), MemoryMB: 1024,
+		Dir: filepath.Join(dir, "sim"), Timeout: vmLifetime}.Resolve(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := buildEIFGuest(t, dir, enclavesim.HostCIDFor(opts.Route), func(img string) string {
+		return "docker-archive:" + img + "/app-docker.tar"
+	})
+	p, err := enclavesim.PrepareEIF(g.path, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What the simulator will report as PCR0-2 (the NSM, once it reads
+	// them from here) is what build printed.
+	if p.Measurements.PCR0 != g.measurements.PCR0 || p.Measurements.PCR1 != g.measurements.PCR1 || p.Measurements.PCR2 != g.measurements.PCR2 {
+		t.Errorf("the booted EIF measures %+v, build printed %+v", p.Measurements, g.measurements)
+	}
+	opts = p.Apply(opts)
+	opts.Console = consoleEcho("eif")
+	vm, err := enclavesim.Start(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ex := vm.Stop()
+		if t.Failed() {
+			t.Logf("VM ended: %s\nconsole:\n%s", ex, vm.ConsoleTail(80))
+		}
+	}()
+	if _, err := vm.Heartbeat(ctx); err != nil {
+		t.Fatalf("no heartbeat: %v\nconsole:\n%s", err, vm.ConsoleTail(60))
+	}
+
+	initctl := func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		target := []string{"--vsock-uds", vm.HybridSocket()}
+		if opts.Route == enclavesim.RouteVhostVsock {
+			target = []string{"-p", "vsock", "--vsock-cid", strconv.Itoa(int(opts.GuestCID))}
+		}
+		cmd := exec.CommandContext(ctx, bin.initctl, append(append(target, "--vsock-port", strconv.Itoa(controlPort)), args...)...)
+		cmd.Env = append(os.Environ(), "INITCTL_CONFIG=/nonexistent/initctl.yaml")
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	var logs string
+	eventually(t, waitTimeout+bootTimeout, "the app's log over initctl", func() (bool, string) {
+		out, err := initctl("logs", "-n", "200", "app")
+		logs = out
+		return err == nil && strings.Contains(out, "cwd: "), fmt.Sprintf("%v: %s", err, out)
+	})
+	for _, want := range []string{
+		`argv: ["/bin/app" "argv" "first arg" "two words"]`,
+		"cwd: /data",
+		"env: FOO=bar",
+		"env: GREETING=hello world",
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the app's log lacks %q:\n%s", want, logs)
+		}
+	}
+	out, err := initctl("list")
+	if err != nil || !strings.Contains(out, "app") || !strings.Contains(out, "running") {
+		t.Errorf("initctl list: %v\n%s", err, out)
+	}
+}
