@@ -6,7 +6,7 @@
 #   <release>/vmlinuz               the bzImage as shipped
 #   <release>/vmlinux               uncompressed ELF with a PVH entry note (boots faster under TCG)
 #   <release>/modules/<name>.ko*    vsock, vmw_vsock_virtio_transport_common,
-#                                   vmw_vsock_virtio_transport, vsock_loopback, nsm
+#                                   vmw_vsock_virtio_transport, vsock_loopback, nsm, virtio_mmio
 #   <release>/modules/ORDER         module names in load order (a name absent from modules/ is built in)
 #   <release>/config                the kernel's .config
 #   <release>/VERSION               kernel release (uname -r)
@@ -24,7 +24,8 @@ set -euo pipefail
 CACHE=${NITROINIT_CACHE:-$HOME/.cache/nitroinit}
 KDIR=$CACHE/kernel
 # Load order matters: each module needs the ones before it.
-MODULES=(vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport vsock_loopback nsm)
+# virtio_mmio: the vsock device on QEMU's microvm machine (boot --machine microvm), as on Nitro.
+MODULES=(vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport vsock_loopback nsm virtio_mmio)
 # Modules without which the simulator cannot work (nsm and the loopback are optional extras).
 REQUIRED=(vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport)
 
@@ -174,6 +175,7 @@ install_release() {
 	done
 	extract_vmlinux "$tmp/vmlinuz" "$tmp/vmlinux"
 	echo "$source" >"$tmp/SOURCE"
+	echo "${MODULES[*]}" >"$tmp/modules/WANTED" # the list it was made for: a longer list refetches
 	echo "$rel" >"$tmp/VERSION" # written last: its presence marks a complete directory
 	chmod 0755 "$tmp"
 	rm -rf "${KDIR:?}/$rel"
@@ -190,6 +192,7 @@ module_config() {
 	vmw_vsock_virtio_transport) echo VIRTIO_VSOCKETS ;;
 	vsock_loopback) echo VSOCKETS_LOOPBACK ;;
 	nsm) echo NSM ;;
+	virtio_mmio) echo VIRTIO_MMIO ;;
 	esac
 }
 
@@ -197,7 +200,7 @@ module_config() {
 fetch_packages() {
 	local rel=$1 source=$2
 	shift 2
-	if [ -f "$KDIR/$rel/VERSION" ]; then
+	if [ -f "$KDIR/$rel/VERSION" ] && [ "$(cat "$KDIR/$rel/modules/WANTED" 2>/dev/null)" = "${MODULES[*]}" ]; then
 		say "kernel $rel already in $KDIR/$rel"
 		ln -sfn "$rel" "$KDIR/current"
 		return

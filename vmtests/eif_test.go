@@ -48,21 +48,21 @@ type eifGuest struct {
 	measurements eif.Measurements // as build printed them
 }
 
-func buildEIFGuest(t *testing.T, dir string, hostCID uint32, ref func(imageDir string) string) eifGuest {
-	t.Helper()
+// buildEIFGuest returns the EIF, or what went wrong.
+func buildEIFGuest(dir string, hostCID uint32, ref func(imageDir string) string) (eifGuest, string) {
 	initramfs := filepath.Join(bin.dir, "initramfs")
 	if _, err := os.Stat(initramfs); err != nil {
 		cmd := exec.Command("go", "build", "-o", initramfs, "./initramfs")
 		cmd.Dir = ".."
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("building initramfs: %v\n%s", err, out)
+			return eifGuest{}, fmt.Sprintf("building initramfs: %v\n%s", err, out)
 		}
 	}
 	imageDir := filepath.Join(dir, "image")
 	script, _ := filepath.Abs("../internal/oci/testdata/mkimage.sh")
 	if out, err := exec.Command(script, imageDir, bin.svc).CombinedOutput(); err != nil {
-		t.Fatalf("mkimage.sh: %v\n%s", err, out)
+		return eifGuest{}, fmt.Sprintf("mkimage.sh: %v\n%s", err, out)
 	}
 	g := eifGuest{path: filepath.Join(dir, "app.eif")}
 	cmd := exec.Command(initramfs, "build", "--init", bin.init, "--initctl", bin.initctl,
@@ -71,18 +71,18 @@ func buildEIFGuest(t *testing.T, dir string, hostCID uint32, ref func(imageDir s
 	cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH=1700000000")
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("initramfs build: %v\n%s", err, errText(err))
+		return eifGuest{}, fmt.Sprintf("initramfs build: %v\n%s", err, errText(err))
 	}
 	var printed struct{ Measurements map[string]string }
 	if err := json.Unmarshal(out, &printed); err != nil {
-		t.Fatalf("initramfs build printed %q: %v", out, err)
+		return eifGuest{}, fmt.Sprintf("initramfs build printed %q: %v", out, err)
 	}
 	for i, p := range []*eif.PCR{&g.measurements.PCR0, &g.measurements.PCR1, &g.measurements.PCR2} {
 		if err := p.UnmarshalText([]byte(printed.Measurements[fmt.Sprintf("PCR%d", i)])); err != nil {
-			t.Fatalf("PCR%d: %v", i, err)
+			return eifGuest{}, fmt.Sprintf("PCR%d: %v", i, err)
 		}
 	}
-	return g
+	return g, ""
 }
 
 func errText(err error) string {
@@ -98,64 +98,8 @@ func errText(err error) string {
 // environment and working directory from the image config, and initctl
 // over vsock.
 func TestEIFBoot(t *testing.T) {
-	needVM(t)
-	needImageTools(t)
-	stopShared()
-	dir, err := os.MkdirTemp("", "vmt-eif-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-
-	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
-	defer cancel()
-	placeholder := filepath.Join(dir, "placeholder")
-	os.WriteFile(placeholder, nil, 0o644)
-	opts, err := enclavesim.Options{Initrd: placeholder, Kernel: kernel.BootImage(), MemoryMB: 1024,
-		Dir: filepath.Join(dir, "sim"), Timeout: vmLifetime}.Resolve(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := buildEIFGuest(t, dir, enclavesim.HostCIDFor(opts.Route), func(img string) string {
-		return "docker-archive:" + img + "/app-docker.tar"
-	})
-	p, err := enclavesim.PrepareEIF(g.path, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// What the simulator will report as PCR0-2 (the NSM, once it reads
-	// them from here) is what build printed.
-	if p.Measurements.PCR0 != g.measurements.PCR0 || p.Measurements.PCR1 != g.measurements.PCR1 || p.Measurements.PCR2 != g.measurements.PCR2 {
-		t.Errorf("the booted EIF measures %+v, build printed %+v", p.Measurements, g.measurements)
-	}
-	opts = p.Apply(opts)
-	opts.Console = consoleEcho("eif")
-	vm, err := enclavesim.Start(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		ex := vm.Stop()
-		if t.Failed() {
-			t.Logf("VM ended: %s\nconsole:\n%s", ex, vm.ConsoleTail(80))
-		}
-	}()
-	if _, err := vm.Heartbeat(ctx); err != nil {
-		t.Fatalf("no heartbeat: %v\nconsole:\n%s", err, vm.ConsoleTail(60))
-	}
-
-	initctl := func(args ...string) (string, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		target := []string{"--vsock-uds", vm.HybridSocket()}
-		if opts.Route == enclavesim.RouteVhostVsock {
-			target = []string{"-p", "vsock", "--vsock-cid", strconv.Itoa(int(opts.GuestCID))}
-		}
-		cmd := exec.CommandContext(ctx, bin.initctl, append(append(target, "--vsock-port", strconv.Itoa(controlPort)), args...)...)
-		cmd.Env = append(os.Environ(), "INITCTL_CONFIG=/nonexistent/initctl.yaml")
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
+	vm, initctl := bootEIF(t, enclavesim.MachineQ35)
+	defer vm.stop(t)
 	var logs string
 	eventually(t, waitTimeout+bootTimeout, "the app's log over initctl", func() (bool, string) {
 		out, err := initctl("logs", "-n", "200", "app")
@@ -176,4 +120,114 @@ func TestEIFBoot(t *testing.T) {
 	if err != nil || !strings.Contains(out, "app") || !strings.Contains(out, "running") {
 		t.Errorf("initctl list: %v\n%s", err, out)
 	}
+}
+
+// TestEIFBootMicrovm boots the same EIF on QEMU's microvm machine, whose
+// vsock device sits on virtio-mmio as Nitro's do; the kernel gets it from
+// the virtio_mmio module that init loads with the vsock modules.
+func TestEIFBootMicrovm(t *testing.T) {
+	needVM(t)
+	if !hasModule("virtio_mmio") {
+		msg := "the test kernel cache has no virtio_mmio module: rerun ci/fetch-kernel.sh (it fetches it now)"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	vm, initctl := bootEIF(t, enclavesim.MachineMicrovm)
+	defer vm.stop(t)
+	if !strings.Contains(strings.Join(vm.vm.Args(), " "), "vhost-user-vsock-device") && vm.opts.Route == enclavesim.RouteVhostUser {
+		t.Errorf("QEMU ran without the virtio-mmio vsock device: %s", strings.Join(vm.vm.Args(), " "))
+	}
+	eventually(t, waitTimeout+bootTimeout, "initctl list over vsock on microvm", func() (bool, string) {
+		out, err := initctl("list")
+		return err == nil && strings.Contains(out, "app"), fmt.Sprintf("%v: %s", err, out)
+	})
+}
+
+// hasModule reports whether the test kernel has the module as a file.
+func hasModule(name string) bool {
+	for _, m := range kernel.Modules {
+		if b := filepath.Base(m); b == name+".ko" || strings.HasPrefix(b, name+".ko.") {
+			return true
+		}
+	}
+	return false
+}
+
+// eifVM is a running EIF guest.
+type eifVM struct {
+	vm   *enclavesim.VM
+	opts enclavesim.Options
+}
+
+func (v *eifVM) stop(t *testing.T) {
+	ex := v.vm.Stop()
+	if t.Failed() {
+		t.Logf("VM ended: %s\nconsole:\n%s", ex, v.vm.ConsoleTail(80))
+	}
+}
+
+// bootEIF builds the test EIF (once per run) and boots it on machine; the
+// returned function runs the host's initctl against it.
+func bootEIF(t *testing.T, machine string) (*eifVM, func(args ...string) (string, error)) {
+	t.Helper()
+	needVM(t)
+	needImageTools(t)
+	stopShared()
+	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+	defer cancel()
+	dir := t.TempDir()
+	placeholder := filepath.Join(dir, "placeholder")
+	os.WriteFile(placeholder, nil, 0o644)
+	// Short and under /tmp: Unix socket names are limited to 107 bytes.
+	simDir, err := os.MkdirTemp("", "vmt-eif-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(simDir) })
+	opts, err := enclavesim.Options{Initrd: placeholder, Kernel: kernel.BootImage(), MemoryMB: 1024,
+		Dir: simDir, Timeout: vmLifetime, Machine: machine}.Resolve(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eifBuilt, msg := buildEIFGuest(dir, enclavesim.HostCIDFor(opts.Route), func(img string) string {
+		return "docker-archive:" + img + "/app-docker.tar"
+	})
+	if msg != "" {
+		t.Fatal(msg)
+	}
+	p, err := enclavesim.PrepareEIF(eifBuilt.path, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What the simulator will report as PCR0-2 (the NSM, once it reads
+	// them from here) is what build printed.
+	if p.Measurements.PCR0 != eifBuilt.measurements.PCR0 || p.Measurements.PCR1 != eifBuilt.measurements.PCR1 || p.Measurements.PCR2 != eifBuilt.measurements.PCR2 {
+		t.Errorf("the booted EIF measures %+v, build printed %+v", p.Measurements, eifBuilt.measurements)
+	}
+	opts = p.Apply(opts)
+	opts.Console = consoleEcho("eif-" + machine)
+	vm, err := enclavesim.Start(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := &eifVM{vm: vm, opts: opts}
+	if _, err := vm.Heartbeat(ctx); err != nil {
+		v.stop(t)
+		t.Fatalf("no heartbeat on %s: %v\nconsole:\n%s", machine, err, vm.ConsoleTail(60))
+	}
+	initctl := func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		target := []string{"--vsock-uds", vm.HybridSocket()}
+		if opts.Route == enclavesim.RouteVhostVsock {
+			target = []string{"-p", "vsock", "--vsock-cid", strconv.Itoa(int(opts.GuestCID))}
+		}
+		cmd := exec.CommandContext(ctx, bin.initctl, append(append(target, "--vsock-port", strconv.Itoa(controlPort)), args...)...)
+		cmd.Env = append(os.Environ(), "INITCTL_CONFIG=/nonexistent/initctl.yaml")
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	return v, initctl
 }

@@ -32,7 +32,7 @@ type Kernel struct {
 }
 
 // moduleNames are the modules the simulator's guests need, in load order.
-var moduleNames = []string{"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport", "vsock_loopback", "nsm"}
+var moduleNames = []string{"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport", "vsock_loopback", "nsm", "virtio_mmio"}
 
 // CacheDir is ${NITROINIT_CACHE:-$HOME/.cache/nitroinit}.
 func CacheDir() string {
