@@ -100,7 +100,10 @@ func (e *eifFlags) apply(spec *image.Spec) error {
 	spec.Tree = treeFiles(entries)
 	argv := img.Command()
 	if len(argv) == 0 {
-		return fmt.Errorf("--from-image %s: the image config has neither Entrypoint nor Cmd, so there is nothing to run (set one, or give --service files)", ref)
+		if len(spec.Services) == 0 {
+			return fmt.Errorf("--from-image %s: the image config has neither Entrypoint nor Cmd, so there is nothing to run (set one, or give --service files)", ref)
+		}
+		return nil // the services are the app; no /cmd
 	}
 	cmdFile, err := lines(nitro.CmdPath, argv)
 	if err != nil {
