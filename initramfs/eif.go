@@ -136,9 +136,10 @@ func appEnv(env []string, wd string) []string {
 }
 
 // lines writes one element per line, the AWS /cmd and /env layout, which
-// cannot hold an element with a newline.
+// cannot hold an element with a newline. The result is never nil (an empty
+// /env is a file with no lines, and image.File takes nil Data as "copy Src").
 func lines(file string, elems []string) ([]byte, error) {
-	var b bytes.Buffer
+	b := bytes.NewBuffer([]byte{})
 	for i, s := range elems {
 		if strings.Contains(s, "\n") {
 			return nil, fmt.Errorf("%s: element %d (%q) has a newline, which the one-per-line layout cannot hold", file, i, s)

@@ -17,7 +17,7 @@ import (
 
 // fakeBzImage writes a file with a bzImage setup header (HdrS and a
 // kernel_version string), enough for build --format eif.
-func fakeBzImage(t *testing.T, dir string) string {
+func fakeBzImage(t testing.TB, dir string) string {
 	t.Helper()
 	b := make([]byte, 0x400)
 	copy(b[0x202:], "HdrS")
@@ -273,5 +273,38 @@ func TestDescribeEIFRefusesDamage(t *testing.T) {
 	os.WriteFile(p, b, 0o644)
 	if _, _, err := run(t, "describe-eif", p); err == nil || !strings.Contains(err.Error(), p+": eif: crc:") {
 		t.Errorf("describe-eif of a damaged file: %v", err)
+	}
+}
+
+func TestLines(t *testing.T) {
+	for _, c := range []struct {
+		in   []string
+		want string
+		err  string
+	}{
+		{nil, "", ""},
+		{[]string{"a", "", "b c"}, "a\n\nb c\n", ""},
+		{[]string{"ok", "two\nlines"}, "", `/cmd: element 1 ("two\nlines") has a newline`},
+	} {
+		got, err := lines("/cmd", c.in)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("lines(%q) = %v, want %q", c.in, err, c.err)
+			}
+			continue
+		}
+		if err != nil || got == nil || string(got) != c.want {
+			t.Errorf("lines(%q) = %q (nil %t), %v; want %q", c.in, got, got == nil, err, c.want)
+		}
+	}
+}
+
+func TestAppEnv(t *testing.T) {
+	got := appEnv([]string{"A=1", "PWD=/old"}, "/srv/app/")
+	if strings.Join(got, " ") != "A=1 PWD=/srv/app" {
+		t.Errorf("appEnv = %q", got)
+	}
+	if got := appEnv([]string{"PWD=/x"}, ""); strings.Join(got, " ") != "PWD=/x" {
+		t.Errorf("appEnv without WorkingDir = %q", got)
 	}
 }

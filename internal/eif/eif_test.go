@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"hash/crc32"
 	"math/big"
 	"os"
@@ -343,8 +344,9 @@ func TestWriteRefuses(t *testing.T) {
 	}
 }
 
-// FuzzOpen feeds arbitrary bytes to the reader: it must refuse or accept
-// without panicking, and what it accepts must measure and describe.
+// FuzzOpen feeds arbitrary bytes to the reader, as they are and with the
+// CRC made right: it must refuse with a *FormatError or accept without
+// panicking, and what it accepts must measure and describe.
 func FuzzOpen(f *testing.F) {
 	f.Add(readTestdata(f, "golden.eif"))
 	der, key := testSigner(f)
@@ -354,14 +356,28 @@ func FuzzOpen(f *testing.F) {
 	}
 	f.Add(write(f, im))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		file, err := open(b)
-		if err != nil {
-			return
+		check := func(b []byte) {
+			file, err := open(b)
+			if err != nil {
+				var fe *FormatError
+				if !errors.As(err, &fe) {
+					t.Fatalf("Open refused with %T (%v), want a *FormatError", err, err)
+				}
+				return
+			}
+			if _, err := file.Measure(); err != nil {
+				return
+			}
+			Describe(file)
+			file.Cmdline()
 		}
-		if _, err := file.Measure(); err != nil {
-			return
+		check(b)
+		// Again with the CRC made right, so that the checks behind it see
+		// the mutations too.
+		if len(b) >= nitro.EIFHeaderSize {
+			b = bytes.Clone(b)
+			fixCRC(b)
+			check(b)
 		}
-		Describe(file)
-		file.Cmdline()
 	})
 }

@@ -14,6 +14,7 @@ package oci
 
 import (
 	"archive/tar"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -355,9 +356,14 @@ func readFlat(r io.Reader) ([]Entry, error) {
 		switch h.Typeflag {
 		case tar.TypeReg, tar.TypeRegA:
 			e.Typeflag = tar.TypeReg
-			if e.Data, err = io.ReadAll(tr); err != nil {
+			// Sized from the header (capped, so a lying header cannot make
+			// us allocate what the stream does not hold), not grown by
+			// doubling: images hold large files.
+			buf := bytes.NewBuffer(make([]byte, 0, min(h.Size, 64<<20)))
+			if _, err := io.Copy(buf, tr); err != nil {
 				return nil, fmt.Errorf("%s: %w", n, err)
 			}
+			e.Data = buf.Bytes()
 		case tar.TypeDir, tar.TypeFifo:
 		case tar.TypeSymlink:
 			e.Linkname = h.Linkname
