@@ -47,6 +47,6 @@ The test kernel comes from ci/fetch-kernel.sh (or NITROINIT_KERNEL).`,
 		SilenceErrors: true,
 	}
 	root.AddCommand(buildCmd(), bootCmd(), demoCmd())
-	root.AddCommand(describeEIFCmd())
+	root.AddCommand(describeEIFCmd(), demoEIFCmd())
 	return root
 }
