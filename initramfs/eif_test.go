@@ -13,6 +13,7 @@ import (
 
 	"github.com/nitroinit/nitroinit/internal/eif"
 	"github.com/nitroinit/nitroinit/internal/nitro"
+	"github.com/nitroinit/nitroinit/internal/oci/ocitest"
 )
 
 // fakeBzImage writes a file with a bzImage setup header (HdrS and a
@@ -33,39 +34,22 @@ func fakeBzImage(t testing.TB, dir string) string {
 var (
 	imageOnce sync.Once
 	imageDir  string
-	imageErr  error
-	imageOut  []byte
 )
 
-// testImage builds internal/oci's two-layer test image with umoci, skopeo
-// and GNU tar, once per test binary; it skips outside CI when they (or
-// root) are missing.
+// testImage builds ocitest's image once per test binary.
 func testImage(t *testing.T) string {
 	t.Helper()
-	var missing []string
-	for _, tool := range []string{"umoci", "skopeo", "tar"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			missing = append(missing, tool)
-		}
-	}
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root")
-	}
-	if len(missing) > 0 {
-		msg := "needs " + strings.Join(missing, ", ") + " to build the test image (ci/install-deps.sh installs the tools)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	ocitest.NeedTools(t)
 	imageOnce.Do(func() {
-		imageDir, imageErr = os.MkdirTemp("", "initramfs-image-")
-		if imageErr == nil {
-			imageOut, imageErr = exec.Command("../internal/oci/testdata/mkimage.sh", imageDir).CombinedOutput()
+		dir, err := os.MkdirTemp("", "initramfs-image-")
+		if err != nil {
+			t.Fatal(err)
 		}
+		imageDir = dir
+		ocitest.Build(t, dir, "")
 	})
-	if imageErr != nil {
-		t.Fatalf("mkimage.sh: %v\n%s", imageErr, imageOut)
+	if _, err := os.Stat(filepath.Join(imageDir, "oci")); err != nil {
+		t.Fatalf("the test image was not built: %v", err)
 	}
 	return imageDir
 }

@@ -14,30 +14,8 @@ import (
 
 	"github.com/nitroinit/nitroinit/internal/eif"
 	"github.com/nitroinit/nitroinit/internal/enclavesim"
+	"github.com/nitroinit/nitroinit/internal/oci/ocitest"
 )
-
-// needImageTools fails in CI, and skips elsewhere, when the tools that build
-// the test container image (umoci, skopeo, GNU tar) or root are missing.
-func needImageTools(t *testing.T) {
-	t.Helper()
-	var missing []string
-	for _, tool := range []string{"umoci", "skopeo", "tar"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			missing = append(missing, tool)
-		}
-	}
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root")
-	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := "needs " + strings.Join(missing, ", ") + " to build the container image (ci/install-deps.sh installs the tools)"
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-}
 
 // eifGuest is an EIF built the way a user builds one: a container image
 // made by umoci and skopeo (internal/oci/testdata/mkimage.sh, with svc as
@@ -60,8 +38,7 @@ func buildEIFGuest(dir string, hostCID uint32, ref func(imageDir string) string)
 		}
 	}
 	imageDir := filepath.Join(dir, "image")
-	script, _ := filepath.Abs("../internal/oci/testdata/mkimage.sh")
-	if out, err := exec.Command(script, imageDir, bin.svc).CombinedOutput(); err != nil {
+	if out, err := exec.Command(ocitest.Script(), imageDir, bin.svc).CombinedOutput(); err != nil {
 		return eifGuest{}, fmt.Sprintf("mkimage.sh: %v\n%s", err, out)
 	}
 	g := eifGuest{path: filepath.Join(dir, "app.eif")}
@@ -173,8 +150,10 @@ func (v *eifVM) stop(t *testing.T) {
 func bootEIF(t *testing.T, machine string) (*eifVM, func(args ...string) (string, error)) {
 	t.Helper()
 	needVM(t)
-	needImageTools(t)
+	ocitest.NeedTools(t)
 	stopShared()
+	// Resolving may probe KVM; building the image and the EIF comes next,
+	// and the boot gets its own bootTimeout after that.
 	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
 	defer cancel()
 	dir := t.TempDir()
@@ -208,6 +187,8 @@ func bootEIF(t *testing.T, machine string) (*eifVM, func(args ...string) (string
 	}
 	opts = p.Apply(opts)
 	opts.Console = consoleEcho("eif-" + machine)
+	ctx, cancel = context.WithTimeout(context.Background(), bootTimeout)
+	defer cancel()
 	vm, err := enclavesim.Start(ctx, opts)
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/nitroinit/nitroinit/internal/eif"
@@ -52,15 +53,49 @@ func vsockDevice(m, base string) string {
 }
 
 // kernelCmdline is the kernel command line for o: Cmdline (an EIF's) or
-// the simulator's own, then Append.
+// the simulator's own, then the machine's parameters (microvmParams), then
+// Append. Only Cmdline is measured.
 func kernelCmdline(o Options) string {
-	if o.Cmdline == "" {
-		return KernelCmdline(o.Append)
+	s := o.Cmdline
+	if s == "" {
+		s = KernelCmdline("")
 	}
-	if o.Append == "" {
-		return o.Cmdline
+	for _, p := range []string{microvmParams(o), o.Append} {
+		if p != "" {
+			s += " " + p
+		}
 	}
-	return o.Cmdline + " " + o.Append
+	return s
+}
+
+// microvmParams are kernel parameters microvm needs under TCG: it has
+// neither HPET nor an ACPI PM timer, so the kernel calibrates the TSC
+// against the PIT alone, which fails on a loaded host ("tsc: Unable to
+// calibrate against PIT") and the boot then hangs. Giving the TSC
+// frequency (the host's: TCG's guest TSC runs at the host's rate) skips
+// the calibration; the clocksource watchdog still corrects a wrong value.
+func microvmParams(o Options) string {
+	if o.Machine != MachineMicrovm || o.Accel != AccelTCG {
+		return ""
+	}
+	return fmt.Sprintf("tsc_early_khz=%d", hostTSCkHz())
+}
+
+// hostTSCkHz reads the host CPU's clock from /proc/cpuinfo, 2 GHz when it
+// cannot.
+func hostTSCkHz() int {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			k, v, ok := strings.Cut(line, ":")
+			if ok && strings.TrimSpace(k) == "cpu MHz" {
+				if mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil && mhz > 0 {
+					return int(mhz * 1000)
+				}
+			}
+		}
+	}
+	return 2000000
 }
 
 // PreparedEIF is an EIF unpacked for QEMU, as QEMU's nitro-enclave machine

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -14,6 +13,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nitroinit/nitroinit/internal/oci/ocitest"
 )
 
 func TestParseRef(t *testing.T) {
@@ -60,53 +61,25 @@ func TestReadFlatRefusesDanglingHardLink(t *testing.T) {
 	}
 }
 
-// needTools skips (outside CI) or fails (in CI) when the real image tools
-// or root are missing.
-func needTools(t *testing.T) {
-	t.Helper()
-	var missing []string
-	for _, tool := range []string{"umoci", "skopeo", "tar"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			missing = append(missing, tool)
-		}
-	}
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root (the image has device nodes and other owners)")
-	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := "needs " + strings.Join(missing, ", ") + " (ci/install-deps.sh installs the tools)"
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-}
-
 var (
 	fixtureOnce sync.Once
 	fixtureDir  string
-	fixtureErr  error
 )
 
-// fixture builds testdata/mkimage.sh's image once per test binary.
+// fixture builds ocitest's image once per test binary.
 func fixture(t *testing.T) string {
 	t.Helper()
-	needTools(t)
+	ocitest.NeedTools(t)
 	fixtureOnce.Do(func() {
-		fixtureDir, fixtureErr = os.MkdirTemp("", "oci-fixture-")
-		if fixtureErr != nil {
-			return
-		}
-		script, _ := filepath.Abs("testdata/mkimage.sh")
-		out, err := exec.Command(script, fixtureDir).CombinedOutput()
+		dir, err := os.MkdirTemp("", "oci-fixture-")
 		if err != nil {
-			fixtureErr = err
-			t.Logf("mkimage.sh: %s", out)
+			t.Fatal(err)
 		}
+		fixtureDir = dir
+		ocitest.Build(t, dir, "")
 	})
-	if fixtureErr != nil {
-		t.Fatalf("building the test image: %v", fixtureErr)
+	if _, err := os.Stat(filepath.Join(fixtureDir, "bundle")); err != nil {
+		t.Fatalf("the test image was not built: %v", err)
 	}
 	return fixtureDir
 }
