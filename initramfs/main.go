@@ -5,6 +5,9 @@
 //	initramfs build -o out.cpio --init bin/init --initctl bin/initctl --config init.yaml --service x.service ...
 //	initramfs boot out.cpio            # then, elsewhere: initctl --vsock-uds PATH list
 //	initramfs demo                     # build, boot, manage and shut down an example enclave
+//	initramfs build --from-image oci-archive:app.tar --format eif -o app.eif --init bin/init ...
+//	initramfs describe-eif app.eif     # nitro-cli describe-eif's JSON
+//	initramfs boot app.eif             # boots the EIF's kernel, cmdline and ramdisks
 package main
 
 import (
