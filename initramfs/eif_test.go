@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/u-root/mkuimage/cpio"
+
 	"github.com/nitroinit/nitroinit/internal/eif"
 	"github.com/nitroinit/nitroinit/internal/nitro"
 	"github.com/nitroinit/nitroinit/internal/oci/ocitest"
@@ -290,5 +292,44 @@ func TestAppEnv(t *testing.T) {
 	}
 	if got := appEnv([]string{"PWD=/x"}, ""); strings.Join(got, " ") != "PWD=/x" {
 		t.Errorf("appEnv without WorkingDir = %q", got)
+	}
+}
+
+// TestBuildEIFFromImageWithServices: service files given next to an image
+// go where init reads them after switching to it, in the app ramdisk.
+func TestBuildEIFFromImageWithServices(t *testing.T) {
+	img := testImage(t)
+	dir := t.TempDir()
+	initBin := filepath.Join(dir, "init")
+	os.WriteFile(initBin, []byte("INIT"), 0o755)
+	svc := filepath.Join(dir, "web.service")
+	os.WriteFile(svc, []byte("ExecStart = \"/bin/app\"\n"), 0o644)
+	out := filepath.Join(dir, "s.eif")
+	if _, stderr, err := run(t, "build", "--init", initBin, "--sim-config", "--kernel", fakeBzImage(t, dir), "--format", "eif",
+		"--from-image", "oci:"+img+"/oci:app", "--service", svc, "-o", out); err != nil {
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	f, closer, err := openEIF(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closer.Close()
+	var app []byte
+	for i, s := range f.Sections {
+		if s.Type == nitro.EIFSectionRamdisk {
+			app = make([]byte, s.Size)
+			f.Reader(i).ReadAt(app, 0)
+		}
+	}
+	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(app)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, r := range recs {
+		names = append(names, r.Name)
+	}
+	if !strings.Contains(" "+strings.Join(names, " ")+" ", " rootfs/service/web.service ") {
+		t.Errorf("the app ramdisk lacks rootfs/service/web.service: %v", names)
 	}
 }
