@@ -3,11 +3,11 @@
 #   qemu-system-x86  the enclave simulator's VMM
 #   tini runit s6 supervisor  other supervisors the comparison tests and benchmarks run against
 #   xz-utils cpio kmod  unpack kernel modules, inspect initramfs images, depmod/modinfo
-#   umoci skopeo  build and unpack the container images the image-import tests read
+#   umoci skopeo openssl  build and unpack the container images the image-import tests read; sign a test EIF
 # Safe to run repeatedly: a run with everything present does no apt work at all.
 set -euo pipefail
 
-PKGS=(qemu-system-x86 tini runit s6 supervisor xz-utils cpio kmod umoci skopeo)
+PKGS=(qemu-system-x86 tini runit s6 supervisor xz-utils cpio kmod umoci skopeo openssl)
 
 say() { echo "install-deps: $*" >&2; }
 
