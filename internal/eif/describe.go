@@ -52,8 +52,16 @@ type Description struct {
 	ImageName        string `json:",omitempty"`
 	ImageVersion     string `json:",omitempty"`
 	// Metadata is the build metadata with DockerInfo and CustomMetadata
-	// beside it, as describe-eif flattens them.
-	Metadata map[string]any `json:",omitempty"`
+	// beside it, as describe-eif flattens them; nil without a metadata
+	// section.
+	Metadata *DescribedMetadata `json:",omitempty"`
+}
+
+// DescribedMetadata is describe-eif's Metadata object.
+type DescribedMetadata struct {
+	BuildMetadata
+	DockerInfo     json.RawMessage
+	CustomMetadata json.RawMessage
 }
 
 // Describe measures f and reads its metadata. f has passed Open, so its CRC
@@ -87,15 +95,14 @@ func Describe(f *File) (Description, error) {
 			return Description{}, bad("metadata", "not nitro-cli's EifIdentityInfo JSON: %v", err)
 		}
 		d.ImageName, d.ImageVersion = id.ImageName, id.ImageVersion
-		d.Metadata = map[string]any{
-			"BuildTime":        id.BuildMetadata.BuildTime,
-			"BuildTool":        id.BuildMetadata.BuildTool,
-			"BuildToolVersion": id.BuildMetadata.BuildToolVersion,
-			"OperatingSystem":  id.BuildMetadata.OperatingSystem,
-			"KernelVersion":    id.BuildMetadata.KernelVersion,
-			"DockerInfo":       id.DockerInfo,
-			"CustomMetadata":   id.CustomMetadata,
-		}
+		d.Metadata = &DescribedMetadata{id.BuildMetadata, nullIfEmpty(id.DockerInfo), nullIfEmpty(id.CustomMetadata)}
 	}
 	return d, nil
+}
+
+func nullIfEmpty(m json.RawMessage) json.RawMessage {
+	if len(m) == 0 {
+		return json.RawMessage("null")
+	}
+	return m
 }
