@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"hash/crc32"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -332,4 +333,62 @@ func TestBuildEIFFromImageWithServices(t *testing.T) {
 	if !strings.Contains(" "+strings.Join(names, " ")+" ", " rootfs/service/web.service ") {
 		t.Errorf("the app ramdisk lacks rootfs/service/web.service: %v", names)
 	}
+}
+
+// TestBootEIF checks what boot does with an EIF before QEMU runs: the
+// printed measurements and command line, --append reported as unmeasured,
+// and damaged or foreign EIFs refused by name.
+func TestBootEIF(t *testing.T) {
+	dir := t.TempDir()
+	initBin := filepath.Join(dir, "init")
+	os.WriteFile(initBin, []byte("INIT"), 0o755)
+	p := filepath.Join(dir, "x.eif")
+	stdout, _, err := run(t, "build", "--init", initBin, "--kernel", fakeBzImage(t, dir), "--format", "eif", "-o", p, "--cmdline", "console=ttyS0 measured=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m measurementsOut
+	json.Unmarshal([]byte(stdout), &m)
+	out, stderr, err := run(t, "boot", "--print-cmdline", "--accel", "tcg", "--route", "vhost-user", "--dir", filepath.Join(dir, "sim"), "--append", "extra=1", p)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	for _, want := range []string{"initramfs: EIF " + p + ": PCR0 " + m.Measurements["PCR0"], "kernel command line (measured): console=ttyS0 measured=1", `--append "extra=1" follows it, not measured`} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("boot's report lacks %q:\n%s", want, stderr)
+		}
+	}
+	if !strings.Contains(out, "-append 'console=ttyS0 measured=1 extra=1'") || !strings.Contains(out, "eif-kernel") {
+		t.Errorf("QEMU command line: %s", out)
+	}
+	if _, _, err := run(t, "boot", "--print-cmdline", "--kernel", p, p); err == nil || !strings.Contains(err.Error(), "carries its own kernel") {
+		t.Errorf("boot --kernel with an EIF: %v", err)
+	}
+
+	b, _ := os.ReadFile(p)
+	for _, c := range []struct {
+		name   string
+		damage func([]byte)
+		want   string
+	}{
+		{"crc", func(b []byte) { b[len(b)-1] ^= 1 }, ": eif: crc:"},
+		{"version", func(b []byte) { b[5] = 3 }, ": eif: version: 3"},
+		{"arm64", func(b []byte) { b[7] = 1; fixEIFCRC(b) }, ": eif: flags: 0x0001 marks an arm64 image"},
+	} {
+		bad := bytes.Clone(b)
+		c.damage(bad)
+		q := filepath.Join(dir, c.name+".eif")
+		os.WriteFile(q, bad, 0o644)
+		if _, _, err := run(t, "boot", "--print-cmdline", q); err == nil || !strings.Contains(err.Error(), q+c.want) {
+			t.Errorf("%s: boot said %v, want %q", c.name, err, c.want)
+		}
+	}
+}
+
+// fixEIFCRC recomputes an EIF's header CRC after a test changed it.
+func fixEIFCRC(b []byte) {
+	crc := crc32.NewIEEE()
+	crc.Write(b[:nitro.EIFHeaderSize-4])
+	crc.Write(b[nitro.EIFHeaderSize:])
+	binary.BigEndian.PutUint32(b[nitro.EIFHeaderSize-4:], crc.Sum32())
 }
