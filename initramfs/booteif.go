@@ -11,7 +11,7 @@ import (
 // prepareEIF turns an EIF given to boot into the kernel, initrd and command
 // line QEMU gets, as QEMU's nitro-enclave machine does, and prints its
 // measurements. Other images pass through. cleanup removes the unpacked
-// files.
+// files unless they went into --dir.
 func prepareEIF(w io.Writer, o enclavesim.Options) (enclavesim.Options, func(), error) {
 	nothing := func() {}
 	if !enclavesim.IsEIF(o.Initrd) {
@@ -20,11 +20,20 @@ func prepareEIF(w io.Writer, o enclavesim.Options) (enclavesim.Options, func(), 
 	if o.Kernel != "" {
 		return o, nothing, fmt.Errorf("%s is an EIF, which carries its own kernel: drop --kernel %s", o.Initrd, o.Kernel)
 	}
-	dir, err := os.MkdirTemp("", "eif-boot-")
-	if err != nil {
-		return o, nothing, err
+	// Under --dir the unpacked files stay, so that the command line
+	// --print-cmdline shows can be run; otherwise they go when boot ends.
+	dir, cleanup := o.Dir, nothing
+	if dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return o, nothing, err
+		}
+	} else {
+		tmp, err := os.MkdirTemp("", "eif-boot-")
+		if err != nil {
+			return o, nothing, err
+		}
+		dir, cleanup = tmp, func() { os.RemoveAll(tmp) }
 	}
-	cleanup := func() { os.RemoveAll(dir) }
 	p, err := enclavesim.PrepareEIF(o.Initrd, dir)
 	if err != nil {
 		cleanup()

@@ -358,8 +358,12 @@ func TestBootEIF(t *testing.T) {
 			t.Errorf("boot's report lacks %q:\n%s", want, stderr)
 		}
 	}
-	if !strings.Contains(out, "-append 'console=ttyS0 measured=1 extra=1'") || !strings.Contains(out, "eif-kernel") {
+	if !strings.Contains(out, "-append 'console=ttyS0 measured=1 extra=1'") || !strings.Contains(out, "-kernel "+filepath.Join(dir, "sim", "eif-kernel")) {
 		t.Errorf("QEMU command line: %s", out)
+	}
+	// Under --dir the unpacked kernel stays for the printed command.
+	if _, err := os.Stat(filepath.Join(dir, "sim", "eif-initrd")); err != nil {
+		t.Errorf("the printed command's initrd is gone: %v", err)
 	}
 	if _, _, err := run(t, "boot", "--print-cmdline", "--kernel", p, p); err == nil || !strings.Contains(err.Error(), "carries its own kernel") {
 		t.Errorf("boot --kernel with an EIF: %v", err)
