@@ -411,6 +411,7 @@ func bootConfig(c *config.Init) boot.Config {
 		HeartbeatTimeout: c.Vsock.Timeout,
 		PivotRoot:        c.PivotRoot,
 		PivotRootDir:     c.PivotRootDir,
+		Loopback:         c.Loopback,
 		Fatal: map[string]bool{
 			"heartbeat":  c.OnFailure.Heartbeat == config.ActionFatal,
 			"nsm":        c.OnFailure.NSM == config.ActionFatal,

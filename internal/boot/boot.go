@@ -76,6 +76,8 @@ type Config struct {
 	Fatal map[string]bool
 	// NSMWait bounds the wait for /dev/nsm after loading; zero means 1 s.
 	NSMWait time.Duration
+	// Loopback brings up lo with 127.0.0.1/8 and ::1 (see loopback.go).
+	Loopback bool
 }
 
 // DefaultConfig returns the configuration init uses as PID 1 when
@@ -91,6 +93,7 @@ func DefaultConfig() Config {
 		HeartbeatTimeout: DefaultHeartbeatTimeout,
 		PivotRoot:        true,
 		PivotRootDir:     DefaultPivotRootDir,
+		Loopback:         true,
 	}
 }
 
@@ -212,6 +215,7 @@ func (b *booter) run(ctx context.Context) error {
 	if b.res.Switched && b.cfg.Mounts {
 		b.mountEarly(false)
 	}
+	b.loopback()
 	b.logf("boot: done")
 	return nil
 }

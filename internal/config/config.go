@@ -82,6 +82,7 @@ type Init struct {
 	PivotRootDir  string    // pivot_root_dir: the directory that becomes /
 	Cgroups       string    // cgroups: auto, v2, v1 or off
 	OnFailure     OnFailure // on_failure: what a failed boot step does
+	Loopback      bool      // loopback: bring up lo with 127.0.0.1/8 and ::1
 }
 
 // Control configures the control sockets and who may use them.
@@ -181,6 +182,7 @@ func DefaultInit() *Init {
 		PivotRootDir:  DefaultPivotRootDir,
 		Cgroups:       CgroupsAuto,
 		OnFailure:     OnFailure{Heartbeat: ActionWarn, NSM: ActionWarn, PivotRoot: ActionWarn},
+		Loopback:      true,
 	}
 }
 

@@ -96,6 +96,7 @@ func ParseInit(path string, data []byte) (*Init, []error) {
 		"pivot_root":     d.boolean(&c.PivotRoot),
 		"pivot_root_dir": d.path(&c.PivotRootDir),
 		"cgroups":        d.enum(&c.Cgroups, CgroupsAuto, CgroupsV2, CgroupsV1, CgroupsOff),
+		"loopback":       d.boolean(&c.Loopback),
 		"on_failure": func(key string, n *yaml.Node) {
 			d.mapping(key, n, map[string]field{
 				"heartbeat":  d.action(&c.OnFailure.Heartbeat),
