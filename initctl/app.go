@@ -269,6 +269,7 @@ Exit codes: 0 ok, 1 init reported an error, 2 usage or configuration error,
 		root.AddCommand(c)
 	}
 	root.AddCommand(a.psCmd())
+	root.AddCommand(a.forwardCmds()...)
 	for _, c := range a.systemCmds() {
 		root.AddCommand(c)
 	}
