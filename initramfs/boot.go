@@ -51,6 +51,7 @@ func bootCmd() *cobra.Command {
 	var (
 		sf        simFlags
 		printOnly bool
+		ff        fwdFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "boot [flags] IMAGE",
@@ -90,8 +91,16 @@ the userspace vhost-user device, 2 with the kernel's vhost-vsock).`,
 				return nil
 			}
 			o.Console = cmd.OutOrStdout()
+			fwds, err := ff.plan()
+			if err != nil {
+				return err
+			}
 			vm, err := enclavesim.Start(ctx, o)
 			if err != nil {
+				return err
+			}
+			if err := startForwarders(ctx, fwds, vm, stderr); err != nil {
+				vm.Stop()
 				return err
 			}
 			describe(stderr, vm, args[0])
@@ -103,6 +112,7 @@ the userspace vhost-user device, 2 with the kernel's vhost-vsock).`,
 		},
 	}
 	sf.register(cmd)
+	ff.register(cmd)
 	cmd.Flags().BoolVar(&printOnly, "print-cmdline", false, "print the QEMU command line and exit (sockets under DIR unless --dir)")
 	return cmd
 }
