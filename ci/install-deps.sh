@@ -4,10 +4,12 @@
 #   tini runit s6 supervisor  other supervisors the comparison tests and benchmarks run against
 #   xz-utils cpio kmod  unpack kernel modules, inspect initramfs images, depmod/modinfo
 #   umoci skopeo openssl  build and unpack the container images the image-import tests read; sign a test EIF
+#   busybox-static socat  the apps in the network vmtests; the forwarder benchmark's baseline
 # Safe to run repeatedly: a run with everything present does no apt work at all.
 set -euo pipefail
 
 PKGS=(qemu-system-x86 tini runit s6 supervisor xz-utils cpio kmod umoci skopeo openssl)
+PKGS+=(busybox-static socat) # apps in the network vmtests; socat is the forwarder benchmark baseline
 
 say() { echo "install-deps: $*" >&2; }
 

@@ -216,7 +216,9 @@ func (f *Forwarder) handle(ctx context.Context, c net.Conn) {
 	f.active.Add(1)
 	f.total.Add(1)
 	defer f.active.Add(-1)
-	f.pipe(c, t)
+	if err := f.pipe(c, t); err != nil && ctx.Err() == nil {
+		f.log.printf("forward %s -> %s: %v", c.RemoteAddr(), target, err)
+	}
 }
 
 // target works out where c goes: the fixed target, or the one its header
@@ -250,19 +252,25 @@ func (f *Forwarder) target(c net.Conn) (Endpoint, []byte, bool) {
 // pipe copies a to b and b to a. Each direction ends at its end of stream,
 // which becomes a half-close on the other side; an error in either closes
 // both. last is the time of the latest progress in either direction, so that
-// a connection idle one way and busy the other stays open.
-func (f *Forwarder) pipe(a, b net.Conn) {
+// a connection idle one way and busy the other stays open. The result is the
+// first error, which ended the connection.
+func (f *Forwarder) pipe(a, b net.Conn) error {
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
 	errc := make(chan error, 2)
 	go func() { errc <- f.copy(b, a, &last) }()
 	go func() { errc <- f.copy(a, b, &last) }()
+	var first error
 	for range 2 {
 		if err := <-errc; err != nil {
+			if first == nil {
+				first = err
+			}
 			a.Close()
 			b.Close()
 		}
 	}
+	return first
 }
 
 type closeWriter interface{ CloseWrite() error }

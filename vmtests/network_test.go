@@ -1,0 +1,337 @@
+package vmtests
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nitroinit/nitroinit/initramfs/image"
+	"github.com/nitroinit/nitroinit/internal/control"
+	"github.com/nitroinit/nitroinit/internal/wire"
+)
+
+// Guest ports of the network image.
+const (
+	netWWWPort    = 8080 // busybox httpd on 127.0.0.1, and its ingress vsock port
+	netEchoPort   = 7000 // internal/testprog/echo, and its ingress vsock port
+	netEgressPort = 8443 // the host's vsock port for egress
+)
+
+// busyboxPath finds a static busybox for the guest: Debian's busybox-static
+// installs /bin/busybox. CI installs it (ci/install-deps.sh), so there the
+// test fails rather than skips without it.
+func busyboxPath(t *testing.T) string {
+	t.Helper()
+	for _, p := range []string{os.Getenv("NITROINIT_BUSYBOX"), "/bin/busybox", "/usr/bin/busybox"} {
+		if p == "" {
+			continue
+		}
+		out, err := exec.Command("file", "-L", p).Output()
+		if err == nil && strings.Contains(string(out), "statically linked") {
+			return p
+		}
+		if err != nil {
+			if _, serr := os.Stat(p); serr == nil {
+				return p // no file(1): trust the package
+			}
+		}
+	}
+	msg := "needs a static busybox in the guest: apt-get install busybox-static (or set NITROINIT_BUSYBOX)"
+	if os.Getenv("CI") != "" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+	return ""
+}
+
+// buildEcho builds internal/testprog/echo, the TCP echo server the guest
+// runs, as a static binary in dir.
+func buildEcho(t *testing.T, dir string) string {
+	t.Helper()
+	out := filepath.Join(dir, "echo")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", out, "./internal/testprog/echo")
+	cmd.Dir = ".." // the module root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building the echo server: %v\n%s", err, b)
+	}
+	return out
+}
+
+// hostProc is a program the test runs on the host, ended by PID.
+type hostProc struct {
+	cmd *exec.Cmd
+	log *syncBuffer
+}
+
+func startHost(t *testing.T, name string, args ...string) *hostProc {
+	t.Helper()
+	p := &hostProc{cmd: exec.Command(name, args...), log: &syncBuffer{}}
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	p.cmd.Env = append(os.Environ(), "INITCTL_CONFIG=/nonexistent/initctl.yaml")
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", strings.Join(p.cmd.Args, " "), err)
+	}
+	t.Cleanup(func() {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		p.cmd.Wait()
+		if t.Failed() {
+			t.Logf("=== host %s\n%s", strings.Join(p.cmd.Args, " "), p.log.String())
+		}
+	})
+	return p
+}
+
+// freeTCP returns a 127.0.0.1 address nobody listens on right now.
+func freeTCP(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// vsockEndpoint is how the host reaches guest port on e's route, in
+// initctl forward's syntax; hostListen is where the guest's connections to
+// host port arrive.
+func (e *enclave) vsockEndpoint(port int) string {
+	if e.target.Protocol == control.ProtocolHybrid {
+		return fmt.Sprintf("hvsock:%s:%d", e.target.HybridPath, port)
+	}
+	return fmt.Sprintf("vsock:%d:%d", e.target.VsockCID, port)
+}
+
+func (e *enclave) hostListen(port int) string {
+	if e.target.Protocol == control.ProtocolHybrid {
+		return fmt.Sprintf("hvsock:%s:%d", e.target.HybridPath, port)
+	}
+	return fmt.Sprintf("vsock:%d", port)
+}
+
+// TestNetwork boots an enclave whose apps are real third-party servers
+// (busybox httpd and wget) behind loopback, and reaches them through the
+// forwarders of initctl on both sides.
+func TestNetwork(t *testing.T) {
+	needVM(t)
+	bb := busyboxPath(t)
+	stopShared()
+	dir := t.TempDir()
+
+	hello := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "hello from the host\n")
+	}))
+	defer hello.Close()
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "must not be reached\n")
+	}))
+	defer other.Close()
+	helloAddr, otherAddr := hello.Listener.Addr().String(), other.Listener.Addr().String()
+	allow := filepath.Join(dir, "allowlist.yaml")
+	_, helloPort, _ := net.SplitHostPort(helloAddr)
+	writeHostFile(t, allow, "allowlist:\n- {address: 127.0.0.1, port: "+helloPort+"}\n")
+	index := filepath.Join(dir, "index.html")
+	writeHostFile(t, index, "served by busybox httpd inside the enclave\n")
+
+	fwd := "/usr/bin/initctl forward "
+	g := guest{
+		config: moduleYAML() + `
+vsock:
+  cid: $HOSTCID
+  port: 9000
+  timeout: 60s
+pivot_root: false
+control:
+  vsock_enabled: true
+  vsock_port: 9001
+`,
+		files: []image.File{
+			{Src: bb, Dst: "/bin/busybox", Mode: 0o755},
+			{Src: index, Dst: "/www/index.html", Mode: 0o644},
+			{Src: buildEcho(t, dir), Dst: "/bin/echo", Mode: 0o755},
+		},
+		services: map[string]string{
+			// The first services: what lo looks like when they start.
+			"lo.service":      "ExecStart = \"/bin/busybox ip addr show dev lo\"\nBefore = [\"www\", \"echo\"]",
+			"www.service":     fmt.Sprintf(`ExecStart = "/bin/busybox httpd -f -p 127.0.0.1:%d -h /www"`, netWWWPort),
+			"echo.service":    fmt.Sprintf(`ExecStart = "/bin/echo 127.0.0.1:%d"`, netEchoPort),
+			"in-www.service":  fmt.Sprintf(`ExecStart = "%s --listen vsock:%d --connect tcp:127.0.0.1:%d"`, fwd, netWWWPort, netWWWPort),
+			"in-echo.service": fmt.Sprintf(`ExecStart = "%s --listen vsock:%d --connect tcp:127.0.0.1:%d --max-connections 100"`, fwd, netEchoPort, netEchoPort),
+			"out-ok.service": fmt.Sprintf(`ExecStart = "%s --listen tcp:127.0.0.1:8000 --connect vsock:$HOSTCID:%d --target %s"`,
+				fwd, netEgressPort, helloAddr),
+			"out-bad.service": fmt.Sprintf(`ExecStart = "%s --listen tcp:127.0.0.1:8001 --connect vsock:$HOSTCID:%d --target %s"`,
+				fwd, netEgressPort, otherAddr),
+			"fetch.service.disabled":    "ExecStart = \"/bin/busybox wget -q -O - http://127.0.0.1:8000/\"\nRestart = \"no\"",
+			"fetchbad.service.disabled": "ExecStart = \"/bin/busybox wget -q -O - http://127.0.0.1:8001/\"\nRestart = \"no\"",
+		},
+	}
+	e := soloBoot(t, "network", g)
+	t.Cleanup(func() { e.stop() }) // after explain's cleanup, which needs the VM
+	e.explain(t, "lo", "www", "echo", "in-www", "in-echo", "out-ok", "out-bad", "fetch", "fetchbad")
+
+	t.Run("loopback_before_the_first_service", func(t *testing.T) {
+		lines := strings.Join(e.waitLog(t, "lo", "::1/128"), "\n")
+		for _, want := range []string{"LOOPBACK,UP", "inet 127.0.0.1/8", "inet6 ::1/128"} {
+			if !strings.Contains(lines, want) {
+				t.Errorf("ip addr show dev lo in the first service lacks %q:\n%s", want, lines)
+			}
+		}
+		console := e.vm.Console()
+		up, first := strings.Index(console, "boot: loopback lo up"), strings.Index(console, "supervise: lo: started")
+		if up < 0 || first < 0 || up > first {
+			t.Errorf("loopback line at %d, first service start at %d; want loopback first:\n%s", up, first, e.initLog())
+		}
+	})
+
+	wwwAddr := freeTCP(t)
+	startHost(t, bin.initctl, "forward", "--listen", "tcp:"+wwwAddr, "--connect", e.vsockEndpoint(netWWWPort))
+	t.Run("ingress_to_a_loopback_server", func(t *testing.T) {
+		var body string
+		eventually(t, waitTimeout, "busybox httpd through ingress", func() (bool, string) {
+			r, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + wwwAddr + "/index.html")
+			if err != nil {
+				return false, err.Error()
+			}
+			defer r.Body.Close()
+			b, _ := io.ReadAll(r.Body)
+			body = string(b)
+			return r.StatusCode == 200, fmt.Sprintf("%s %q", r.Status, body)
+		})
+		if body != "served by busybox httpd inside the enclave\n" {
+			t.Errorf("body %q", body)
+		}
+	})
+
+	parent := startHost(t, bin.initctl, "forward", "--listen", e.hostListen(netEgressPort), "--allow", allow)
+	t.Run("egress_to_a_host_server", func(t *testing.T) {
+		e.run(t, "fetch")
+		e.waitLog(t, "fetch", "hello from the host")
+	})
+	t.Run("egress_refused_off_the_allow_list", func(t *testing.T) {
+		e.run(t, "fetchbad")
+		e.waitState(t, "fetchbad", "exited")
+		if lines := e.logs(t, "fetchbad", 100); containsLine(lines, "must not be reached") {
+			t.Errorf("the refused target answered:\n%s", strings.Join(lines, "\n"))
+		}
+		want := fmt.Sprintf("target %q is not on the allow-list %s", otherAddr, allow)
+		eventually(t, waitTimeout, "the refusal in the parent's log", func() (bool, string) {
+			return strings.Contains(parent.log.String(), want), parent.log.String()
+		})
+	})
+
+	echoAddr := freeTCP(t)
+	startHost(t, bin.initctl, "forward", "--listen", "tcp:"+echoAddr, "--connect", e.vsockEndpoint(netEchoPort), "--max-connections", "100")
+	eventually(t, waitTimeout, "the echo server through ingress", func() (bool, string) {
+		err := echoRoundTrip(echoAddr, []byte("ping"))
+		return err == nil, fmt.Sprint(err)
+	})
+	t.Run("half_close", func(t *testing.T) {
+		// The echo ends its stream only after the client's end of stream
+		// has crossed both forwarders and the guest's TCP.
+		if err := echoRoundTrip(echoAddr, []byte("half-closed but still reading\n")); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("50_concurrent_1MB_both_ways", func(t *testing.T) {
+		var wg sync.WaitGroup
+		errs := make(chan error, 50)
+		for i := range 50 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				data := make([]byte, 1<<20)
+				rand.Read(data)
+				if err := echoRoundTrip(echoAddr, data); err != nil {
+					errs <- fmt.Errorf("connection %d: %w", i, err)
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+	})
+	t.Run("peer_disappears_mid_stream", func(t *testing.T) {
+		c, err := net.Dial("tcp", echoAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		go c.Write(make([]byte, 4<<20))
+		// Once data flows, the app in the enclave goes away: stopping the
+		// service kills it mid-stream.
+		c.SetReadDeadline(time.Now().Add(2 * time.Minute))
+		if _, err := io.ReadFull(c, make([]byte, 1024)); err != nil {
+			t.Fatalf("no echo before the app died: %v", err)
+		}
+		e.do(t, wire.Request{Kind: wire.KindServiceStop, Name: "echo"})
+		if _, err := io.Copy(io.Discard, c); err != nil && isTimeout(err) {
+			t.Fatal("the stream did not end after the app in the enclave died")
+		}
+		// The forwarders are not stuck: the restarted app is reachable.
+		e.do(t, wire.Request{Kind: wire.KindServiceStart, Name: "echo"})
+		eventually(t, waitTimeout, "the restarted echo server", func() (bool, string) {
+			err := echoRoundTrip(echoAddr, []byte("again"))
+			return err == nil, fmt.Sprint(err)
+		})
+	})
+}
+
+func writeHostFile(t *testing.T, path, s string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// echoRoundTrip sends data to the echo server at addr, half-closes, and
+// checks that exactly data comes back (by SHA-256) before the end of stream.
+func echoRoundTrip(addr string, data []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	deadline, _ := ctx.Deadline()
+	c.SetDeadline(deadline)
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(data)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		werr <- err
+	}()
+	h := sha256.New()
+	n, err := io.Copy(h, c)
+	if err != nil {
+		return fmt.Errorf("reading the echo after %d bytes: %w", n, err)
+	}
+	if err := <-werr; err != nil {
+		return fmt.Errorf("writing: %w", err)
+	}
+	want := sha256.Sum256(data)
+	if n != int64(len(data)) || !bytes.Equal(h.Sum(nil), want[:]) {
+		return fmt.Errorf("echo of %d bytes came back as %d bytes, checksum equal %v", len(data), n, bytes.Equal(h.Sum(nil), want[:]))
+	}
+	return nil
+}
