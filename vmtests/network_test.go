@@ -335,3 +335,94 @@ func echoRoundTrip(addr string, data []byte) error {
 	}
 	return nil
 }
+
+// TestAppsTutorial runs docs/apps.md: every ```sh block, in order, as one
+// bash script, with BIN holding init, initctl and initramfs as "make build"
+// leaves them. As root it runs in a network namespace of its own, so that
+// the page's fixed host ports cannot meet anything else on the machine.
+func TestAppsTutorial(t *testing.T) {
+	needVM(t)
+	busyboxPath(t)
+	stopShared()
+	page, err := os.ReadFile("../docs/apps.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := shBlocks(string(page))
+	if len(blocks) < 5 {
+		t.Fatalf("docs/apps.md has %d sh blocks; the tutorial is missing", len(blocks))
+	}
+	dir := t.TempDir()
+	binDir := filepath.Join(dir, "bin")
+	if err := os.Mkdir(binDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []string{bin.init, bin.initctl} {
+		data, err := os.ReadFile(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeHostFile(t, filepath.Join(binDir, filepath.Base(b)), string(data))
+		os.Chmod(filepath.Join(binDir, filepath.Base(b)), 0o755)
+	}
+	build := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(binDir, "initramfs"), "./initramfs")
+	build.Dir = ".."
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building initramfs: %v\n%s", err, out)
+	}
+	work := filepath.Join(dir, "myapp")
+	if err := os.Mkdir(work, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	script := "set -euo pipefail\nBIN=" + binDir + "\ncd " + work + "\n" + strings.Join(blocks, "\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "-c", script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if os.Geteuid() == 0 {
+		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNET
+		cmd.Args = []string{"bash", "-c", "busybox ip link set lo up && exec bash -c \"$0\"", script}
+	}
+	// The script's own trap stops what it started; if the test gives up
+	// first, its whole process group (this test started it) goes.
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		boot, _ := os.ReadFile(filepath.Join(work, "boot.log"))
+		console, _ := os.ReadFile(filepath.Join(work, "console.log"))
+		t.Fatalf("the tutorial failed: %v\n=== output\n%s\n=== boot.log\n%s\n=== console.log (tail)\n%s", err, out, boot, tail(string(console), 60))
+	}
+	for _, want := range []string{"hello from busybox httpd in the enclave", "hello from the host", "is not on the allow-list"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("tutorial output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// shBlocks returns the contents of the ```sh fenced blocks of a Markdown page.
+func shBlocks(page string) []string {
+	var blocks []string
+	var cur []string
+	in := false
+	for _, line := range strings.Split(page, "\n") {
+		switch {
+		case !in && strings.TrimSpace(line) == "```sh":
+			in, cur = true, nil
+		case in && strings.TrimSpace(line) == "```":
+			in = false
+			blocks = append(blocks, strings.Join(cur, "\n"))
+		case in:
+			cur = append(cur, line)
+		}
+	}
+	return blocks
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
