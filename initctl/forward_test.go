@@ -1,10 +1,7 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
-	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -14,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nitroinit/nitroinit/internal/hvsock"
+	"github.com/nitroinit/nitroinit/internal/forward/forwardtest"
 )
 
 func TestForwardBadInput(t *testing.T) {
@@ -61,43 +58,11 @@ func TestForwardBadInput(t *testing.T) {
 	}
 }
 
-// echoHybrid stands in for a VM's hybrid vsock device whose guest echoes on
-// every port.
-func echoHybrid(t *testing.T) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "vm.sock")
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				port, err := hvsock.ReadConnect(br)
-				if err != nil {
-					return
-				}
-				fmt.Fprintf(c, "OK %d\n", port)
-				io.Copy(c, br)
-				c.(*net.UnixConn).CloseWrite()
-			}()
-		}
-	}()
-	return path
-}
-
 // TestForwardAndConnect runs the real initctl: connect's stdin goes over TCP
 // to a forwarder, through the hybrid CONNECT handshake to the "guest", and
 // back to connect's stdout; the forwarder stops cleanly on SIGTERM.
 func TestForwardAndConnect(t *testing.T) {
-	hybrid := echoHybrid(t)
+	hybrid := forwardtest.HybridDevice(t, forwardtest.HybridEcho)
 	free, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -1,10 +1,8 @@
 package vmtests
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"fmt"
 	"io"
 	"net"
@@ -21,6 +19,7 @@ import (
 
 	"github.com/nitroinit/nitroinit/initramfs/image"
 	"github.com/nitroinit/nitroinit/internal/control"
+	"github.com/nitroinit/nitroinit/internal/forward/forwardtest"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
@@ -313,27 +312,7 @@ func echoRoundTrip(addr string, data []byte) error {
 	defer c.Close()
 	deadline, _ := ctx.Deadline()
 	c.SetDeadline(deadline)
-	werr := make(chan error, 1)
-	go func() {
-		_, err := c.Write(data)
-		if err == nil {
-			err = c.(*net.TCPConn).CloseWrite()
-		}
-		werr <- err
-	}()
-	h := sha256.New()
-	n, err := io.Copy(h, c)
-	if err != nil {
-		return fmt.Errorf("reading the echo after %d bytes: %w", n, err)
-	}
-	if err := <-werr; err != nil {
-		return fmt.Errorf("writing: %w", err)
-	}
-	want := sha256.Sum256(data)
-	if n != int64(len(data)) || !bytes.Equal(h.Sum(nil), want[:]) {
-		return fmt.Errorf("echo of %d bytes came back as %d bytes, checksum equal %v", len(data), n, bytes.Equal(h.Sum(nil), want[:]))
-	}
-	return nil
+	return forwardtest.RoundTrip(c, data)
 }
 
 // TestAppsTutorial runs docs/apps.md: every ```sh block, in order, as one

@@ -1,8 +1,6 @@
 package forward
 
 import (
-	"bufio"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -13,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nitroinit/nitroinit/internal/hvsock"
+	"github.com/nitroinit/nitroinit/internal/forward/forwardtest"
 )
 
 // The benchmarks compare the forwarder with socat doing the same forwarding
@@ -25,33 +23,6 @@ import (
 //	go test ./internal/forward -run '^$' -bench . -benchtime 2s
 //
 // docs/benchmarks.md has the results as ratios.
-
-// echoServer serves l by echoing; hybrid connections start with CONNECT.
-func echoServer(b *testing.B, l net.Listener, hybrid bool) {
-	b.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				var r io.Reader = c
-				if hybrid {
-					br := bufio.NewReader(c)
-					port, err := hvsock.ReadConnect(br)
-					if err != nil {
-						return
-					}
-					fmt.Fprintf(c, "OK %d\n", port)
-					r = br
-				}
-				io.Copy(c, r)
-			}()
-		}
-	}()
-}
 
 // benchPath is one way from the client to the echo server.
 type benchPath struct {
@@ -74,7 +45,7 @@ func setupPaths(b *testing.B, transport string) []benchPath {
 		if err != nil {
 			b.Fatal(err)
 		}
-		echoServer(b, l, false)
+		forwardtest.Serve(b, l, forwardtest.Echo)
 		direct = benchPath{"direct", "tcp", l.Addr().String()}
 		ourTarget = Endpoint{Kind: KindTCP, Addr: direct.addr}
 		socatTarget = "TCP:" + direct.addr
@@ -84,14 +55,9 @@ func setupPaths(b *testing.B, transport string) []benchPath {
 		if err != nil {
 			b.Fatal(err)
 		}
-		echoServer(b, l, false)
+		forwardtest.Serve(b, l, forwardtest.Echo)
 		direct = benchPath{"direct", "unix", raw}
-		hy := filepath.Join(dir, "vm.sock")
-		hl, err := net.Listen("unix", hy)
-		if err != nil {
-			b.Fatal(err)
-		}
-		echoServer(b, hl, true)
+		hy := forwardtest.HybridDevice(b, forwardtest.HybridEcho)
 		ourTarget = Endpoint{Kind: KindHybrid, Addr: hy, Port: 5000}
 		socatTarget = "UNIX-CONNECT:" + raw
 	}

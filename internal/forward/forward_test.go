@@ -1,11 +1,8 @@
 package forward
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nitroinit/nitroinit/internal/forward/forwardtest"
 	"github.com/nitroinit/nitroinit/internal/hvsock"
 )
 
@@ -131,35 +129,6 @@ func (l *logs) String() string {
 	return strings.Join(l.lines, "\n")
 }
 
-// server is a TCP server on 127.0.0.1 whose connections handler serves.
-func server(t *testing.T, handler func(net.Conn)) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				handler(c)
-			}()
-		}
-	}()
-	return l.Addr().String()
-}
-
-// echo sends everything back and half-closes at the client's end of stream.
-func echo(c net.Conn) {
-	io.Copy(c, c)
-	c.(*net.TCPConn).CloseWrite()
-}
-
 // start runs a forwarder from a fresh listener to cfg's target and returns
 // the address to dial.
 func start(t *testing.T, ln net.Listener, cfg Config) *Forwarder {
@@ -192,39 +161,11 @@ func tcpListener(t *testing.T) net.Listener {
 
 func tcpTarget(addr string) *Endpoint { return &Endpoint{Kind: KindTCP, Addr: addr} }
 
-// roundTrip sends size random bytes through c and checks that the echo has
-// the same checksum; the send ends with a half-close.
-func roundTrip(c net.Conn, size int) error {
-	data := make([]byte, size)
-	rand.Read(data)
-	want := sha256.Sum256(data)
-	werr := make(chan error, 1)
-	go func() {
-		_, err := c.Write(data)
-		if err == nil {
-			err = c.(interface{ CloseWrite() error }).CloseWrite()
-		}
-		werr <- err
-	}()
-	h := sha256.New()
-	n, err := io.Copy(h, c)
-	if err != nil {
-		return fmt.Errorf("read after %d bytes: %w", n, err)
-	}
-	if err := <-werr; err != nil {
-		return fmt.Errorf("write: %w", err)
-	}
-	if n != int64(size) || !bytes.Equal(h.Sum(nil), want[:]) {
-		return fmt.Errorf("echo of %d bytes: got %d bytes, checksum match %v", size, n, bytes.Equal(h.Sum(nil), want[:]))
-	}
-	return nil
-}
-
 // TestConcurrentChecksummed forwards 50 connections at once, each carrying
 // 1 MB both ways, TCP to TCP (spliced) and through a Unix socket (the hybrid
 // vsock listening side).
 func TestConcurrentChecksummed(t *testing.T) {
-	target := server(t, echo)
+	target := forwardtest.TCPServer(t, forwardtest.Echo)
 	unixPath := filepath.Join(t.TempDir(), "vm.sock")
 	hybrid := Endpoint{Kind: KindHybrid, Addr: unixPath, Port: 8000}
 	hl, err := Listen(hybrid)
@@ -254,7 +195,7 @@ func TestConcurrentChecksummed(t *testing.T) {
 						return
 					}
 					defer c.Close()
-					errs <- roundTrip(c, 1<<20)
+					errs <- forwardtest.RoundTrip(c, randomBytes(1<<20))
 				}()
 			}
 			wg.Wait()
@@ -268,43 +209,12 @@ func TestConcurrentChecksummed(t *testing.T) {
 	}
 }
 
-// fakeHybrid is a hybrid vsock device's host side: it answers CONNECT for
-// any port with OK and then serves the stream with handler.
-func fakeHybrid(t *testing.T, handler func(r io.Reader, c *net.UnixConn)) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "vm.sock")
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				port, err := hvsock.ReadConnect(br)
-				if err != nil {
-					return
-				}
-				fmt.Fprintf(c, "OK %d\n", port)
-				handler(br, c.(*net.UnixConn))
-			}()
-		}
-	}()
-	return path
-}
-
 // TestIngressHybridHalfClose forwards TCP to a guest port through the hybrid
 // handshake. The guest answers only after the client's end of stream, so the
 // client's half-close must travel through, and the answer must still come
 // back.
 func TestIngressHybridHalfClose(t *testing.T) {
-	path := fakeHybrid(t, func(r io.Reader, c *net.UnixConn) {
+	path := forwardtest.HybridDevice(t, func(r io.Reader, c *net.UnixConn) {
 		data, _ := io.ReadAll(r)
 		fmt.Fprintf(c, "got %d bytes", len(data))
 		c.CloseWrite()
@@ -328,8 +238,8 @@ func TestIngressHybridHalfClose(t *testing.T) {
 // target, the parent side dials it only when the allow-list has it, and
 // logs refusals at a bounded rate.
 func TestEgressAllowList(t *testing.T) {
-	allowed := server(t, func(c net.Conn) { io.WriteString(c, "hello from outside") })
-	other := server(t, func(c net.Conn) { io.WriteString(c, "must not be reached") })
+	allowed := forwardtest.TCPServer(t, func(c net.Conn) { io.WriteString(c, "hello from outside") })
+	other := forwardtest.TCPServer(t, func(c net.Conn) { io.WriteString(c, "must not be reached") })
 	allow, err := ParseAllowList("allow.yaml", []byte("allowlist:\n- {address: 127.0.0.1, port: "+portOf(allowed)+"}\n"))
 	if err != nil {
 		t.Fatal(err)
@@ -405,7 +315,7 @@ func fetch(t *testing.T, addr string) string {
 func TestLimitAndSlowPeer(t *testing.T) {
 	stuck := make(chan struct{})
 	t.Cleanup(func() { close(stuck) })
-	sink := server(t, func(c net.Conn) { <-stuck }) // never reads
+	sink := forwardtest.TCPServer(t, func(c net.Conn) { <-stuck }) // never reads
 	l := tcpListener(t)
 	var flog logs
 	f := start(t, l, Config{Target: tcpTarget(sink), MaxConns: 1, IdleTimeout: 2 * time.Second, Logf: flog.logf})
@@ -431,7 +341,7 @@ func TestLimitAndSlowPeer(t *testing.T) {
 		t.Errorf("limit refusal not logged: %s", flog.String())
 	}
 
-	echoAddr := server(t, echo)
+	echoAddr := forwardtest.TCPServer(t, forwardtest.Echo)
 	l2 := tcpListener(t)
 	start(t, l2, Config{Target: tcpTarget(echoAddr)})
 	c2, err := net.Dial("tcp", l2.Addr().String())
@@ -439,7 +349,7 @@ func TestLimitAndSlowPeer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c2.Close()
-	if err := roundTrip(c2, 1<<20); err != nil {
+	if err := forwardtest.RoundTrip(c2, randomBytes(1<<20)); err != nil {
 		t.Fatal(err)
 	}
 	// The stuck connection ends by its idle timeout and frees the slot.
@@ -449,7 +359,7 @@ func TestLimitAndSlowPeer(t *testing.T) {
 // TestPeerDisappears has the target reset its connection mid-stream: the
 // client sees the stream end and the forwarder lets go of it.
 func TestPeerDisappears(t *testing.T) {
-	target := server(t, func(c net.Conn) {
+	target := forwardtest.TCPServer(t, func(c net.Conn) {
 		io.CopyN(c, c, 100<<10)
 		c.(*net.TCPConn).SetLinger(0) // close with a reset
 	})
@@ -471,6 +381,12 @@ func TestPeerDisappears(t *testing.T) {
 		t.Fatal("the client's stream did not end after the target reset")
 	}
 	waitFor(t, func() bool { return f.Stats().Active == 0 })
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
 }
 
 func waitFor(t *testing.T, cond func() bool) {
