@@ -26,6 +26,7 @@ import (
 	"strings"
 
 	"github.com/mdlayher/vsock"
+	"golang.org/x/sys/unix"
 
 	"github.com/nitroinit/nitroinit/internal/hvsock"
 	"github.com/nitroinit/nitroinit/internal/nitro"
@@ -49,8 +50,8 @@ type Endpoint struct {
 	Port uint32
 }
 
-// cidAny is VMADDR_CID_ANY.
-const cidAny = 0xFFFFFFFF
+// cidAny is VMADDR_CID_ANY: listen on whatever CID this machine has.
+const cidAny = unix.VMADDR_CID_ANY
 
 // String renders e in the syntax ParseEndpoint reads.
 func (e Endpoint) String() string {
@@ -102,7 +103,7 @@ func ParseEndpoint(where, s string) (Endpoint, error) {
 		case 2:
 			cid, err := parseU32(parts[0])
 			if err != nil {
-				return bad("bad CID " + strconv.Quote(parts[0]) + ": want a number (3 is the parent)")
+				return bad(fmt.Sprintf("bad CID %q: want a number (%d is the parent)", parts[0], nitro.ParentCID))
 			}
 			e.CID = cid
 		default:
@@ -168,6 +169,13 @@ func Listen(e Endpoint) (net.Listener, error) {
 	case KindHybrid:
 		path := hvsock.ListenPath(e.Addr, e.Port)
 		if fi, serr := os.Lstat(path); serr == nil && fi.Mode()&os.ModeSocket != 0 {
+			// A socket file left by a forwarder that died is replaced; one
+			// that still accepts belongs to a live listener and is kept.
+			if c, derr := net.Dial("unix", path); derr == nil {
+				c.Close()
+				err = fmt.Errorf("%s: another program listens there", path)
+				break
+			}
 			os.Remove(path)
 		}
 		l, err = net.Listen("unix", path)
@@ -201,10 +209,4 @@ func Dial(ctx context.Context, e Endpoint) (net.Conn, error) {
 		return nil, fmt.Errorf("connect to %s: %w", e, err)
 	}
 	return c, nil
-}
-
-// ParentEndpoint is the vsock address of port on the parent instance, as
-// seen from inside an enclave.
-func ParentEndpoint(port uint32) Endpoint {
-	return Endpoint{Kind: KindVsock, CID: nitro.ParentCID, Port: port}
 }

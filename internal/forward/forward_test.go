@@ -399,3 +399,28 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestListenHybridInUse(t *testing.T) {
+	e := Endpoint{Kind: KindHybrid, Addr: filepath.Join(t.TempDir(), "vm.sock"), Port: 8443}
+	l, err := Listen(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if _, err := Listen(e); err == nil || !strings.Contains(err.Error(), "another program listens there") {
+		t.Fatalf("second Listen on %s: %v", e, err)
+	}
+	// A stale socket file (its listener gone without removing it) is replaced.
+	stale := Endpoint{Kind: KindHybrid, Addr: filepath.Join(t.TempDir(), "vm.sock"), Port: 1}
+	ul, err := net.ListenUnix("unix", &net.UnixAddr{Name: hvsock.ListenPath(stale.Addr, stale.Port), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ul.SetUnlinkOnClose(false)
+	ul.Close()
+	l2, err := Listen(stale)
+	if err != nil {
+		t.Fatalf("Listen over a stale socket file: %v", err)
+	}
+	l2.Close()
+}
