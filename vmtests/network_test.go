@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -62,13 +63,23 @@ func busyboxPath(t *testing.T) string {
 func buildEcho(t *testing.T, dir string) string {
 	t.Helper()
 	out := filepath.Join(dir, "echo")
-	cmd := exec.Command("go", "build", "-trimpath", "-o", out, "./internal/testprog/echo")
+	goBuild(t, out, "./internal/testprog/echo")
+	return out
+}
+
+// goBuild builds the module's package pkg as the static binary out.
+func goBuild(t *testing.T, out, pkg string) {
+	t.Helper()
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	cmd := exec.Command(goTool, "build", "-trimpath", "-o", out, pkg)
 	cmd.Dir = ".." // the module root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building the echo server: %v\n%s", err, b)
+		t.Fatalf("building %s: %v\n%s", pkg, err, b)
 	}
-	return out
 }
 
 // hostProc is a program the test runs on the host, ended by PID.
@@ -344,12 +355,7 @@ func TestAppsTutorial(t *testing.T) {
 		writeHostFile(t, filepath.Join(binDir, filepath.Base(b)), string(data))
 		os.Chmod(filepath.Join(binDir, filepath.Base(b)), 0o755)
 	}
-	build := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(binDir, "initramfs"), "./initramfs")
-	build.Dir = ".."
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building initramfs: %v\n%s", err, out)
-	}
+	goBuild(t, filepath.Join(binDir, "initramfs"), "./initramfs")
 	work := filepath.Join(dir, "myapp")
 	if err := os.Mkdir(work, 0o755); err != nil {
 		t.Fatal(err)

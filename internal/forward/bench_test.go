@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -128,7 +129,11 @@ func initctlBinary(b *testing.B) string {
 		b.Fatal(err)
 	}
 	out := filepath.Join(dir, "initctl")
-	cmd := exec.Command("go", "build", "-o", out, "../../initctl")
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	cmd := exec.Command(goTool, "build", "-o", out, "../../initctl")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		b.Fatalf("building initctl: %v\n%s", err, msg)
