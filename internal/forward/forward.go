@@ -27,10 +27,10 @@ const (
 // connection, so a forwarder holds at most 2*MaxConns of them.
 const bufSize = 64 << 10
 
-// chunk is how much one direction copies between deadline refreshes: a
-// stream that moves keeps its deadline in the future, and a splice(2) loop
-// reports progress at least this often.
-const chunk = 1 << 20
+// chunk is how much a spliced direction copies between reports of
+// progress to the idle watchdog (a buffered direction reports every read):
+// a stream slower than chunk per IdleTimeout counts as idle.
+const chunk = 64 << 10
 
 // maxHeader bounds the target line a header-mode connection sends.
 const maxHeader = 300
@@ -56,8 +56,9 @@ type Config struct {
 	// MaxConns bounds concurrent connections; more are accepted and closed
 	// at once (and logged), so that clients fail fast instead of hanging.
 	MaxConns int
-	// IdleTimeout closes a connection on which neither direction moved a
-	// byte for this long, and a write that a peer has not taken for as long.
+	// IdleTimeout closes a connection on which neither direction moved
+	// data for this long: a peer that neither sends nor takes what it is
+	// sent holds its connection no longer than this.
 	IdleTimeout time.Duration
 	// Logf receives refusals and failures, at most a few lines per second.
 	Logf func(format string, args ...any)
@@ -213,6 +214,7 @@ func (f *Forwarder) handle(ctx context.Context, c net.Conn) {
 			return
 		}
 	}
+	t.SetWriteDeadline(time.Time{}) // from here on the idle watchdog bounds it
 	f.active.Add(1)
 	f.total.Add(1)
 	defer f.active.Add(-1)
@@ -251,12 +253,26 @@ func (f *Forwarder) target(c net.Conn) (Endpoint, []byte, bool) {
 
 // pipe copies a to b and b to a. Each direction ends at its end of stream,
 // which becomes a half-close on the other side; an error in either closes
-// both. last is the time of the latest progress in either direction, so that
-// a connection idle one way and busy the other stays open. The result is the
-// first error, which ended the connection.
+// both. A watchdog closes both when neither direction has made progress
+// for IdleTimeout; the copies themselves never time out, since a timed-out
+// write could drop bytes already read. The result is the first error,
+// which ended the connection.
 func (f *Forwarder) pipe(a, b net.Conn) error {
+	idle := f.cfg.IdleTimeout
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
+	closeBoth := func() { a.Close(); b.Close() }
+	var timedOut atomic.Bool
+	var watchdog *time.Timer
+	watchdog = time.AfterFunc(idle, func() {
+		if since := time.Since(time.Unix(0, last.Load())); since < idle {
+			watchdog.Reset(idle - since)
+			return
+		}
+		timedOut.Store(true)
+		closeBoth()
+	})
+	defer watchdog.Stop()
 	errc := make(chan error, 2)
 	go func() { errc <- f.copy(b, a, &last) }()
 	go func() { errc <- f.copy(a, b, &last) }()
@@ -266,17 +282,19 @@ func (f *Forwarder) pipe(a, b net.Conn) error {
 			if first == nil {
 				first = err
 			}
-			a.Close()
-			b.Close()
+			closeBoth()
 		}
+	}
+	if timedOut.Load() {
+		return fmt.Errorf("idle for %v", idle)
 	}
 	return first
 }
 
 type closeWriter interface{ CloseWrite() error }
 
-// copy moves src to dst until src's end of stream (then half-closes dst),
-// an error, or IdleTimeout without progress in either direction.
+// copy moves src to dst until src's end of stream (then half-closes dst)
+// or an error, and stores the time of each progress in last.
 func (f *Forwarder) copy(dst, src net.Conn, last *atomic.Int64) error {
 	// splice(2) needs a socket on both ends that the runtime knows:
 	// TCPConn.ReadFrom splices from TCP and Unix sockets. Everything else
@@ -287,46 +305,51 @@ func (f *Forwarder) copy(dst, src net.Conn, last *atomic.Int64) error {
 	default:
 		splice = false
 	}
-	var buf *[]byte
 	if !splice {
-		buf = f.bufs.Get().(*[]byte)
+		buf := f.bufs.Get().(*[]byte)
 		defer f.bufs.Put(buf)
-	}
-	idle := f.cfg.IdleTimeout
-	for {
-		deadline := time.Now().Add(idle)
-		src.SetReadDeadline(deadline)
-		dst.SetWriteDeadline(deadline)
-		lr := &io.LimitedReader{R: src, N: chunk}
-		var (
-			n   int64
-			err error
-		)
-		if splice {
-			n, err = tcpDst.ReadFrom(lr)
-		} else {
-			n, err = io.CopyBuffer(writerOnly{dst}, lr, *buf)
+		_, err := io.CopyBuffer(writerOnly{dst}, progressReader{src, last}, *buf)
+		if err != nil {
+			return err
 		}
-		now := time.Now()
+		closeWrite(dst)
+		return nil
+	}
+	for {
+		lr := &io.LimitedReader{R: src, N: chunk}
+		n, err := tcpDst.ReadFrom(lr)
 		if n > 0 {
-			last.Store(now.UnixNano())
+			last.Store(time.Now().UnixNano())
 		}
 		switch {
-		case err == nil && lr.N > 0:
+		case err != nil:
+			return err
+		case lr.N > 0:
 			// End of stream: pass the half-close on.
-			if cw, ok := dst.(closeWriter); ok {
-				cw.CloseWrite()
-			}
+			closeWrite(dst)
 			return nil
-		case err == nil:
-			continue
-		case errors.Is(err, os.ErrDeadlineExceeded) && now.Sub(time.Unix(0, last.Load())) < idle:
-			continue // the other direction is busy
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			return fmt.Errorf("idle for %v", idle)
 		}
-		return err
 	}
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(closeWriter); ok {
+		cw.CloseWrite()
+	}
+}
+
+// progressReader records the time of every read that returned data.
+type progressReader struct {
+	r    io.Reader
+	last *atomic.Int64
+}
+
+func (p progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.last.Store(time.Now().UnixNano())
+	}
+	return n, err
 }
 
 // writerOnly hides a ReadFrom method so that io.CopyBuffer uses our buffer.
