@@ -6,6 +6,7 @@ require (
 	github.com/BurntSushi/toml v1.6.0
 	github.com/fxamacker/cbor/v2 v2.10.0
 	github.com/google/go-containerregistry v0.22.1
+	github.com/hf/nsm v0.0.0-20220930140112-cd181bd646b9
 	github.com/hugelgupf/vmtest v0.0.0-20240307030256-5d9f3d34a58d
 	github.com/mdlayher/vsock v1.4.0
 	github.com/spf13/cobra v1.10.2

@@ -8,6 +8,8 @@
 #   <release>/modules/<name>.ko*    vsock, vmw_vsock_virtio_transport_common,
 #                                   vmw_vsock_virtio_transport, vsock_loopback, nsm, virtio_mmio
 #   <release>/modules/ORDER         module names in load order (a name absent from modules/ is built in)
+#   <release>/modules/cuse.ko*      optional extra, not in ORDER: only images built with
+#                                   `initramfs build --nsm` load it (the simulated /dev/nsm)
 #   <release>/config                the kernel's .config
 #   <release>/VERSION               kernel release (uname -r)
 #   <release>/SOURCE                which route and package produced it
@@ -28,6 +30,9 @@ KDIR=$CACHE/kernel
 MODULES=(vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport vsock_loopback nsm virtio_mmio)
 # Modules without which the simulator cannot work (nsm and the loopback are optional extras).
 REQUIRED=(vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport)
+# Optional modules copied next to the others but left out of ORDER: only some images load them
+# (cuse: the simulated /dev/nsm of `initramfs build --nsm`).
+EXTRA=(cuse)
 
 say() { echo "fetch-kernel: $*" >&2; }
 die() {
@@ -173,15 +178,35 @@ install_release() {
 			say "module $name: not available in this kernel (optional, skipped)"
 		fi
 	done
+	copy_extras "$mdir" "$tmp"
 	extract_vmlinux "$tmp/vmlinuz" "$tmp/vmlinux"
 	echo "$source" >"$tmp/SOURCE"
-	echo "${MODULES[*]}" >"$tmp/modules/WANTED" # the list it was made for: a longer list refetches
+	wanted >"$tmp/modules/WANTED" # the lists it was made for: a longer list refetches
 	echo "$rel" >"$tmp/VERSION" # written last: its presence marks a complete directory
 	chmod 0755 "$tmp"
 	rm -rf "${KDIR:?}/$rel"
 	mv "$tmp" "$KDIR/$rel"
 	TMPREL=
 	ln -sfn "$rel" "$KDIR/current"
+}
+
+# copy_extras MODDIR RELDIR: copy the EXTRA modules found in MODDIR into RELDIR/modules.
+copy_extras() {
+	local mdir=$1 reldir=$2 name f
+	for name in "${EXTRA[@]}"; do
+		f=$(find "$mdir" -name "$name.ko" -o -name "$name.ko.xz" -o -name "$name.ko.zst" -o -name "$name.ko.gz" 2>/dev/null | head -n1)
+		if [ -n "$f" ]; then
+			cp "$f" "$reldir/modules/"
+			say "extra module $name: $(basename "$f")"
+		else
+			say "extra module $name: not a module in this kernel (optional, skipped)"
+		fi
+	done
+}
+
+# wanted: the module lists a release directory is made for (modules/WANTED).
+wanted() {
+	echo "${MODULES[*]} extra: ${EXTRA[*]}"
 }
 
 # module_config NAME: the Kconfig symbol of a module, for kernels without modules.builtin.
@@ -193,6 +218,7 @@ module_config() {
 	vsock_loopback) echo VSOCKETS_LOOPBACK ;;
 	nsm) echo NSM ;;
 	virtio_mmio) echo VIRTIO_MMIO ;;
+	cuse) echo CUSE ;;
 	esac
 }
 
@@ -200,7 +226,7 @@ module_config() {
 fetch_packages() {
 	local rel=$1 source=$2
 	shift 2
-	if [ -f "$KDIR/$rel/VERSION" ] && [ "$(cat "$KDIR/$rel/modules/WANTED" 2>/dev/null)" = "${MODULES[*]}" ]; then
+	if [ -f "$KDIR/$rel/VERSION" ] && [ "$(cat "$KDIR/$rel/modules/WANTED" 2>/dev/null)" = "$(wanted)" ]; then
 		say "kernel $rel already in $KDIR/$rel"
 		ln -sfn "$rel" "$KDIR/current"
 		return

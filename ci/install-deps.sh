@@ -10,6 +10,7 @@ set -euo pipefail
 
 PKGS=(qemu-system-x86 tini runit s6 supervisor xz-utils cpio kmod umoci skopeo openssl)
 PKGS+=(busybox-static socat) # apps in the network vmtests; socat is the forwarder benchmark baseline
+PKGS+=(python3-cbor2 python3-cryptography) # the independent attestation-document verifier (internal/nsm/testdata/verify.py)
 
 say() { echo "install-deps: $*" >&2; }
 

@@ -81,3 +81,22 @@ const (
 	EIFSectionSignature uint16 = 4
 	EIFSectionMetadata  uint16 = 5
 )
+
+// The simulated NSM (docs/nsm.md): the guest-side device forwards each NSM
+// request to the simulator on the parent over vsock.
+const (
+	// NSMSimPort is the parent's vsock port the simulated /dev/nsm forwards
+	// requests to. Real Nitro has no such port: its NSM is a virtio device.
+	NSMSimPort uint32 = 9100
+	// NSMSimMarker is the file `initramfs build --nsm` puts into an image to
+	// ask init to start the simulated device; production images lack it.
+	NSMSimMarker = "/etc/nitroinit/nsm-sim"
+	// NSMSimArgv0 is argv[0] under which the init binary runs the simulated
+	// device instead of being init.
+	NSMSimArgv0 = "nsm-sim"
+	// NSMFieldMax is the largest user_data, nonce or public_key an
+	// Attestation request may carry, and the largest ExtendPCR data.
+	NSMFieldMax = 1024
+	// NSMDigestSize is the size of a SHA-384 PCR.
+	NSMDigestSize = 48
+)
