@@ -29,6 +29,8 @@ import (
 	"github.com/nitroinit/nitroinit/internal/config"
 	"github.com/nitroinit/nitroinit/internal/control"
 	"github.com/nitroinit/nitroinit/internal/logs"
+	"github.com/nitroinit/nitroinit/internal/nitro"
+	"github.com/nitroinit/nitroinit/internal/nsm/nsmdev"
 	"github.com/nitroinit/nitroinit/internal/reap"
 	"github.com/nitroinit/nitroinit/internal/supervise"
 	"github.com/nitroinit/nitroinit/internal/unit"
@@ -118,6 +120,11 @@ Options:
 `
 
 func main() {
+	if filepath.Base(os.Args[0]) == nitro.NSMSimArgv0 {
+		// The simulated /dev/nsm (images built with --nsm): boot starts
+		// it as its own process under this name; see docs/nsm.md.
+		os.Exit(nsmdev.Main(os.Args[1:]))
+	}
 	pid1 := os.Getpid() == 1
 	a := parseArgs(os.Args[1:])
 	if !pid1 {

@@ -116,7 +116,7 @@ func (s Step) String() string {
 type Result struct {
 	Steps []Step
 	// NSM is "present", "absent" (driver loaded, no device probed),
-	// "disabled" or "failed: <reason>".
+	// "disabled", "present (simulated)" or "failed: <reason>".
 	NSM string
 	// Modules has one "path: loaded|already loaded|failed: <reason>" entry per
 	// Config.Modules element.
@@ -205,6 +205,7 @@ func (b *booter) run(ctx context.Context) error {
 	if err := b.loadNSM(); err != nil {
 		return err
 	}
+	b.simulateNSM()
 	if err := b.heartbeat(ctx); err != nil {
 		return err
 	}

@@ -216,3 +216,15 @@ func echoDialer(reply byte) func(ctx context.Context) (net.Conn, error) {
 		return enclave, nil
 	}
 }
+
+// StartProcess records "start ARGV..." and, as the simulated NSM device
+// would, makes /dev/nsm appear with mode 0666.
+func (r *recOps) StartProcess(path string, argv []string) (int, error) {
+	if err := r.record("start " + path + " " + strings.Join(argv, " ")); err != nil {
+		return 0, err
+	}
+	r.mu.Lock()
+	r.modes[NSMDevice] = fs.ModeDevice | fs.ModeCharDevice | 0o666
+	r.mu.Unlock()
+	return 42, nil
+}

@@ -33,6 +33,9 @@ type Ops interface {
 	Chroot(path string) error
 	// DialVsock connects to cid:port over AF_VSOCK.
 	DialVsock(ctx context.Context, cid, port uint32) (net.Conn, error)
+	// StartProcess starts path with argv (the simulated NSM device) and
+	// returns its PID without waiting for it.
+	StartProcess(path string, argv []string) (int, error)
 }
 
 // SystemOps returns the Ops that act on the running system.
@@ -107,4 +110,8 @@ func (systemOps) Chroot(path string) error {
 
 func (systemOps) DialVsock(ctx context.Context, cid, port uint32) (net.Conn, error) {
 	return vsock.DialContext(ctx, cid, port, nil)
+}
+
+func (systemOps) StartProcess(path string, argv []string) (int, error) {
+	return startProcess(path, argv)
 }
