@@ -20,6 +20,7 @@ type simFlags struct {
 	opts    enclavesim.Options
 	cid     uint32
 	verbose bool
+	nsm     enclavesim.NSMOptions
 }
 
 func (s *simFlags) register(cmd *cobra.Command) {
@@ -36,11 +37,13 @@ func (s *simFlags) register(cmd *cobra.Command) {
 	f.DurationVar(&s.opts.Timeout, "timeout", 0, "kill QEMU after this long (0: no limit)")
 	f.BoolVarP(&s.verbose, "verbose", "v", false, "log the simulator's decisions and the vsock device's diagnostics")
 	f.StringVar(&s.opts.Machine, "machine", "", "QEMU machine: q35 (default; virtio PCI) or microvm (virtio-mmio, as in Nitro; the kernel needs virtio_mmio)")
+	s.registerNSM(cmd)
 }
 
 func (s *simFlags) options(stderr io.Writer) enclavesim.Options {
 	o := s.opts
 	o.GuestCID = s.cid
+	o.NSM = &s.nsm
 	if s.verbose {
 		o.Logf = func(format string, args ...any) { fmt.Fprintf(stderr, "initramfs: "+format+"\n", args...) }
 	}
@@ -124,6 +127,7 @@ func describe(w io.Writer, vm *enclavesim.VM, img string) {
 	fmt.Fprintf(w, "initramfs:   kernel %s, accel %s, vsock route %s, guest CID %d\n", o.Kernel, o.Accel, o.Route, vm.GuestCID())
 	fmt.Fprintf(w, "initramfs:   the guest's heartbeat must go to CID %d port %d\n", vm.HostCID(), enclavesim.HeartbeatPort)
 	fmt.Fprintf(w, "initramfs:   console log %s\n", enclavesim.ConsoleLog(vm.Dir()))
+	describeNSM(w, vm)
 	fmt.Fprintf(w, "initramfs: manage it from another terminal with:\n    %s list\n", shellJoin(initctlArgs(vm)))
 }
 

@@ -80,6 +80,7 @@ func buildCmd() *cobra.Command {
 		simConfig     bool
 		heartbeatCID  uint32
 		ef            eifFlags
+		withNSM       bool
 	)
 	cmd := &cobra.Command{
 		Use:   "build -o OUT --init PATH [flags]",
@@ -96,6 +97,9 @@ func buildCmd() *cobra.Command {
   --kernel-modules        the test kernel's vsock and nsm modules, as --module
   --file SRC:/DST         anything else (repeatable)
   --rootfs DIR            /rootfs, the root init switches to (pivot_root_dir)
+  --nsm                   the simulated /dev/nsm: the test kernel's cuse.ko (as --module)
+                          and a marker that makes init start the device (docs/nsm.md);
+                          boot the image with initramfs boot, which answers its requests
   --sim-config            instead of --config: a minimal init.yaml for the simulator
                           (heartbeat to --heartbeat-cid, the modules given, control
                           on vsock port 9001 open to the host, no root switch)
@@ -125,6 +129,11 @@ A /dev/console node is included. The same inputs always give the same bytes.`,
 					return fmt.Errorf("--kernel-modules: %w", err)
 				}
 				spec.Modules = append(spec.Modules, k.Modules...)
+			}
+			if withNSM {
+				if err := addNSM(&spec); err != nil {
+					return err
+				}
 			}
 			var yaml []byte // the initramfs's init.yaml, when it is made here
 			if simConfig {
@@ -164,6 +173,7 @@ A /dev/console node is included. The same inputs always give the same bytes.`,
 	f.BoolVar(&spec.NoConsole, "no-console", false, "leave out /dev/console")
 	f.BoolVar(&simConfig, "sim-config", false, "write a minimal simulator init.yaml (see above)")
 	ef.register(cmd)
+	f.BoolVar(&withNSM, "nsm", false, "add the simulated /dev/nsm (cuse.ko and the marker init looks for)")
 	f.Uint32Var(&heartbeatCID, "heartbeat-cid", enclavesim.HostCIDFor(enclavesim.RouteVhostUser), "with --sim-config: the CID the heartbeat goes to (2 on the vhost-vsock route)")
 	return cmd
 }

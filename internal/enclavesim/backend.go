@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nitroinit/nitroinit/internal/hvsock"
+	"github.com/nitroinit/nitroinit/internal/nsm"
 	"github.com/nitroinit/nitroinit/internal/vsockdev"
 )
 
@@ -32,6 +33,8 @@ type Backend struct {
 
 	closeOnce sync.Once
 	wg        sync.WaitGroup
+
+	nsm *nsm.Module // the simulated NSM, when Options.NSM is set
 }
 
 // StartBackend starts the vsock device (vhost-user route) and the heartbeat
@@ -75,6 +78,12 @@ func StartBackend(o Options) (*Backend, error) {
 	}
 	b.wg.Add(1)
 	go b.acceptHeartbeats()
+	if o.NSM != nil {
+		if err := b.startNSM(ctx); err != nil {
+			b.Close()
+			return nil, err
+		}
+	}
 	return b, nil
 }
 

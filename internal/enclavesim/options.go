@@ -80,6 +80,8 @@ type Options struct {
 	// Machine is MachineQ35 ("": PCI devices) or MachineMicrovm (virtio-mmio
 	// devices only, as in a Nitro enclave).
 	Machine string
+	// NSM, when not nil, serves the simulated NSM (nsm.go).
+	NSM *NSMOptions
 }
 
 // Resolve fills in every choice Start would make, so a caller can show the
