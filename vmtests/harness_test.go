@@ -39,12 +39,13 @@ const (
 // guest describes an initramfs image. Text fields may use $HOSTCID, replaced
 // by the CID the guest must dial to reach the host on the vsock route in use.
 type guest struct {
-	config   string            // /etc/init.yaml
-	services map[string]string // /service/<file name> -> TOML
-	files    []image.File      // more files
-	rootfs   string            // host directory copied to /rootfs
-	append   string            // extra kernel command-line words
-	memoryMB int               // 0: 1024
+	config   string                 // /etc/init.yaml
+	services map[string]string      // /service/<file name> -> TOML
+	files    []image.File           // more files
+	rootfs   string                 // host directory copied to /rootfs
+	append   string                 // extra kernel command-line words
+	memoryMB int                    // 0: 1024
+	nsm      *enclavesim.NSMOptions // the host serves the simulated NSM (nsm_test.go)
 }
 
 // enclave is a booted VM running init as PID 1.
@@ -118,6 +119,7 @@ func boot(t testing.TB, name string, g guest) (_ *enclave, err error) {
 		Dir:      dir,
 		Timeout:  vmLifetime,
 		Logf:     logf,
+		NSM:      g.nsm,
 	}.Resolve(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("resolving simulator options: %w", err)

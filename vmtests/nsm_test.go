@@ -1,0 +1,212 @@
+package vmtests
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nitroinit/nitroinit/initramfs/image"
+	"github.com/nitroinit/nitroinit/internal/enclavesim"
+	"github.com/nitroinit/nitroinit/internal/nitro"
+	"github.com/nitroinit/nitroinit/internal/nsm"
+)
+
+// nsmReportPort is where the guest's nsmcheck sends its report.
+const nsmReportPort = 9102
+
+// nsmGuest is an image built as `initramfs build --nsm` builds one, whose
+// AWS /cmd app is nsmcheck (github.com/hf/nsm, unmodified).
+func nsmGuest(t *testing.T, opts *enclavesim.NSMOptions, args ...string) guest {
+	cuse, err := kernel.CUSEModule()
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := buildNSMCheck(t)
+	cfg := strings.Replace(moduleYAML(), "kernel_modules:\n", "kernel_modules:\n  - "+image.ModulePath(cuse)+"\n", 1)
+	return guest{
+		config: cfg + `
+vsock:
+  cid: $HOSTCID
+  port: 9000
+  timeout: 60s
+control:
+  vsock_enabled: true
+  vsock_port: 9001
+`,
+		files: []image.File{
+			{Src: cuse, Dst: image.ModulePath(cuse)},
+			{Data: []byte("marker\n"), Dst: nitro.NSMSimMarker},
+			{Src: check, Dst: "/bin/nsmcheck", Mode: 0o755},
+			{Data: []byte(strings.Join(append([]string{"/bin/nsmcheck"}, args...), "\n") + "\n"), Dst: "/cmd"},
+		},
+		nsm: opts,
+	}
+}
+
+func buildNSMCheck(t *testing.T) string {
+	out := filepath.Join(t.TempDir(), "nsmcheck")
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	cmd := exec.Command(goTool, "build", "-trimpath", "-o", out, "./internal/testprog/nsmcheck")
+	cmd.Dir = ".."
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building nsmcheck: %v\n%s", err, b)
+	}
+	return out
+}
+
+type nsmReport struct {
+	Failures []string          `json:"failures"`
+	PCRs     map[string]string `json:"pcrs"`
+	Document []byte            `json:"document"`
+	Steps    int               `json:"steps"`
+}
+
+// receiveReport waits for nsmcheck's report on the host port.
+func receiveReport(t *testing.T, e *enclave) nsmReport {
+	ln, err := e.vm.ListenHost(nsmReportPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(time.Minute))
+		b, _ := io.ReadAll(io.LimitReader(c, 1<<20))
+		got <- b
+	}()
+	var b []byte
+	select {
+	case b = <-got:
+	case <-time.After(5 * time.Minute):
+		t.Fatalf("no report from nsmcheck; console:\n%s", e.vm.ConsoleTail(40))
+	}
+	var r nsmReport
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatalf("report %q: %v; console:\n%s", b, err, e.vm.ConsoleTail(40))
+	}
+	return r
+}
+
+func readPCRsJSON(t *testing.T, e *enclave) map[string]string {
+	b, err := os.ReadFile(filepath.Join(enclavesim.NSMDir(e.dir), "pcrs.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]string
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// verify runs the independent verifier (internal/nsm/testdata/verify.py).
+func verify(t *testing.T, root string, doc []byte) (map[string]any, error) {
+	const py = "/usr/bin/python3"
+	if err := exec.Command(py, "-c", "import cbor2, cryptography").Run(); err != nil {
+		t.Fatalf("%s with python3-cbor2 and python3-cryptography is needed (ci/install-deps.sh): %v", py, err)
+	}
+	f := filepath.Join(t.TempDir(), "doc.cose")
+	os.WriteFile(f, doc, 0o644)
+	cmd := exec.Command(py, "../internal/nsm/testdata/verify.py", root, f)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("%v: %s", err, stderr.String())
+	}
+	var v map[string]any
+	return v, json.Unmarshal(out, &v)
+}
+
+// TestNSM boots an image with the simulated NSM whose /cmd app uses
+// github.com/hf/nsm: every request type and error case, 16 clients at once,
+// and an attestation document verified here against root.pem.
+func TestNSM(t *testing.T) {
+	e := soloBoot(t, "nsm", nsmGuest(t, &enclavesim.NSMOptions{ParentRoleARN: "arn:aws:iam::123456789012:role/sim"}))
+	defer e.stop()
+	if !strings.Contains(e.vm.Console(), "/dev/nsm present (simulated") {
+		t.Errorf("console lacks init's /dev/nsm present (simulated) line:\n%s", e.vm.ConsoleTail(40))
+	}
+	r := receiveReport(t, e)
+	for _, f := range r.Failures {
+		t.Errorf("guest: %s", f)
+	}
+	if r.Steps < 14 {
+		t.Errorf("guest ran %d checks, want 14", r.Steps)
+	}
+	want := readPCRsJSON(t, e)
+	for i := 0; i < 16; i++ {
+		if r.PCRs[fmt.Sprint(i)] != want[fmt.Sprintf("PCR%d", i)] {
+			t.Errorf("guest's PCR%d = %s, pcrs.json says %s", i, r.PCRs[fmt.Sprint(i)], want[fmt.Sprintf("PCR%d", i)])
+		}
+	}
+	if want["PCR3"] == strings.Repeat("0", 96) || want["PCR0"] == strings.Repeat("0", 96) {
+		t.Errorf("pcrs.json has zero PCR0 or PCR3: %v", want)
+	}
+	root := filepath.Join(enclavesim.NSMDir(e.dir), "root.pem")
+	doc, err := verify(t, root, r.Document)
+	if err != nil {
+		t.Fatalf("the document does not verify against %s: %v", root, err)
+	}
+	pcrs := doc["pcrs"].(map[string]any)
+	for i := 0; i < nitro.NSMPCRCount; i++ {
+		if i == 16 || i == 19 {
+			continue // extended by the app
+		}
+		if pcrs[fmt.Sprint(i)] != want[fmt.Sprintf("PCR%d", i)] {
+			t.Errorf("document PCR%d = %v, pcrs.json %s", i, pcrs[fmt.Sprint(i)], want[fmt.Sprintf("PCR%d", i)])
+		}
+	}
+	for k, v := range map[string]string{"user_data": "user data", "nonce": "nonce 1", "public_key": "public key"} {
+		if doc[k] != fmt.Sprintf("%x", v) {
+			t.Errorf("document %s = %v, want %x", k, doc[k], v)
+		}
+	}
+	other, err := nsm.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherRoot := filepath.Join(t.TempDir(), "other.pem")
+	os.WriteFile(otherRoot, other.RootPEM(), 0o644)
+	if _, err := verify(t, otherRoot, r.Document); err == nil {
+		t.Error("the document verified against a different root")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if ex, err := e.vm.Wait(ctx); err != nil || ex.Kind != enclavesim.ExitPowerOff {
+		t.Errorf("after the /cmd app: %v %v, want power-off", ex, err)
+	}
+}
+
+// TestNSMDebugMode: --debug-mode reports PCRs 0-15 as zeros.
+func TestNSMDebugMode(t *testing.T) {
+	e := soloBoot(t, "nsm-debug", nsmGuest(t, &enclavesim.NSMOptions{Debug: true}, "--pcrs-only"))
+	defer e.stop()
+	r := receiveReport(t, e)
+	for _, f := range r.Failures {
+		t.Errorf("guest: %s", f)
+	}
+	for i := 0; i < 16; i++ {
+		if r.PCRs[fmt.Sprint(i)] != strings.Repeat("0", 96) {
+			t.Errorf("debug mode PCR%d = %s, want zeros", i, r.PCRs[fmt.Sprint(i)])
+		}
+	}
+}
