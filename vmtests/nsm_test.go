@@ -189,6 +189,9 @@ func TestNSM(t *testing.T) {
 	if _, err := verify(t, otherRoot, r.Document); err == nil {
 		t.Error("the document verified against a different root")
 	}
+	if _, err := verify(t, "../internal/nsm/testdata/aws-nitro-root-g1.pem", r.Document); err == nil {
+		t.Error("the document verified against AWS's root")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if ex, err := e.vm.Wait(ctx); err != nil || ex.Kind != enclavesim.ExitPowerOff {

@@ -213,6 +213,13 @@ func TestAttestationVerifies(t *testing.T) {
 	if _, err := verifyDocument(t, other.RootPEM(), doc); err == nil {
 		t.Error("the document verified against a different root")
 	}
+	aws, err := os.ReadFile("testdata/aws-nitro-root-g1.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := verifyDocument(t, aws, doc); err == nil {
+		t.Error("the document verified against AWS's root")
+	}
 	tampered := bytes.Clone(doc)
 	tampered[len(tampered)-1] ^= 1
 	if _, err := verifyDocument(t, m.CA().RootPEM(), tampered); err == nil {
