@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -25,6 +26,10 @@ const nsmReportPort = 9102
 // nsmGuest is an image built as `initramfs build --nsm` builds one, whose
 // AWS /cmd app is nsmcheck (github.com/hf/nsm, unmodified).
 func nsmGuest(t *testing.T, opts *enclavesim.NSMOptions, args ...string) guest {
+	return nsmGuestTB(t, opts, args...)
+}
+
+func nsmGuestTB(t testing.TB, opts *enclavesim.NSMOptions, args ...string) guest {
 	cuse, err := kernel.CUSEModule()
 	if err != nil {
 		t.Fatal(err)
@@ -51,7 +56,7 @@ control:
 	}
 }
 
-func buildNSMCheck(t *testing.T) string {
+func buildNSMCheck(t testing.TB) string {
 	out := filepath.Join(t.TempDir(), "nsmcheck")
 	goTool, err := exec.LookPath("go")
 	if err != nil {
@@ -67,14 +72,15 @@ func buildNSMCheck(t *testing.T) string {
 }
 
 type nsmReport struct {
-	Failures []string          `json:"failures"`
-	PCRs     map[string]string `json:"pcrs"`
-	Document []byte            `json:"document"`
-	Steps    int               `json:"steps"`
+	Failures []string           `json:"failures"`
+	PCRs     map[string]string  `json:"pcrs"`
+	Document []byte             `json:"document"`
+	Steps    int                `json:"steps"`
+	Bench    map[string][]int64 `json:"bench"`
 }
 
 // receiveReport waits for nsmcheck's report on the host port.
-func receiveReport(t *testing.T, e *enclave) nsmReport {
+func receiveReport(t testing.TB, e *enclave) nsmReport {
 	ln, err := e.vm.ListenHost(nsmReportPort)
 	if err != nil {
 		t.Fatal(err)
@@ -212,4 +218,67 @@ func TestNSMDebugMode(t *testing.T) {
 			t.Errorf("debug mode PCR%d = %s, want zeros", i, r.PCRs[fmt.Sprint(i)])
 		}
 	}
+}
+
+// BenchmarkNSMDescribePCR measures, in one run inside the simulator,
+// DescribePCR round trips through /dev/nsm (app -> CUSE -> nsm-sim -> vsock
+// -> host Module and back) next to bare vsock round trips of the same
+// request and response sizes to a host echo service (the floor). The
+// figures are the guest's p50/p99 in microseconds and their ratio; the
+// guest interleaves batches of both. b.N is ignored: one boot, 1000 of each.
+func BenchmarkNSMDescribePCR(b *testing.B) {
+	const n = 1000
+	g := nsmGuestTB(b, &enclavesim.NSMOptions{}, "--bench", fmt.Sprint(n))
+	e := soloBoot(b, "nsm-bench", g)
+	defer e.stop()
+	// The echo answers each frame with a frame the size of DescribePCR's
+	// response, as the NSM service would.
+	m, err := nsm.New(nsm.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	descReq := []byte("\xa1\x6bDescribePCR\xa1\x65index\x00")
+	respSize := len(m.Handle(descReq))
+	ln, err := e.vm.ListenHost(9103)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		resp := make([]byte, respSize)
+		for {
+			if _, err := nsm.ReadFrame(c, nitro.NSMRequestMax); err != nil {
+				return
+			}
+			if err := nsm.WriteFrame(c, resp); err != nil {
+				return
+			}
+		}
+	}()
+	r := receiveReport(b, e)
+	for _, f := range r.Failures {
+		b.Errorf("guest: %s", f)
+	}
+	pct := func(v []int64, p float64) float64 {
+		if len(v) == 0 {
+			return 0
+		}
+		s := append([]int64(nil), v...)
+		sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+		return float64(s[int(p*float64(len(s)-1))])
+	}
+	d, v := r.Bench["describe_pcr"], r.Bench["vsock"]
+	b.ReportMetric(pct(d, 0.5), "describe-p50-µs")
+	b.ReportMetric(pct(d, 0.99), "describe-p99-µs")
+	b.ReportMetric(pct(v, 0.5), "vsock-p50-µs")
+	b.ReportMetric(pct(v, 0.99), "vsock-p99-µs")
+	if pct(v, 0.5) > 0 {
+		b.ReportMetric(pct(d, 0.5)/pct(v, 0.5), "p50-ratio")
+	}
+	b.ReportMetric(0, "ns/op")
 }

@@ -10,7 +10,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -49,6 +48,10 @@ const (
 	// readBuf holds the largest request the kernel sends: headers plus an
 	// ioctl's input (at most maxTransfer).
 	readBuf = maxTransfer + 4096
+	// smallIoctl is the input size up to which an ioctl round is answered
+	// inline: the rounds that only ask for more (an unrestricted ioctl's
+	// first two) are quick, and a goroutine hand-off costs more than them.
+	smallIoctl = 64
 )
 
 // Iovec is a piece of the caller's memory, for an ioctl retry.
@@ -85,7 +88,7 @@ type Handler func(Ioctl) IoctlReply
 
 // Device is a CUSE character device.
 type Device struct {
-	f       *os.File
+	fd      int // blocking: the runtime's poller would add a wakeup per request
 	handler Handler
 	wmu     sync.Mutex
 	slots   chan struct{}
@@ -94,26 +97,37 @@ type Device struct {
 // Open opens /dev/cuse and registers a device named name (it appears as
 // /dev/<name>). Call Serve to answer its requests.
 func Open(name string, h Handler) (*Device, error) {
-	f, err := os.OpenFile("/dev/cuse", os.O_RDWR, 0)
+	fd, err := unix.Open("/dev/cuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open /dev/cuse (is cuse.ko loaded? the kernel needs CONFIG_CUSE): %w", err)
 	}
-	d := &Device{f: f, handler: h, slots: make(chan struct{}, 16)}
+	d := &Device{fd: fd, handler: h, slots: make(chan struct{}, 16)}
 	if err := d.init(name); err != nil {
-		f.Close()
+		unix.Close(fd)
 		return nil, err
 	}
 	return d, nil
 }
 
 // Close ends the device; /dev/<name> goes away.
-func (d *Device) Close() error { return d.f.Close() }
+func (d *Device) Close() error { return unix.Close(d.fd) }
+
+// read reads one request, retrying interrupted reads.
+func (d *Device) read(buf []byte) (int, error) {
+	for {
+		n, err := unix.Read(d.fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		return n, err
+	}
+}
 
 // init answers CUSE_INIT, the first request, with our limits, unrestricted
 // ioctls, and DEVNAME.
 func (d *Device) init(name string) error {
 	buf := make([]byte, readBuf)
-	n, err := d.f.Read(buf)
+	n, err := d.read(buf)
 	if err != nil {
 		return fmt.Errorf("reading CUSE_INIT from /dev/cuse: %w", err)
 	}
@@ -153,7 +167,7 @@ func (d *Device) reply(unique uint64, errno unix.Errno, body []byte) error {
 	copy(msg[outHeaderSize:], body)
 	d.wmu.Lock()
 	defer d.wmu.Unlock()
-	_, err := d.f.Write(msg)
+	_, err := unix.Write(d.fd, msg)
 	if errors.Is(err, unix.ENOENT) {
 		// The request was interrupted and is gone: nothing to answer.
 		return nil
@@ -161,18 +175,16 @@ func (d *Device) reply(unique uint64, errno unix.Errno, body []byte) error {
 	return err
 }
 
-// Serve answers requests until the device is closed or fails. Ioctls with
-// input are handled on their own goroutines (at most 16 at once), so a slow
-// one does not hold up opens and closes.
+// Serve answers requests until the device is closed or fails. Ioctl rounds
+// with more than smallIoctl bytes of input (those that carry a request) are
+// handled on their own goroutines (at most 16 at once), so a slow one does
+// not hold up opens, closes and other callers' first rounds.
 func (d *Device) Serve() error {
 	buf := make([]byte, readBuf)
 	for {
-		n, err := d.f.Read(buf)
+		n, err := d.read(buf)
 		if err != nil {
-			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
-				continue
-			}
-			if errors.Is(err, unix.ENODEV) || errors.Is(err, os.ErrClosed) {
+			if errors.Is(err, unix.ENODEV) || errors.Is(err, unix.EBADF) {
 				return nil
 			}
 			return fmt.Errorf("reading /dev/cuse: %w", err)
@@ -210,7 +222,7 @@ func (d *Device) Serve() error {
 				break
 			}
 			io.In = append([]byte(nil), body[ioctlInSize:ioctlInSize+int(inSize)]...)
-			if inSize == 0 {
+			if inSize <= smallIoctl {
 				err = d.answerIoctl(unique, io)
 				break
 			}

@@ -7,17 +7,20 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"syscall"
 	"time"
 	"unsafe"
 
+	"github.com/fxamacker/cbor/v2"
 	"github.com/hf/nsm"
 	"github.com/hf/nsm/request"
 	"github.com/mdlayher/vsock"
@@ -29,6 +32,8 @@ type Report struct {
 	PCRs     map[string]string `json:"pcrs"` // DescribePCR 0-15
 	Document []byte            `json:"document"`
 	Steps    int               `json:"steps"`
+	// Bench holds round-trip times in microseconds (--bench).
+	Bench map[string][]int64 `json:"bench,omitempty"`
 }
 
 var (
@@ -55,7 +60,14 @@ func errCode(s *nsm.Session, r request.Request) string {
 func main() {
 	port := flag.Uint("port", 9102, "host vsock port for the report")
 	pcrsOnly := flag.Bool("pcrs-only", false, "only describe PCRs 0-15 (debug-mode check)")
+	bench := flag.Int("bench", 0, "instead of the checks: time this many DescribePCR round trips and as many bare vsock round trips of the same sizes")
+	echoPort := flag.Uint("echo-port", 9103, "with --bench: the host's echo port")
 	flag.Parse()
+	if *bench > 0 {
+		runBench(*bench, uint32(*echoPort))
+		send(uint32(*port))
+		return
+	}
 	rep.PCRs = map[string]string{}
 	s, err := nsm.OpenDefaultSession()
 	if err != nil {
@@ -192,5 +204,73 @@ func send(port uint32) {
 			os.Exit(1)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// runBench alternates batches of DescribePCR calls through /dev/nsm with
+// batches of bare vsock round trips carrying the same request and response
+// sizes (a 4-byte length, then the bytes, as the simulated device frames
+// them), so that a slow spell of the machine hits both.
+func runBench(n int, echoPort uint32) {
+	rep.Bench = map[string][]int64{}
+	s, err := nsm.OpenDefaultSession()
+	if err != nil {
+		fail("open /dev/nsm: %v", err)
+		return
+	}
+	req, _ := cbor.Marshal((&request.DescribePCR{Index: 0}).Encoded())
+	// The host may start its echo service after the app: retry.
+	var c io.ReadWriteCloser
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		for _, cid := range []uint32{3, 2} {
+			if c, err = vsock.Dial(cid, echoPort, nil); err == nil {
+				break
+			}
+		}
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			fail("echo port %d: %v", echoPort, err)
+			return
+		}
+	}
+	defer c.Close()
+	frame := make([]byte, 4+len(req))
+	binary.BigEndian.PutUint32(frame, uint32(len(req)))
+	copy(frame[4:], req)
+	var hdr [4]byte
+	resp := make([]byte, 4096)
+	const batch = 50
+	for done := 0; done < n; done += batch {
+		for i := 0; i < batch; i++ {
+			t0 := time.Now()
+			if r, err := s.Send(&request.DescribePCR{Index: 0}); err != nil || r.DescribePCR == nil {
+				fail("DescribePCR: %v", err)
+				return
+			}
+			rep.Bench["describe_pcr"] = append(rep.Bench["describe_pcr"], time.Since(t0).Microseconds())
+		}
+		for i := 0; i < batch; i++ {
+			t0 := time.Now()
+			if _, err := c.Write(frame); err != nil {
+				fail("echo write: %v", err)
+				return
+			}
+			if _, err := io.ReadFull(c, hdr[:]); err != nil {
+				fail("echo read: %v", err)
+				return
+			}
+			m := binary.BigEndian.Uint32(hdr[:])
+			if m > uint32(len(resp)) {
+				fail("echo frame of %d bytes", m)
+				return
+			}
+			if _, err := io.ReadFull(c, resp[:m]); err != nil {
+				fail("echo read: %v", err)
+				return
+			}
+			rep.Bench["vsock"] = append(rep.Bench["vsock"], time.Since(t0).Microseconds())
+		}
 	}
 }
