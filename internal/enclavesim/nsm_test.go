@@ -1,0 +1,100 @@
+package enclavesim
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/fxamacker/cbor/v2"
+
+	"github.com/nitroinit/nitroinit/internal/hvsock"
+	"github.com/nitroinit/nitroinit/internal/nitro"
+	"github.com/nitroinit/nitroinit/internal/nsm"
+)
+
+// The backend measures the image, writes pcrs.json and root.pem, and
+// answers NSM requests on the host port a guest reaches at 3:9100. No VM:
+// the test connects to the port's Unix socket as the vsock device would.
+func TestBackendNSM(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts NSMOptions
+	}{
+		{"measured", NSMOptions{ParentRoleARN: "arn:aws:iam::1:role/r", ParentInstanceID: "i-0123", CADir: filepath.Join(t.TempDir(), "ca")}},
+		{"debug", NSMOptions{Debug: true, ParentRoleARN: "ignored in debug mode"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, err := os.MkdirTemp("", "esnsm")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer os.RemoveAll(dir)
+			kernel, initrd := filepath.Join(dir, "k"), filepath.Join(dir, "i")
+			os.WriteFile(kernel, []byte("kernel"), 0o644)
+			os.WriteFile(initrd, []byte("initrd"), 0o644)
+			o := Options{Route: RouteVhostUser, Dir: dir, GuestCID: 16, Kernel: kernel, Initrd: initrd, Append: "x=1", NSM: &tc.opts}
+			b, err := StartBackend(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			var pcrs map[string]string
+			raw, err := os.ReadFile(filepath.Join(NSMDir(dir), "pcrs.json"))
+			if err == nil {
+				err = json.Unmarshal(raw, &pcrs)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(filepath.Join(NSMDir(dir), "root.pem")); err != nil {
+				t.Error(err)
+			}
+			hx := func(p nsm.PCR) string { return hex.EncodeToString(p[:]) }
+			zero := strings.Repeat("0", 96)
+			want := map[string]string{
+				"PCR0": hx(nsm.Measure([]byte("kernel"), []byte(KernelCmdline("x=1")), []byte("initrd"))),
+				"PCR1": hx(nsm.Measure([]byte("kernel"), []byte(KernelCmdline("x=1")), []byte("initrd"))),
+				"PCR2": hx(nsm.Measure()),
+				"PCR3": hx(nsm.Measure([]byte("arn:aws:iam::1:role/r"))),
+				"PCR4": hx(nsm.Measure([]byte("i-0123"))),
+				"PCR8": zero,
+			}
+			if tc.opts.Debug {
+				for k := range want {
+					want[k] = zero
+				}
+			}
+			for k, v := range want {
+				if pcrs[k] != v {
+					t.Errorf("pcrs.json %s = %s, want %s", k, pcrs[k], v)
+				}
+			}
+			c, err := net.Dial("unix", hvsock.ListenPath(HybridSocket(dir), nitro.NSMSimPort))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			req, _ := cbor.Marshal(map[string]any{"DescribePCR": map[string]any{"index": 3}})
+			if err := nsm.WriteFrame(c, req); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := nsm.ReadFrame(c, nitro.NSMResponseMax)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var r struct {
+				DescribePCR struct {
+					Lock bool   `cbor:"lock"`
+					Data []byte `cbor:"data"`
+				}
+			}
+			if err := cbor.Unmarshal(resp, &r); err != nil || hex.EncodeToString(r.DescribePCR.Data) != want["PCR3"] || !r.DescribePCR.Lock {
+				t.Errorf("DescribePCR 3 over the host port: %x %v", resp, err)
+			}
+		})
+	}
+}
