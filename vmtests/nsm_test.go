@@ -18,6 +18,7 @@ import (
 	"github.com/nitroinit/nitroinit/internal/enclavesim"
 	"github.com/nitroinit/nitroinit/internal/nitro"
 	"github.com/nitroinit/nitroinit/internal/nsm"
+	"github.com/nitroinit/nitroinit/internal/nsm/nsmtest"
 )
 
 // nsmReportPort is where the guest's nsmcheck sends its report.
@@ -34,26 +35,16 @@ func nsmGuestTB(t testing.TB, opts *enclavesim.NSMOptions, args ...string) guest
 	if err != nil {
 		t.Fatal(err)
 	}
-	check := buildNSMCheck(t)
-	cfg := strings.Replace(moduleYAML(), "kernel_modules:\n", "kernel_modules:\n  - "+image.ModulePath(cuse)+"\n", 1)
-	return guest{
-		config: cfg + `
-vsock:
-  cid: $HOSTCID
-  port: 9000
-  timeout: 60s
-control:
-  vsock_enabled: true
-  vsock_port: 9001
-`,
-		files: []image.File{
-			{Src: cuse, Dst: image.ModulePath(cuse)},
-			{Data: []byte("marker\n"), Dst: nitro.NSMSimMarker},
-			{Src: check, Dst: "/bin/nsmcheck", Mode: 0o755},
-			{Data: []byte(strings.Join(append([]string{"/bin/nsmcheck"}, args...), "\n") + "\n"), Dst: "/cmd"},
-		},
-		nsm: opts,
+	g := awsGuest()
+	g.config = strings.Replace(g.config, "kernel_modules:\n", "kernel_modules:\n  - "+image.ModulePath(cuse)+"\n", 1)
+	g.files = []image.File{
+		{Src: cuse, Dst: image.ModulePath(cuse)},
+		{Data: []byte("marker\n"), Dst: nitro.NSMSimMarker},
+		{Src: buildNSMCheck(t), Dst: "/bin/nsmcheck", Mode: 0o755},
+		{Data: []byte(strings.Join(append([]string{"/bin/nsmcheck"}, args...), "\n") + "\n"), Dst: "/cmd"},
 	}
+	g.nsm = opts
+	return g
 }
 
 func buildNSMCheck(t testing.TB) string {
@@ -123,23 +114,13 @@ func readPCRsJSON(t *testing.T, e *enclave) map[string]string {
 	return m
 }
 
-// verify runs the independent verifier (internal/nsm/testdata/verify.py).
+// verify runs the independent verifier against a root file.
 func verify(t *testing.T, root string, doc []byte) (map[string]any, error) {
-	const py = "/usr/bin/python3"
-	if err := exec.Command(py, "-c", "import cbor2, cryptography").Run(); err != nil {
-		t.Fatalf("%s with python3-cbor2 and python3-cryptography is needed (ci/install-deps.sh): %v", py, err)
-	}
-	f := filepath.Join(t.TempDir(), "doc.cose")
-	os.WriteFile(f, doc, 0o644)
-	cmd := exec.Command(py, "../internal/nsm/testdata/verify.py", root, f)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	pem, err := os.ReadFile(root)
 	if err != nil {
-		return nil, fmt.Errorf("%v: %s", err, stderr.String())
+		t.Fatal(err)
 	}
-	var v map[string]any
-	return v, json.Unmarshal(out, &v)
+	return nsmtest.Verify(t, pem, doc)
 }
 
 // TestNSM boots an image with the simulated NSM whose /cmd app uses

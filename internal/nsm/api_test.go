@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -19,6 +17,7 @@ import (
 
 	"github.com/nitroinit/nitroinit/internal/nitro"
 	"github.com/nitroinit/nitroinit/internal/nsm"
+	"github.com/nitroinit/nitroinit/internal/nsm/nsmtest"
 )
 
 // send encodes req as github.com/hf/nsm does and decodes the answer with its
@@ -138,35 +137,9 @@ func mustCBOR(t *testing.T, v any) []byte {
 	return b
 }
 
-// python is Debian's interpreter, which has python3-cbor2 and
-// python3-cryptography (ci/install-deps.sh).
-func python(t *testing.T) string {
-	const py = "/usr/bin/python3"
-	if err := exec.Command(py, "-c", "import cbor2, cryptography").Run(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s with cbor2 and cryptography is missing in CI: %v", py, err)
-		}
-		t.Skipf("needs %s with python3-cbor2 and python3-cryptography (apt-get install python3-cbor2 python3-cryptography): %v", py, err)
-	}
-	return py
-}
-
-// VerifyDocument runs testdata/verify.py, a verifier that shares no code
-// with our signer, and returns its JSON view of the payload.
+// verifyDocument runs the verifier that shares no code with our signer.
 func verifyDocument(t *testing.T, rootPEM, doc []byte) (map[string]any, error) {
-	dir := t.TempDir()
-	root, docf := filepath.Join(dir, "root.pem"), filepath.Join(dir, "doc.cose")
-	os.WriteFile(root, rootPEM, 0o644)
-	os.WriteFile(docf, doc, 0o644)
-	cmd := exec.Command(python(t), "testdata/verify.py", root, docf)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return nil, fmt.Errorf("%v: %s", err, stderr.String())
-	}
-	var v map[string]any
-	return v, json.Unmarshal(out, &v)
+	return nsmtest.Verify(t, rootPEM, doc)
 }
 
 func TestAttestationVerifies(t *testing.T) {
