@@ -21,11 +21,12 @@ fi
 
 # ci/go finds (or installs) the Go toolchain go.mod asks for.
 GO=${GO:-ci/go}
-echo "==> Building bin/init, bin/initctl, bin/initramfs, bin/svc"
+echo "==> Building bin/init, bin/initctl, bin/initramfs, bin/svc, bin/nsmcheck"
 mkdir -p bin
 for p in init initctl initramfs; do
 	"$GO" build -trimpath -o "bin/$p" "./$p"
 done
 "$GO" build -trimpath -o bin/svc ./internal/testprog/svc
+"$GO" build -trimpath -o bin/nsmcheck ./internal/testprog/nsmcheck
 
-exec bin/initramfs demo --init bin/init --initctl bin/initctl --svc bin/svc "$@"
+exec bin/initramfs demo --init bin/init --initctl bin/initctl --svc bin/svc --nsmcheck bin/nsmcheck "$@"

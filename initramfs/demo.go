@@ -39,9 +39,9 @@ ServiceEnable = true
 
 func demoCmd() *cobra.Command {
 	var (
-		sf                   simFlags
-		initBin, ctlBin, svc string
-		keep                 bool
+		sf                             simFlags
+		initBin, ctlBin, svc, nsmcheck string
+		keep                           bool
 	)
 	cmd := &cobra.Command{
 		Use:   "demo",
@@ -56,7 +56,7 @@ go build -o bin/svc ./internal/testprog/svc); ci/demo.sh does all of it.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return runDemo(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), sf, initBin, ctlBin, svc, keep)
+			return runDemo(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), sf, initBin, ctlBin, svc, nsmcheck, keep)
 		},
 	}
 	sf.register(cmd)
@@ -64,10 +64,11 @@ go build -o bin/svc ./internal/testprog/svc); ci/demo.sh does all of it.`,
 	cmd.Flags().StringVar(&ctlBin, "initctl", "bin/initctl", "initctl binary (put into the image and run on the host)")
 	cmd.Flags().StringVar(&svc, "svc", "bin/svc", "the example services' program (internal/testprog/svc)")
 	cmd.Flags().BoolVar(&keep, "keep", false, "keep the work directory (image, console.log)")
+	cmd.Flags().StringVar(&nsmcheck, "nsmcheck", "bin/nsmcheck", "a github.com/hf/nsm client (internal/testprog/nsmcheck) that asks the simulated /dev/nsm for an attestation document; skipped when absent")
 	return cmd
 }
 
-func runDemo(ctx context.Context, out, errw io.Writer, sf simFlags, initBin, ctlBin, svc string, keep bool) error {
+func runDemo(ctx context.Context, out, errw io.Writer, sf simFlags, initBin, ctlBin, svc, nsmcheck string, keep bool) error {
 	for _, b := range []struct{ flag, path, how string }{
 		{"--init", initBin, "make build"},
 		{"--initctl", ctlBin, "make build"},
@@ -126,6 +127,13 @@ func runDemo(ctx context.Context, out, errw io.Writer, sf simFlags, initBin, ctl
 		}
 		spec.Services = append(spec.Services, p)
 	}
+	withNSM := addDemoNSM(out, &spec, k, nsmcheck)
+	if withNSM {
+		// The NSM pieces changed the module list: init.yaml must load cuse.
+		if err := os.WriteFile(cfg, []byte(enclavesim.InitYAML(enclavesim.HostCIDFor(o.Route), spec.Modules, false)), 0o644); err != nil {
+			return err
+		}
+	}
 	if err := spec.WriteFile(o.Initrd); err != nil {
 		return err
 	}
@@ -175,6 +183,13 @@ func runDemo(ctx context.Context, out, errw io.Writer, sf simFlags, initBin, ctl
 	}
 	for _, args := range [][]string{{"ping"}, {"list"}, {"ps", "list"}, {"status", "worker"}, {"logs", "-n", "3", "greeter"}} {
 		if err := run(args...); err != nil {
+			return err
+		}
+	}
+
+	if withNSM {
+		step("Asking the simulated /dev/nsm for an attestation document (github.com/hf/nsm in the guest)")
+		if err := demoAttestation(ctx, out, vm, run); err != nil {
 			return err
 		}
 	}

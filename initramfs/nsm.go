@@ -1,15 +1,20 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/nitroinit/nitroinit/initramfs/image"
 	"github.com/nitroinit/nitroinit/internal/enclavesim"
 	"github.com/nitroinit/nitroinit/internal/nitro"
+	"github.com/nitroinit/nitroinit/internal/nsm"
 )
 
 // addNSM puts the simulated NSM's pieces into an image: the test kernel's
@@ -49,4 +54,80 @@ func describeNSM(w io.Writer, vm *enclavesim.VM) {
 	}
 	d := enclavesim.NSMDir(vm.Dir())
 	fmt.Fprintf(w, "initramfs:   simulated NSM on host port %d: root CA %s, PCRs %s\n", nitro.NSMSimPort, filepath.Join(d, "root.pem"), filepath.Join(d, "pcrs.json"))
+}
+
+// demoReportPort is where the demo's nsmcheck sends its attestation document.
+const demoReportPort = 9102
+
+// addDemoNSM gives the demo image the simulated NSM and nsmcheck (a
+// github.com/hf/nsm client) when nsmcheck was built; it reports whether it
+// did.
+func addDemoNSM(out io.Writer, spec *image.Spec, k enclavesim.Kernel, nsmcheck string) bool {
+	if _, err := os.Stat(nsmcheck); err != nil {
+		fmt.Fprintf(out, "    (no %s: skipping the NSM attestation; build it with go build -o %s ./internal/testprog/nsmcheck)\n", nsmcheck, nsmcheck)
+		return false
+	}
+	cuse, err := k.CUSEModule()
+	if err != nil {
+		fmt.Fprintf(out, "    (skipping the NSM attestation: %v)\n", err)
+		return false
+	}
+	spec.Modules = append(spec.Modules, cuse)
+	spec.Files = append(spec.Files,
+		image.File{Data: []byte("# initramfs demo: start the simulated /dev/nsm.\n"), Dst: nitro.NSMSimMarker},
+		image.File{Src: nsmcheck, Dst: "/usr/bin/nsmcheck", Mode: 0o755})
+	return true
+}
+
+// demoAttestation has nsmcheck ask /dev/nsm for a document, receives it here
+// and verifies it against the simulator's root.
+func demoAttestation(ctx context.Context, out io.Writer, vm *enclavesim.VM, run func(...string) error) error {
+	ln, err := vm.ListenHost(demoReportPort)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(time.Minute))
+		b, _ := io.ReadAll(io.LimitReader(c, 1<<20))
+		got <- b
+	}()
+	if err := run("ps", "start", "/usr/bin/nsmcheck", "--attest-only", "--port", fmt.Sprint(demoReportPort)); err != nil {
+		return err
+	}
+	var raw []byte
+	select {
+	case raw = <-got:
+	case <-time.After(time.Minute):
+		return fmt.Errorf("nsmcheck sent no attestation document within a minute; console:\n%s", vm.ConsoleTail(20))
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	var rep struct {
+		Failures []string `json:"failures"`
+		Document []byte   `json:"document"`
+	}
+	if err := json.Unmarshal(raw, &rep); err != nil || len(rep.Failures) > 0 {
+		return fmt.Errorf("nsmcheck's report: %v %q", err, rep.Failures)
+	}
+	root := filepath.Join(enclavesim.NSMDir(vm.Dir()), "root.pem")
+	doc, err := nsm.Verify(rep.Document, vm.NSM().CA().Root, time.Now())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "    attestation document: %d bytes, COSE_Sign1 ES384, verified against %s\n", len(rep.Document), root)
+	fmt.Fprintf(out, "    module_id %s, digest %s, timestamp %s\n", doc.ModuleID, doc.Digest, time.UnixMilli(int64(doc.Timestamp)).UTC().Format(time.RFC3339))
+	for _, i := range []uint16{0, 1, 2} {
+		fmt.Fprintf(out, "    PCR%d %x\n", i, doc.PCRs[i])
+	}
+	fmt.Fprintf(out, "    (the same values are in %s; a document from the simulator proves nothing about real hardware: docs/nsm.md)\n",
+		filepath.Join(enclavesim.NSMDir(vm.Dir()), "pcrs.json"))
+	return nil
 }

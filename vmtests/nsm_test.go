@@ -33,7 +33,10 @@ func nsmGuest(t *testing.T, opts *enclavesim.NSMOptions, args ...string) guest {
 func nsmGuestTB(t testing.TB, opts *enclavesim.NSMOptions, args ...string) guest {
 	cuse, err := kernel.CUSEModule()
 	if err != nil {
-		t.Fatal(err)
+		if os.Getenv("CI") == "true" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
 	}
 	g := awsGuest()
 	g.config = strings.Replace(g.config, "kernel_modules:\n", "kernel_modules:\n  - "+image.ModulePath(cuse)+"\n", 1)

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/fxamacker/cbor/v2"
 	"github.com/hf/nsm/request"
@@ -193,10 +194,20 @@ func TestAttestationVerifies(t *testing.T) {
 	if _, err := verifyDocument(t, aws, doc); err == nil {
 		t.Error("the document verified against AWS's root")
 	}
+	// Our own Go verifier (used by initramfs demo) agrees.
+	if d, err := nsm.Verify(doc, m.CA().Root, time.Now()); err != nil || string(d.Nonce) != "nonce" || d.PCRs[16] == nil {
+		t.Errorf("nsm.Verify: %+v %v", d, err)
+	}
+	if _, err := nsm.Verify(doc, other.Root, time.Now()); err == nil {
+		t.Error("nsm.Verify accepted a different root")
+	}
 	tampered := bytes.Clone(doc)
 	tampered[len(tampered)-1] ^= 1
 	if _, err := verifyDocument(t, m.CA().RootPEM(), tampered); err == nil {
 		t.Error("a document with a flipped signature bit verified")
+	}
+	if _, err := nsm.Verify(tampered, m.CA().Root, time.Now()); err == nil {
+		t.Error("nsm.Verify accepted a flipped signature bit")
 	}
 	// Absent fields are null, as on Nitro.
 	r = send(t, m, &request.Attestation{})
