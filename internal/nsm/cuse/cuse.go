@@ -101,9 +101,19 @@ func Open(name string, h Handler) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open /dev/cuse (is cuse.ko loaded? the kernel needs CONFIG_CUSE): %w", err)
 	}
+	d, err := start(fd, name, h)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return d, nil
+}
+
+// start answers CUSE_INIT on fd, an open /dev/cuse (or, in tests, a
+// SOCK_SEQPACKET socket, which keeps message boundaries as /dev/cuse does).
+func start(fd int, name string, h Handler) (*Device, error) {
 	d := &Device{fd: fd, handler: h, slots: make(chan struct{}, 16)}
 	if err := d.init(name); err != nil {
-		unix.Close(fd)
 		return nil, err
 	}
 	return d, nil
