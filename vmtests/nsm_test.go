@@ -18,6 +18,7 @@ import (
 	"github.com/nitroinit/nitroinit/internal/enclavesim"
 	"github.com/nitroinit/nitroinit/internal/nitro"
 	"github.com/nitroinit/nitroinit/internal/nsm"
+	"github.com/nitroinit/nitroinit/internal/nsm/frame"
 	"github.com/nitroinit/nitroinit/internal/nsm/nsmtest"
 )
 
@@ -239,10 +240,10 @@ func BenchmarkNSMDescribePCR(b *testing.B) {
 		defer c.Close()
 		resp := make([]byte, respSize)
 		for {
-			if _, err := nsm.ReadFrame(c, nitro.NSMRequestMax); err != nil {
+			if _, err := frame.Read(c, nitro.NSMRequestMax); err != nil {
 				return
 			}
-			if err := nsm.WriteFrame(c, resp); err != nil {
+			if err := frame.Write(c, resp); err != nil {
 				return
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nitroinit/nitroinit/internal/nitro"
@@ -54,6 +55,9 @@ func (b *booter) simulateNSM() {
 			if err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("simulated NSM: %w", err)
 			}
+			if b.exited(pid) {
+				return fmt.Errorf("simulated NSM: %s (pid %d) exited before %s appeared (see its messages above)", nitro.NSMSimArgv0, pid, NSMDevice)
+			}
 			if time.Now().After(deadline) {
 				return fmt.Errorf("simulated NSM: %s did not appear within %s after starting pid %d (see its messages above)", NSMDevice, nsmSimWait, pid)
 			}
@@ -64,6 +68,22 @@ func (b *booter) simulateNSM() {
 		b.res.NSM = "failed: " + err.Error()
 		b.logf("boot: %v; continuing", err)
 	}
+}
+
+// exited reports whether pid is gone or a zombie. The reaper starts after
+// boot, so a child that died during boot is still a zombie here.
+func (b *booter) exited(pid int) bool {
+	stat, err := b.ops.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return errors.Is(err, fs.ErrNotExist)
+	}
+	// The state follows the command name, which is in parentheses and may
+	// itself contain them.
+	i := strings.LastIndexByte(string(stat), ')')
+	if i < 0 || i+2 >= len(stat) {
+		return false
+	}
+	return stat[i+2] == 'Z' || stat[i+2] == 'X'
 }
 
 // startProcess starts path with argv and the console as its standard

@@ -27,6 +27,14 @@ func TestSimulatedNSM(t *testing.T) {
 			delete(r.modes, NSMDevice)
 			delete(r.files, "/nsm.ko")
 		}, NSMSimulated, true},
+		{"marker, the device process dies", func(r *recOps) {
+			r.files[nitro.NSMSimMarker] = nil
+			r.modes["/dev/cuse"] = fs.ModeDevice | fs.ModeCharDevice | 0o600
+			r.files["/proc/42/stat"] = []byte("42 (init (x)) Z 1 0 0")
+			r.noNSM = true
+			delete(r.modes, NSMDevice)
+			delete(r.files, "/nsm.ko")
+		}, "failed: simulated NSM: nsm-sim (pid 42) exited", true},
 		{"marker, no CUSE in the kernel", func(r *recOps) {
 			r.files[nitro.NSMSimMarker] = nil
 			delete(r.modes, NSMDevice)

@@ -14,6 +14,7 @@ import (
 	"github.com/nitroinit/nitroinit/internal/hvsock"
 	"github.com/nitroinit/nitroinit/internal/nitro"
 	"github.com/nitroinit/nitroinit/internal/nsm"
+	"github.com/nitroinit/nitroinit/internal/nsm/frame"
 )
 
 // The backend measures the image, writes pcrs.json and root.pem, and
@@ -79,10 +80,10 @@ func TestBackendNSM(t *testing.T) {
 			}
 			defer c.Close()
 			req, _ := cbor.Marshal(map[string]any{"DescribePCR": map[string]any{"index": 3}})
-			if err := nsm.WriteFrame(c, req); err != nil {
+			if err := frame.Write(c, req); err != nil {
 				t.Fatal(err)
 			}
-			resp, err := nsm.ReadFrame(c, nitro.NSMResponseMax)
+			resp, err := frame.Read(c, nitro.NSMResponseMax)
 			if err != nil {
 				t.Fatal(err)
 			}

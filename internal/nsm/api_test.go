@@ -18,6 +18,7 @@ import (
 
 	"github.com/nitroinit/nitroinit/internal/nitro"
 	"github.com/nitroinit/nitroinit/internal/nsm"
+	"github.com/nitroinit/nitroinit/internal/nsm/frame"
 	"github.com/nitroinit/nitroinit/internal/nsm/nsmtest"
 )
 
@@ -264,11 +265,11 @@ func TestServe(t *testing.T) {
 			}
 			defer c.Close()
 			for j := 0; j < 5; j++ {
-				if err := nsm.WriteFrame(c, mustCBOR(t, "DescribeNSM")); err != nil {
+				if err := frame.Write(c, mustCBOR(t, "DescribeNSM")); err != nil {
 					t.Error(err)
 					return
 				}
-				b, err := nsm.ReadFrame(c, nitro.NSMResponseMax)
+				b, err := frame.Read(c, nitro.NSMResponseMax)
 				var res response.Response
 				if err == nil {
 					err = cbor.Unmarshal(b, &res)
@@ -284,7 +285,7 @@ func TestServe(t *testing.T) {
 	// An oversized frame ends the connection.
 	c, _ := net.Dial("tcp", ln.Addr().String())
 	c.Write([]byte{0, 0, 0x10, 0x01})
-	if _, err := nsm.ReadFrame(c, nitro.NSMResponseMax); err == nil {
+	if _, err := frame.Read(c, nitro.NSMResponseMax); err == nil {
 		t.Error("a 0x1001-byte frame was answered")
 	}
 	c.Close()

@@ -21,8 +21,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nitroinit/nitroinit/internal/nitro"
-	"github.com/nitroinit/nitroinit/internal/nsm"
 	"github.com/nitroinit/nitroinit/internal/nsm/cuse"
+	"github.com/nitroinit/nitroinit/internal/nsm/frame"
 )
 
 // rawSize is sizeof(struct nsm_raw): two struct nsm_iovec {u64 addr, len}.
@@ -74,8 +74,8 @@ func (f *Forwarder) Forward(req []byte) ([]byte, error) {
 		}
 		var resp []byte
 		f.conn.SetDeadline(time.Now().Add(requestTimeout))
-		if err = nsm.WriteFrame(f.conn, req); err == nil {
-			resp, err = nsm.ReadFrame(f.conn, nitro.NSMResponseMax)
+		if err = frame.Write(f.conn, req); err == nil {
+			resp, err = frame.Read(f.conn, nitro.NSMResponseMax)
 		}
 		if err == nil {
 			return resp, nil
