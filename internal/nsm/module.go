@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -90,7 +91,11 @@ func (m *Module) PCRs() [nitro.NSMPCRCount]PCR {
 func (m *Module) Handle(raw []byte) []byte {
 	req, err := DecodeRequest(raw)
 	if err != nil {
-		return EncodeError(err.(*RequestError).Code)
+		var re *RequestError
+		if errors.As(err, &re) {
+			return EncodeError(re.Code)
+		}
+		return EncodeError(InvalidArgument)
 	}
 	b, err := m.handle(req)
 	if err != nil {
