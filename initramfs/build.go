@@ -131,7 +131,7 @@ A /dev/console node is included. The same inputs always give the same bytes.`,
 				spec.Modules = append(spec.Modules, k.Modules...)
 			}
 			if withNSM {
-				if err := addNSM(&spec); err != nil {
+				if err := addNSM(cmd.ErrOrStderr(), &spec); err != nil {
 					return err
 				}
 			}

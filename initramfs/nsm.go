@@ -20,7 +20,7 @@ import (
 // addNSM puts the simulated NSM's pieces into an image: the test kernel's
 // cuse.ko after the other modules, and the marker that makes init start the
 // device. The device itself is the init binary under another name.
-func addNSM(spec *image.Spec) error {
+func addNSM(w io.Writer, spec *image.Spec) error {
 	k, err := enclavesim.FindKernel()
 	if err != nil {
 		return fmt.Errorf("--nsm: %w", err)
@@ -34,6 +34,9 @@ func addNSM(spec *image.Spec) error {
 		Data: []byte("# Written by initramfs build --nsm: init starts the simulated /dev/nsm.\n"),
 		Dst:  nitro.NSMSimMarker,
 	})
+	if spec.Config != "" {
+		fmt.Fprintf(w, "--nsm: make sure %s lists %s in kernel_modules\n", spec.Config, image.ModulePath(cuse))
+	}
 	return nil
 }
 
