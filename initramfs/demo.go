@@ -189,7 +189,7 @@ func runDemo(ctx context.Context, out, errw io.Writer, sf simFlags, initBin, ctl
 
 	if withNSM {
 		step("Asking the simulated /dev/nsm for an attestation document (github.com/hf/nsm in the guest)")
-		if err := demoAttestation(ctx, out, vm, run); err != nil {
+		if err := demoAttestation(out, vm, run); err != nil {
 			return err
 		}
 	}

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -15,6 +13,7 @@ import (
 	"github.com/nitroinit/nitroinit/internal/enclavesim"
 	"github.com/nitroinit/nitroinit/internal/nitro"
 	"github.com/nitroinit/nitroinit/internal/nsm"
+	"github.com/nitroinit/nitroinit/internal/testprog/nsmcheck/report"
 )
 
 // addNSM puts the simulated NSM's pieces into an image: the test kernel's
@@ -84,41 +83,21 @@ func addDemoNSM(out io.Writer, spec *image.Spec, k enclavesim.Kernel, nsmcheck s
 
 // demoAttestation has nsmcheck ask /dev/nsm for a document, receives it here
 // and verifies it against the simulator's root.
-func demoAttestation(ctx context.Context, out io.Writer, vm *enclavesim.VM, run func(...string) error) error {
+func demoAttestation(out io.Writer, vm *enclavesim.VM, run func(...string) error) error {
 	ln, err := vm.ListenHost(demoReportPort)
 	if err != nil {
 		return err
 	}
 	defer ln.Close()
-	got := make(chan []byte, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			got <- nil
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(time.Minute))
-		b, _ := io.ReadAll(io.LimitReader(c, 1<<20))
-		got <- b
-	}()
 	if err := run("ps", "start", "/usr/bin/nsmcheck", "--attest-only", "--port", fmt.Sprint(demoReportPort)); err != nil {
 		return err
 	}
-	var raw []byte
-	select {
-	case raw = <-got:
-	case <-time.After(time.Minute):
-		return fmt.Errorf("nsmcheck sent no attestation document within a minute; console:\n%s", vm.ConsoleTail(20))
-	case <-ctx.Done():
-		return ctx.Err()
+	rep, err := report.Receive(ln, time.Minute)
+	if err != nil {
+		return fmt.Errorf("%w; console:\n%s", err, vm.ConsoleTail(20))
 	}
-	var rep struct {
-		Failures []string `json:"failures"`
-		Document []byte   `json:"document"`
-	}
-	if err := json.Unmarshal(raw, &rep); err != nil || len(rep.Failures) > 0 {
-		return fmt.Errorf("nsmcheck's report: %v %q", err, rep.Failures)
+	if len(rep.Failures) > 0 {
+		return fmt.Errorf("nsmcheck failed: %q", rep.Failures)
 	}
 	root := filepath.Join(enclavesim.NSMDir(vm.Dir()), "root.pem")
 	doc, err := nsm.Verify(rep.Document, vm.NSM().CA().Root, time.Now())

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +19,7 @@ import (
 	"github.com/nitroinit/nitroinit/internal/nsm"
 	"github.com/nitroinit/nitroinit/internal/nsm/frame"
 	"github.com/nitroinit/nitroinit/internal/nsm/nsmtest"
+	"github.com/nitroinit/nitroinit/internal/testprog/nsmcheck/report"
 )
 
 // nsmReportPort is where the guest's nsmcheck sends its report.
@@ -66,42 +66,16 @@ func buildNSMCheck(t testing.TB) string {
 	return out
 }
 
-type nsmReport struct {
-	Failures []string           `json:"failures"`
-	PCRs     map[string]string  `json:"pcrs"`
-	Document []byte             `json:"document"`
-	Steps    int                `json:"steps"`
-	Bench    map[string][]int64 `json:"bench"`
-}
-
 // receiveReport waits for nsmcheck's report on the host port.
-func receiveReport(t testing.TB, e *enclave) nsmReport {
+func receiveReport(t testing.TB, e *enclave) report.Report {
 	ln, err := e.vm.ListenHost(nsmReportPort)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	got := make(chan []byte, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			got <- nil
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(time.Minute))
-		b, _ := io.ReadAll(io.LimitReader(c, 1<<20))
-		got <- b
-	}()
-	var b []byte
-	select {
-	case b = <-got:
-	case <-time.After(5 * time.Minute):
-		t.Fatalf("no report from nsmcheck; console:\n%s", e.vm.ConsoleTail(40))
-	}
-	var r nsmReport
-	if err := json.Unmarshal(b, &r); err != nil {
-		t.Fatalf("report %q: %v; console:\n%s", b, err, e.vm.ConsoleTail(40))
+	r, err := report.Receive(ln, 5*time.Minute)
+	if err != nil {
+		t.Fatalf("%v; console:\n%s", err, e.vm.ConsoleTail(40))
 	}
 	return r
 }

@@ -24,20 +24,12 @@ import (
 	"github.com/hf/nsm"
 	"github.com/hf/nsm/request"
 	"github.com/mdlayher/vsock"
+
+	"github.com/nitroinit/nitroinit/internal/testprog/nsmcheck/report"
 )
 
-// Report is what the host test reads.
-type Report struct {
-	Failures []string          `json:"failures"`
-	PCRs     map[string]string `json:"pcrs"` // DescribePCR 0-15
-	Document []byte            `json:"document"`
-	Steps    int               `json:"steps"`
-	// Bench holds round-trip times in microseconds (--bench).
-	Bench map[string][]int64 `json:"bench,omitempty"`
-}
-
 var (
-	rep Report
+	rep report.Report
 	mu  sync.Mutex
 )
 
