@@ -110,6 +110,10 @@ func TestNSM(t *testing.T) {
 	if !strings.Contains(e.vm.Console(), "/dev/nsm present (simulated") {
 		t.Errorf("console lacks init's /dev/nsm present (simulated) line:\n%s", e.vm.ConsoleTail(40))
 	}
+	// The app waits for the report listener, so the enclave is still up.
+	if st := e.system(t); st.NSM != "present (simulated)" {
+		t.Errorf("system-status NSM = %q, want present (simulated)", st.NSM)
+	}
 	r := receiveReport(t, e)
 	for _, f := range r.Failures {
 		t.Errorf("guest: %s", f)
