@@ -155,9 +155,11 @@ func PrepareEIF(path, dir string) (*PreparedEIF, error) {
 	return p, nil
 }
 
-// Apply points o at the prepared kernel, initrd and command line.
+// Apply points o at the prepared kernel, initrd and command line, and
+// the simulated NSM (if any) at the EIF's measurements.
 func (p *PreparedEIF) Apply(o Options) Options {
 	o.Kernel, o.Initrd, o.Cmdline = p.Kernel, p.Initrd, p.Cmdline
+	o.NSM = p.nsmOptions(o.NSM) // the simulated NSM reports the EIF's PCRs
 	return o
 }
 

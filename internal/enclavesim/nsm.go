@@ -25,6 +25,10 @@ type NSMOptions struct {
 	ParentRoleARN, ParentInstanceID, SigningCert string
 	// Debug reports PCRs 0-15 as zeros, as Nitro does for debug enclaves.
 	Debug bool
+	// ImagePCRs, when not nil, are the image's own measurements (an EIF's
+	// PCR0, 1, 2 and, when signed, 8; PreparedEIF.Apply sets them), used
+	// instead of measuring Kernel, the command line and Initrd.
+	ImagePCRs map[int]nsm.PCR
 }
 
 // NSMDir is where the simulated NSM's root.pem and pcrs.json are in dir.
@@ -40,9 +44,17 @@ func (b *Backend) startNSM(ctx context.Context) error {
 	pcrs := map[int]nsm.PCR{}
 	if !o.NSM.Debug {
 		var err error
-		pcrs, err = nsm.MeasureImage(nsm.Image{Kernel: o.Kernel, Cmdline: KernelCmdline(o.Append), Ramdisks: []string{o.Initrd}})
-		if err != nil {
-			return fmt.Errorf("simulated NSM: %w", err)
+		// The measured command line is the image's own; Append and the
+		// machine's parameters are not measured, as with an EIF.
+		cmdline := o.Cmdline
+		if cmdline == "" {
+			cmdline = KernelCmdline("")
+		}
+		if o.NSM.ImagePCRs == nil {
+			pcrs, err = nsm.MeasureImage(nsm.Image{Kernel: o.Kernel, Cmdline: cmdline, Ramdisks: []string{o.Initrd}})
+			if err != nil {
+				return fmt.Errorf("simulated NSM: %w", err)
+			}
 		}
 		if o.NSM.ParentRoleARN != "" {
 			pcrs[3] = nsm.Measure([]byte(o.NSM.ParentRoleARN))
@@ -59,6 +71,9 @@ func (b *Backend) startNSM(ctx context.Context) error {
 				b = blk.Bytes
 			}
 			pcrs[8] = nsm.Measure(b)
+		}
+		for i, v := range o.NSM.ImagePCRs {
+			pcrs[i] = v
 		}
 	}
 	var ca *nsm.CA
@@ -114,4 +129,22 @@ func (k Kernel) CUSEModule() (string, error) {
 		}
 	}
 	return "", fmt.Errorf("the kernel (%s) has no cuse module: the simulated /dev/nsm needs CONFIG_CUSE=m (rerun ci/fetch-kernel.sh, which caches cuse.ko, or use a kernel built with it)", k.Vmlinuz)
+}
+
+// nsmOptions returns n with the EIF's measurements as ImagePCRs (a copy:
+// the caller's options stay as they were); nil stays nil.
+func (p *PreparedEIF) nsmOptions(n *NSMOptions) *NSMOptions {
+	if n == nil {
+		return nil
+	}
+	c := *n
+	c.ImagePCRs = map[int]nsm.PCR{
+		0: nsm.PCR(p.Measurements.PCR0),
+		1: nsm.PCR(p.Measurements.PCR1),
+		2: nsm.PCR(p.Measurements.PCR2),
+	}
+	if p.Measurements.PCR8 != nil {
+		c.ImagePCRs[8] = nsm.PCR(*p.Measurements.PCR8)
+	}
+	return &c
 }

@@ -57,8 +57,9 @@ func TestBackendNSM(t *testing.T) {
 			hx := func(p nsm.PCR) string { return hex.EncodeToString(p[:]) }
 			zero := strings.Repeat("0", 96)
 			want := map[string]string{
-				"PCR0": hx(nsm.Measure([]byte("kernel"), []byte(KernelCmdline("x=1")), []byte("initrd"))),
-				"PCR1": hx(nsm.Measure([]byte("kernel"), []byte(KernelCmdline("x=1")), []byte("initrd"))),
+				// Append ("x=1") is not measured.
+				"PCR0": hx(nsm.Measure([]byte("kernel"), []byte(KernelCmdline("")), []byte("initrd"))),
+				"PCR1": hx(nsm.Measure([]byte("kernel"), []byte(KernelCmdline("")), []byte("initrd"))),
 				"PCR2": hx(nsm.Measure()),
 				"PCR3": hx(nsm.Measure([]byte("arn:aws:iam::1:role/r"))),
 				"PCR4": hx(nsm.Measure([]byte("i-0123"))),
@@ -97,5 +98,34 @@ func TestBackendNSM(t *testing.T) {
 				t.Errorf("DescribePCR 3 over the host port: %x %v", resp, err)
 			}
 		})
+	}
+}
+
+// An EIF's own measurements are what the simulated NSM reports.
+func TestBackendNSMFromEIF(t *testing.T) {
+	dir, err := os.MkdirTemp("", "esnsm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	p, err := PrepareEIF("../eif/testdata/golden.eif", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := p.Apply(Options{Route: RouteVhostUser, Dir: dir, GuestCID: 16, NSM: &NSMOptions{ParentInstanceID: "i-1"}})
+	b, err := StartBackend(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	got := b.NSM().PCRs()
+	m := p.Measurements
+	for i, want := range map[int][48]byte{0: m.PCR0, 1: m.PCR1, 2: m.PCR2} {
+		if got[i] != nsm.PCR(want) {
+			t.Errorf("PCR%d = %x, want the EIF's %x", i, got[i], want)
+		}
+	}
+	if got[4] != nsm.Measure([]byte("i-1")) {
+		t.Errorf("PCR4 = %x", got[4])
 	}
 }
