@@ -3,6 +3,7 @@ package unit
 import (
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -93,16 +94,46 @@ func TestLoadDirSkipsWhatIsNotAFile(t *testing.T) {
 }
 
 func TestUnreadableServiceFile(t *testing.T) {
-	if os.Geteuid() == 0 {
-		t.Skip("root reads files whatever their mode")
+	// As root the file is readable whatever its mode, so the test re-runs
+	// itself as the nobody user (the os/exec helper-process pattern) and the
+	// child does the load.
+	if path := os.Getenv("UNIT_TEST_UNREADABLE"); path != "" {
+		if _, err := Load(path); err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "permission denied") {
+			t.Fatalf("unreadable file: %v", err)
+		}
+		return
 	}
 	dir := t.TempDir()
 	path := filepath.Join(dir, "secret.service")
 	if err := os.WriteFile(path, []byte("ExecStart = \"/bin/true\"\n"), 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Load(path); err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "permission denied") {
-		t.Fatalf("unreadable file: %v", err)
+	if os.Geteuid() != 0 {
+		if _, err := Load(path); err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "permission denied") {
+			t.Fatalf("unreadable file: %v", err)
+		}
+		return
+	}
+	// Let nobody reach the file (not read it) through the temporary dirs.
+	for d := dir; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The test binary sits in a directory only root may enter: copy it.
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "unit.test")
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-test.run=^TestUnreadableServiceFile$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "UNIT_TEST_UNREADABLE="+path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("as uid 65534: %v\n%s", err, out)
 	}
 }
 
