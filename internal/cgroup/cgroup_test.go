@@ -1,0 +1,170 @@
+package cgroup
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// testTree makes a fresh subtree under the cgroup2 mount for one test and
+// removes it afterwards. It skips where there is no writable cgroup2
+// mount, except in CI, where it fails.
+func testTree(t *testing.T) *Tree {
+	t.Helper()
+	mnt := FindMount()
+	why := ""
+	switch {
+	case mnt == "":
+		why = "no cgroup2 file system is mounted"
+	case os.Geteuid() != 0:
+		why = "creating cgroups needs root"
+	}
+	if why != "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s (CI must run these tests)", why)
+		}
+		t.Skipf("skipping: %s", why)
+	}
+	dir := filepath.Join(mnt, fmt.Sprintf("nitroinit-test-%d-%s", os.Getpid(), strings.ReplaceAll(t.Name(), "/", "_")))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if e.IsDir() {
+				g := &Group{Path: filepath.Join(dir, e.Name())}
+				g.Kill()
+				g.WaitEmpty(5 * time.Second)
+				g.Remove()
+			}
+		}
+		os.Remove(dir)
+	})
+	tr, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr
+}
+
+func startIn(t *testing.T, g *Group, name string, args ...string) *exec.Cmd {
+	t.Helper()
+	f, err := g.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command(name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(f.Fd()), Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd
+}
+
+func TestStartInsideKillAndWaitEmpty(t *testing.T) {
+	tr := testTree(t)
+	g, err := tr.Create("daemon", Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A double fork with setsid: the grandchild leaves the session and
+	// process group, but not the cgroup.
+	cmd := startIn(t, g, "/bin/sh", "-c", "setsid sh -c 'sleep 300 & sleep 300' & sleep 300")
+	defer cmd.Wait()
+	own, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel := strings.TrimPrefix(g.Path, FindMount())
+	if !strings.Contains(string(own), "0::"+rel+"\n") {
+		t.Fatalf("child is in %q, want %s", own, rel)
+	}
+	for deadline := time.Now().Add(10 * time.Second); g.Stats().Tasks < 4; {
+		if time.Now().After(deadline) {
+			t.Fatalf("tasks = %d, want 4 (sh, setsid sh, 2 sleeps)", g.Stats().Tasks)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !g.Populated() {
+		t.Fatal("Populated = false with processes inside")
+	}
+	if err := g.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.WaitEmpty(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(g.Path); !os.IsNotExist(err) {
+		t.Fatalf("group still there: %v", err)
+	}
+}
+
+func TestWaitEmptyTimesOut(t *testing.T) {
+	tr := testTree(t)
+	g, err := tr.Create("stays", Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := startIn(t, g, "/bin/sleep", "300")
+	defer cmd.Wait()
+	if err := g.WaitEmpty(200 * time.Millisecond); err == nil || !strings.Contains(err.Error(), "still holds processes") {
+		t.Fatalf("WaitEmpty = %v, want a timeout", err)
+	}
+	if err := g.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.WaitEmpty(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLimitsNeedTheirController(t *testing.T) {
+	tr := testTree(t)
+	for _, tc := range []struct {
+		ctl string
+		lim Limits
+	}{
+		{"memory", Limits{MemoryMax: 64 << 20}},
+		{"pids", Limits{TasksMax: 50}},
+		{"cpu", Limits{CPUWeight: 50}},
+	} {
+		g, err := tr.Create("lim", tc.lim)
+		switch {
+		case tr.Has(tc.ctl) && err != nil:
+			t.Errorf("%s: %v", tc.ctl, err)
+		case !tr.Has(tc.ctl) && (err == nil || !strings.Contains(err.Error(), tc.ctl+" controller")):
+			t.Errorf("%s unavailable: Create = %v, want an error naming the controller", tc.ctl, err)
+		}
+		if g != nil && tr.Has("memory") && tc.ctl == "memory" {
+			if st := g.Stats(); st.MemoryMax != 64<<20 {
+				t.Errorf("memory.max reads %d", st.MemoryMax)
+			}
+		}
+	}
+}
+
+func TestOpenRefusesNonCgroup2(t *testing.T) {
+	_, err := Open(t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "cgroup v2") {
+		t.Fatalf("Open(tmpdir) = %v, want an error saying v2 is needed", err)
+	}
+}
+
+func TestCreateRefusesBadNames(t *testing.T) {
+	tr := &Tree{dir: t.TempDir()}
+	for _, n := range []string{"", "init.scope", "a/b", "..", "."} {
+		if _, err := tr.Create(n, Limits{}); err == nil {
+			t.Errorf("Create(%q) succeeded", n)
+		}
+	}
+}
