@@ -4,7 +4,10 @@
 // Keys follow the enclave-init reference (ExecStart, Environment, Restart,
 // RestartSec, WorkingDirectory, ServiceEnable, Before, After, Requires,
 // RequiredBy) plus systemd-named additions (Type, User, Group, KillSignal,
-// TimeoutStopSec, TimeoutStartSec, StartLimitBurst, StartLimitIntervalSec).
+// TimeoutStopSec, TimeoutStartSec, StartLimitBurst, StartLimitIntervalSec,
+// and the resource-control keys MemoryMax, MemoryHigh, TasksMax, CPUWeight,
+// CPUQuota, LimitNOFILE, LimitNPROC, LimitCORE, LimitMEMLOCK and
+// OOMScoreAdjust).
 // docs/services.md describes every key.
 package unit
 
@@ -23,6 +26,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/nitroinit/nitroinit/internal/cgroup"
 	"golang.org/x/sys/unix"
 )
 
@@ -97,6 +101,13 @@ type Unit struct {
 	Type               Type           // Type, default simple
 	TimeoutStartSec    time.Duration  // TimeoutStartSec, default 30s (Type=notify), none for oneshot
 	RemainAfterExit    bool           // RemainAfterExit: a oneshot that succeeded stays active
+
+	// Resource control (see limits.go): cgroup limits from MemoryMax,
+	// MemoryHigh, TasksMax, CPUWeight and CPUQuota; rlimits from Limit*;
+	// OOMScoreAdjust, nil when not set.
+	Cgroup         cgroup.Limits
+	Rlimits        []Rlimit
+	OOMScoreAdjust *int
 
 	Hash     [32]byte // SHA-256 of the file, to tell whether it changed on disk
 	Warnings []string // ignored problems, "file:line: message"
@@ -328,6 +339,9 @@ func Parse(path string, data []byte) (*Unit, error) {
 				p.errorf(k, "%s is not true or false", describe(v))
 			}
 		default:
+			if p.parseLimit(u, k, v) {
+				continue
+			}
 			line := p.lines[k]
 			loc := path
 			if line > 0 {
