@@ -224,6 +224,11 @@ func run(a args, pid1 bool, log *logger) int {
 		}
 	}
 
+	if pid1 {
+		protectSelf(log)
+	}
+	cgroups := setupCgroups(pid1, log)
+
 	logCfg := logs.Config{Dir: cfg.LogDir, MaxSize: cfg.MaxLogSize, MaxFiles: cfg.MaxLogFiles, RingLines: cfg.LogRingLines}
 	initLogCfg := logCfg
 	initLogCfg.Console = os.Stderr
@@ -253,6 +258,7 @@ func run(a args, pid1 bool, log *logger) int {
 		App:        app,
 		AppConsole: os.Stderr, // PID 1's stderr is the console
 		Info:       info,
+		Cgroups:    cgroups,
 	})
 
 	srv := control.NewServer(control.Config{

@@ -100,6 +100,7 @@ func printServiceStatus(w io.Writer, s *wire.ServiceStatus) {
 	if s.PID != nil {
 		fmt.Fprintf(w, "  PID: %d\n", *s.PID)
 	}
+	printCgroupFigures(w, s)
 	fmt.Fprintf(w, "  Command: %s\n", s.ExecStart)
 	if s.WorkingDirectory != nil {
 		fmt.Fprintf(w, "  Working Directory: %s\n", *s.WorkingDirectory)
@@ -139,6 +140,31 @@ func printServiceStatus(w io.Writer, s *wire.ServiceStatus) {
 	}
 	if s.ChangedOnDisk {
 		fmt.Fprintln(w, "  Warning: the service file changed on disk; run 'initctl reload' to apply it")
+	}
+}
+
+// printCgroupFigures shows what init read from the service's cgroup, as
+// systemctl status does: "Memory: 12.3M (peak: 40M, max: 64M)", "Tasks: 3".
+func printCgroupFigures(w io.Writer, s *wire.ServiceStatus) {
+	if s.MemoryBytes != nil {
+		var extra []string
+		if s.MemoryPeakBytes != nil && *s.MemoryPeakBytes > 0 {
+			extra = append(extra, "peak: "+humanKB(*s.MemoryPeakBytes/1024))
+		}
+		if s.MemoryMaxBytes != nil {
+			extra = append(extra, "max: "+humanKB(uint64(*s.MemoryMaxBytes)/1024))
+		}
+		line := "  Memory: " + humanKB(*s.MemoryBytes/1024)
+		if len(extra) > 0 {
+			line += " (" + strings.Join(extra, ", ") + ")"
+		}
+		fmt.Fprintln(w, line)
+	}
+	if s.Tasks != nil {
+		fmt.Fprintf(w, "  Tasks: %d\n", *s.Tasks)
+	}
+	if s.Cgroup != "" {
+		fmt.Fprintf(w, "  CGroup: %s\n", s.Cgroup)
 	}
 }
 

@@ -40,11 +40,11 @@ type Tree struct {
 	controllers map[string]bool // enabled for the service groups
 }
 
-// Open takes the cgroup v2 directory dir as init's subtree: it moves every
-// process in dir (init, at least) into dir/init.scope and enables the
+// Open takes the cgroup v2 directory dir as init's subtree: it moves
+// process self (init; none when 0) into dir/init.scope and enables the
 // memory, pids and cpu controllers for dir's children where they are
 // available. dir must be on a cgroup2 file system and writable.
-func Open(dir string) (*Tree, error) {
+func Open(dir string, self int) (*Tree, error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {
 		return nil, fmt.Errorf("cgroup: %s: %w", dir, err)
@@ -60,21 +60,14 @@ func Open(dir string) (*Tree, error) {
 	if err := os.Mkdir(leaf, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("cgroup: %w", err)
 	}
-	// Move every process out of the subtree's root, so that controllers
-	// may be enabled for its children ("no internal processes").
-	for range 3 {
-		pids, err := readPids(filepath.Join(dir, "cgroup.procs"))
-		if err != nil {
-			return nil, err
-		}
-		if len(pids) == 0 {
-			break
-		}
-		for _, pid := range pids {
-			// A process may exit meanwhile (ESRCH); a kernel thread
-			// cannot move (EINVAL): both are fine to leave.
-			writeFile(filepath.Join(leaf, "cgroup.procs"), strconv.Itoa(pid))
-		}
+	// Move the calling process out of the subtree's root, so that
+	// controllers may be enabled for its children ("no internal
+	// processes"). Other processes in it make that fail with EBUSY, except
+	// in the hierarchy's root, which is exempt.
+	if self == 0 {
+		// Nothing to move.
+	} else if err := writeFile(filepath.Join(leaf, "cgroup.procs"), strconv.Itoa(self)); err != nil {
+		return nil, fmt.Errorf("cgroup: moving init to %s: %w", leaf, err)
 	}
 	avail, err := os.ReadFile(filepath.Join(dir, "cgroup.controllers"))
 	if err != nil {
@@ -241,6 +234,7 @@ type Stats struct {
 	Tasks         uint64 // pids.current, or the threads in cgroup.threads
 	OOMKills      uint64 // memory.events oom_kill
 	MemoryMax     int64  // memory.max in bytes, Max when unlimited
+	Memory        bool   // the memory figures were read (the controller is on)
 }
 
 // Stats reads the group's figures.
@@ -252,7 +246,8 @@ func (g *Group) Stats() Stats {
 // zero, so it may be called for a group that is gone.
 func ReadStats(path string) Stats {
 	var s Stats
-	s.MemoryCurrent, _ = readUint(filepath.Join(path, "memory.current"))
+	cur, err := readUint(filepath.Join(path, "memory.current"))
+	s.MemoryCurrent, s.Memory = cur, err == nil
 	s.MemoryPeak, _ = readUint(filepath.Join(path, "memory.peak"))
 	if n, err := readUint(filepath.Join(path, "pids.current")); err == nil {
 		s.Tasks = n

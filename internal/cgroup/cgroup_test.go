@@ -37,16 +37,17 @@ func testTree(t *testing.T) *Tree {
 	t.Cleanup(func() {
 		entries, _ := os.ReadDir(dir)
 		for _, e := range entries {
-			if e.IsDir() {
+			if e.IsDir() && e.Name() != "init.scope" {
 				g := &Group{Path: filepath.Join(dir, e.Name())}
 				g.Kill()
 				g.WaitEmpty(5 * time.Second)
 				g.Remove()
 			}
 		}
+		os.Remove(filepath.Join(dir, "init.scope"))
 		os.Remove(dir)
 	})
-	tr, err := Open(dir)
+	tr, err := Open(dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +155,7 @@ func TestLimitsNeedTheirController(t *testing.T) {
 }
 
 func TestOpenRefusesNonCgroup2(t *testing.T) {
-	_, err := Open(t.TempDir())
+	_, err := Open(t.TempDir(), 0)
 	if err == nil || !strings.Contains(err.Error(), "cgroup v2") {
 		t.Fatalf("Open(tmpdir) = %v, want an error saying v2 is needed", err)
 	}

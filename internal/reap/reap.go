@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -60,6 +61,64 @@ func (r *Reaper) Start(argv0 string, argv []string, attr *syscall.ProcAttr, onEx
 	}
 	r.owners[pid] = onExit
 	return pid, nil
+}
+
+// StartAtExec is Start, with atExec called for the new process once its
+// exec has succeeded and before the new program runs its first
+// instruction: the place to set what fork and exec cannot (rlimits of the
+// child, its oom_score_adj) without racing the program. Go's ForkExec has
+// no hook there, so the child is started traced (PTRACE_TRACEME), stops
+// with SIGTRAP after the exec, and is detached once atExec returns.
+//
+// Where ptrace is refused (a seccomp filter, Yama's ptrace_scope 3), the
+// process is started untraced, atExec is called just after the exec, and
+// traced is false.
+func (r *Reaper) StartAtExec(argv0 string, argv []string, attr *syscall.ProcAttr, atExec func(pid int), onExit ExitFunc) (pid int, traced bool, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	// The tracer is the thread that forked; it must also wait and detach.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	sys := syscall.SysProcAttr{}
+	if attr.Sys != nil {
+		sys = *attr.Sys
+	}
+	sys.Ptrace = true
+	traceAttr := *attr
+	traceAttr.Sys = &sys
+	pid, err = syscall.ForkExec(argv0, argv, &traceAttr)
+	if err == syscall.EPERM || err == syscall.ENOSYS {
+		pid, err = syscall.ForkExec(argv0, argv, attr)
+		if err != nil {
+			return 0, false, err
+		}
+		atExec(pid)
+		r.owners[pid] = onExit
+		return pid, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	var ws syscall.WaitStatus
+	for {
+		_, err := syscall.Wait4(pid, &ws, unix.WALL, nil)
+		if err != syscall.EINTR {
+			break
+		}
+	}
+	if !ws.Stopped() {
+		// Killed before it ran (SIGKILL is not stopped by tracing):
+		// the exit is ours to deliver, as a reap pass would.
+		go r.call(exit{pid, ws, onExit})
+		return pid, true, nil
+	}
+	atExec(pid)
+	// Detach without delivering the exec's SIGTRAP.
+	if err := syscall.PtraceDetach(pid); err != nil {
+		r.logf("reap: detaching from pid %d: %v", pid, err)
+	}
+	r.owners[pid] = onExit
+	return pid, true, nil
 }
 
 // Orphans reports how many processes were reaped that nobody had started

@@ -2,12 +2,16 @@ package reap
 
 import (
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The tests fork real processes. Run in a subprocess that is a subreaper, so
@@ -120,4 +124,55 @@ func lastIndex(s string, c byte) int {
 		}
 	}
 	return -1
+}
+
+func TestStartAtExecSetsLimitsBeforeTheProgramRuns(t *testing.T) {
+	r := New(t.Logf)
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	rd, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	got := make(chan syscall.WaitStatus, 1)
+	var seen int
+	pid, traced, err := r.StartAtExec(sh, []string{"sh", "-c", "ulimit -n; exit 3"},
+		&syscall.ProcAttr{Files: []uintptr{0, w.Fd(), 2}},
+		func(pid int) {
+			seen = pid
+			lim := unix.Rlimit{Cur: 77, Max: 77}
+			if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &lim, nil); err != nil {
+				t.Error(err)
+			}
+		},
+		func(_ int, ws syscall.WaitStatus) { got <- ws })
+	w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen != pid {
+		t.Fatalf("atExec saw pid %d, Start returned %d", seen, pid)
+	}
+	t.Logf("traced: %v", traced)
+	out, _ := io.ReadAll(rd)
+	if strings.TrimSpace(string(out)) != "77" {
+		t.Errorf("the program saw RLIMIT_NOFILE %q, want 77", out)
+	}
+	deadline := time.After(10 * time.Second)
+	for {
+		r.ReapOnce()
+		select {
+		case ws := <-got:
+			if ws.ExitStatus() != 3 {
+				t.Fatalf("exit status %v, want 3", ws)
+			}
+			return
+		case <-deadline:
+			t.Fatal("no exit status")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }

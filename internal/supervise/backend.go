@@ -45,6 +45,7 @@ type snapshot struct {
 	list    []wire.ServiceInfo
 	status  map[string]wire.ServiceStatus
 	pids    map[int]string
+	groups  map[string]string // cgroup path by service name, for live figures
 }
 
 // snapshot returns a view that is current: the one built at the loop's
@@ -61,6 +62,7 @@ func (s *Supervisor) snapshot() *snapshot {
 			version: s.version.Load(),
 			status:  make(map[string]wire.ServiceStatus, len(s.services)),
 			pids:    map[int]string{},
+			groups:  map[string]string{},
 		}
 		for _, n := range s.sortedNames() {
 			sv := s.services[n]
@@ -68,6 +70,9 @@ func (s *Supervisor) snapshot() *snapshot {
 			sn.status[n] = sv.statusInfo()
 			if sv.pid > 0 {
 				sn.pids[sv.pid] = n
+			}
+			if sv.cg != nil {
+				sn.groups[n] = sv.cg.Path
 			}
 		}
 		s.snap.Store(sn)
@@ -82,15 +87,31 @@ func (s *Supervisor) snapshot() *snapshot {
 }
 
 // Services lists every service by name.
+// Memory and task figures are read from the cgroups at each call, since
+// they change without any event.
 func (s *Supervisor) Services() []wire.ServiceInfo {
-	return s.snapshot().list
+	sn := s.snapshot()
+	if len(sn.groups) == 0 {
+		return sn.list
+	}
+	list := append([]wire.ServiceInfo(nil), sn.list...)
+	for i := range list {
+		if p := sn.groups[list[i].Name]; p != "" {
+			addStats(p, &list[i])
+		}
+	}
+	return list
 }
 
 // ServiceStatus describes one service.
 func (s *Supervisor) ServiceStatus(name string) (wire.ServiceStatus, error) {
-	st, ok := s.snapshot().status[name]
+	sn := s.snapshot()
+	st, ok := sn.status[name]
 	if !ok {
 		return st, notFound(name)
+	}
+	if p := sn.groups[name]; p != "" {
+		addStatusStats(p, &st)
 	}
 	return st, nil
 }
@@ -460,7 +481,7 @@ func (s *Supervisor) StartProcess(command string, args, env []string) (int, erro
 	var l *logs.Log
 	s.call(func() { l = s.adhoc })
 	var pid int
-	pid, err := s.spawn(argv, mergeEnv(s.cfg.Env, env), nil, l, func(p int, ws syscall.WaitStatus) {
+	pid, err := s.spawn(argv, mergeEnv(s.cfg.Env, env), nil, l, nil, s.procLimits(nil, nil), func(p int, ws syscall.WaitStatus) {
 		if l != nil {
 			l.Printf("init: process %d (%s) %s", p, command, exitFromStatus(ws))
 		}

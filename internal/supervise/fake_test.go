@@ -58,7 +58,7 @@ func newFakeOps() *fakeOps {
 	return &fakeOps{now: time.Unix(1_700_000_000, 0), next: 1000, procs: map[int]*fakeProc{}}
 }
 
-func (o *fakeOps) Start(path string, argv []string, attr *syscall.ProcAttr, onExit reap.ExitFunc) (int, error) {
+func (o *fakeOps) Start(path string, argv []string, attr *syscall.ProcAttr, _ func(int), onExit reap.ExitFunc) (int, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.startFn != nil {

@@ -14,8 +14,10 @@ import (
 // (as internal/boot does with its Ops).
 type Ops interface {
 	// Start forks and execs path with argv and attr, and arranges for
-	// onExit to be called once with the exit status.
-	Start(path string, argv []string, attr *syscall.ProcAttr, onExit reap.ExitFunc) (int, error)
+	// onExit to be called once with the exit status. atExec, when not
+	// nil, is called with the new pid after the exec and before the
+	// program runs (see reap.Reaper.StartAtExec).
+	Start(path string, argv []string, attr *syscall.ProcAttr, atExec func(pid int), onExit reap.ExitFunc) (int, error)
 	// Kill sends sig to pid (a negative pid is a process group), as kill(2).
 	Kill(pid int, sig syscall.Signal) error
 	// AfterFunc calls f on its own goroutine after d, unless stopped.
@@ -33,8 +35,12 @@ type Timer interface {
 // systemOps is Ops on the real system, with processes started through r.
 type systemOps struct{ r *reap.Reaper }
 
-func (o systemOps) Start(path string, argv []string, attr *syscall.ProcAttr, onExit reap.ExitFunc) (int, error) {
-	return o.r.Start(path, argv, attr, onExit)
+func (o systemOps) Start(path string, argv []string, attr *syscall.ProcAttr, atExec func(pid int), onExit reap.ExitFunc) (int, error) {
+	if atExec == nil {
+		return o.r.Start(path, argv, attr, onExit)
+	}
+	pid, _, err := o.r.StartAtExec(path, argv, attr, atExec, onExit)
+	return pid, err
 }
 
 func (systemOps) Kill(pid int, sig syscall.Signal) error { return syscall.Kill(pid, sig) }

@@ -14,12 +14,15 @@ type Exit struct {
 	Signal   syscall.Signal // the signal that killed it, or 0
 	ExecErr  error          // the exec itself failed
 	TimedOut bool           // killed by init after a start or stop timeout
+	// OOM says which limit the OOM killer enforced when it killed a
+	// process of the service's cgroup during this run ("" if it did not).
+	OOM string
 }
 
 // Clean reports whether the exit counts as a success: code 0, or death by
 // one of the signals a well-behaved program is stopped with, as in systemd.
 func (e Exit) Clean() bool {
-	if e.ExecErr != nil || e.TimedOut {
+	if e.ExecErr != nil || e.TimedOut || e.OOM != "" {
 		return false
 	}
 	switch e.Signal {
@@ -35,12 +38,12 @@ func (e Exit) Clean() bool {
 // was not killed by a timeout): what a start that ends in an exit must
 // achieve to count as done.
 func (e Exit) Success() bool {
-	return e.ExecErr == nil && !e.TimedOut && e.Signal == 0 && e.Code == 0
+	return e.ExecErr == nil && !e.TimedOut && e.OOM == "" && e.Signal == 0 && e.Code == 0
 }
 
 // Abnormal reports a death by an unclean signal or a timeout.
 func (e Exit) Abnormal() bool {
-	if e.TimedOut {
+	if e.TimedOut || e.OOM != "" {
 		return true
 	}
 	return e.Signal != 0 && !e.Clean()
@@ -62,6 +65,10 @@ func (e Exit) String() string {
 	switch {
 	case e.ExecErr != nil:
 		return fmt.Sprintf("failed to start: %v", e.ExecErr)
+	case e.OOM != "" && e.Signal == syscall.SIGKILL:
+		return "killed by the OOM killer: " + e.OOM
+	case e.OOM != "":
+		return fmt.Sprintf("%s after the OOM killer killed one of its processes: %s", Exit{Code: e.Code, Signal: e.Signal}, e.OOM)
 	case e.TimedOut && e.Signal != 0:
 		return fmt.Sprintf("timed out, killed by %s", signalName(e.Signal))
 	case e.Signal != 0:

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nitroinit/nitroinit/internal/cgroup"
 	"github.com/nitroinit/nitroinit/internal/logs"
 	"github.com/nitroinit/nitroinit/internal/unit"
 	"golang.org/x/sys/unix"
@@ -74,8 +75,15 @@ type service struct {
 	startTimer   Timer
 	notify       *notifySocket
 	log          *logs.Log
-	waiters      []chan struct{} // closed when the service is no longer active
-	settled      []chan struct{} // closed when the service is no longer waiting or starting
+	// cg is the service's cgroup while a run of it may have processes
+	// (nil without containment); oomBase is its oom_kill count at the
+	// start of the run; draining is set while init waits for the group
+	// to empty after the main process exited.
+	cg       *cgroup.Group
+	oomBase  uint64
+	draining bool
+	waiters  []chan struct{} // closed when the service is no longer active
+	settled  []chan struct{} // closed when the service is no longer waiting or starting
 }
 
 func (s *Supervisor) newService(name string) *service {
@@ -211,9 +219,17 @@ func (s *Supervisor) launch(sv *service, auto bool) {
 		env = mergeEnv(env, []string{"NOTIFY_SOCKET=" + ns.path})
 	}
 
-	pid, err := s.spawn(u.Argv, env, u, sv.log, func(pid int, ws syscall.WaitStatus) {
+	cgfd, err := s.contain(sv, u)
+	if err != nil {
+		s.failStart(sv, gen, err)
+		return
+	}
+	pid, err := s.spawn(u.Argv, env, u, sv.log, cgfd, s.procLimits(sv, u), func(pid int, ws syscall.WaitStatus) {
 		s.post(func() { s.onExit(sv, gen, exitFromStatus(ws)) })
 	})
+	if cgfd != nil {
+		cgfd.Close()
+	}
 	if err != nil {
 		s.failStart(sv, gen, err)
 		return
@@ -255,8 +271,11 @@ func (sv *service) closeNotify() {
 
 // onExit handles the end of the main process of generation gen.
 func (s *Supervisor) onExit(sv *service, gen int, e Exit) {
-	if gen != sv.gen {
+	if gen != sv.gen || sv.draining {
 		return
+	}
+	if sv.cg != nil && !s.release(sv, gen, &e) {
+		return // called again once the group is empty
 	}
 	if sv.timedOut {
 		e.TimedOut = true
@@ -336,6 +355,7 @@ func (s *Supervisor) onStartTimeout(sv *service, gen int) {
 	sv.logLine("init: %s, killing it", why)
 	sv.timedOut = true
 	s.ops.Kill(-sv.pid, syscall.SIGKILL)
+	s.killGroup(sv)
 }
 
 func (s *Supervisor) onNotify(sv *service, gen int, msg string, pid int) {
@@ -383,6 +403,9 @@ func (s *Supervisor) stop(sv *service, why string) {
 	sv.manual = true
 	sv.wanted = false
 	sv.stopWhy = why
+	if sv.draining {
+		return // the main process is gone and the rest is being killed
+	}
 	switch sv.state {
 	case stateWaiting, stateAutoRestart:
 		sv.cancelTimers()
@@ -404,6 +427,9 @@ func (s *Supervisor) stop(sv *service, why string) {
 // signalStop sends sig (to the whole group when group is set) and arms the
 // SIGKILL escalation.
 func (s *Supervisor) signalStop(sv *service, sig syscall.Signal, group bool) {
+	if sv.pid <= 0 {
+		return // never kill(0) or kill(-0): that would be init's own group
+	}
 	target := sv.pid
 	if group {
 		target = -sv.pid
@@ -411,6 +437,15 @@ func (s *Supervisor) signalStop(sv *service, sig syscall.Signal, group bool) {
 	s.setState(sv, stateStopping, sv.stopWhy)
 	if err := s.ops.Kill(target, sig); err != nil && err != syscall.ESRCH {
 		s.logf("supervise: %s: kill %d %s: %v", sv.name, target, signalName(sig), err)
+	}
+	if group && sv.cg != nil {
+		// Processes that left the process group (a double-forked
+		// daemon) are still in the cgroup.
+		if sig == syscall.SIGKILL {
+			s.killGroup(sv)
+		} else {
+			sv.cg.Signal(sig)
+		}
 	}
 	if sig == syscall.SIGKILL {
 		return
@@ -427,6 +462,7 @@ func (s *Supervisor) signalStop(sv *service, sig syscall.Signal, group bool) {
 				sv.logLine("init: did not stop within %s, sending SIGKILL", timeout)
 				sv.timedOut = true
 				s.ops.Kill(-sv.pid, syscall.SIGKILL)
+				s.killGroup(sv)
 			}
 		})
 	})
@@ -471,7 +507,10 @@ func mergeEnv(base, extra []string) []string {
 
 // spawn starts argv in its own session and process group, with stdin on
 // /dev/null and stdout and stderr on one pipe into log.
-func (s *Supervisor) spawn(argv, env []string, u *unit.Unit, log *logs.Log, onExit func(int, syscall.WaitStatus)) (int, error) {
+// With cgfd set, the process starts inside that cgroup (clone3 with
+// CLONE_INTO_CGROUP), so not even its first instruction runs outside it.
+// atExec, if set, runs between the exec and the program's start.
+func (s *Supervisor) spawn(argv, env []string, u *unit.Unit, log *logs.Log, cgfd *os.File, atExec func(int), onExit func(int, syscall.WaitStatus)) (int, error) {
 	if len(argv) == 0 {
 		return 0, fmt.Errorf("empty command")
 	}
@@ -497,6 +536,9 @@ func (s *Supervisor) spawn(argv, env []string, u *unit.Unit, log *logs.Log, onEx
 		Files: []uintptr{devnull.Fd(), w.Fd(), w.Fd()},
 		Sys:   &syscall.SysProcAttr{Setsid: true},
 	}
+	if cgfd != nil {
+		attr.Sys.UseCgroupFD, attr.Sys.CgroupFD = true, int(cgfd.Fd())
+	}
 	if u != nil {
 		attr.Dir = u.WorkingDirectory
 		cred, err := u.Credential()
@@ -519,7 +561,7 @@ func (s *Supervisor) spawn(argv, env []string, u *unit.Unit, log *logs.Log, onEx
 			return 0, fmt.Errorf("WorkingDirectory %s is not a directory", attr.Dir)
 		}
 	}
-	pid, err := s.ops.Start(path, argv, attr, onExit)
+	pid, err := s.ops.Start(path, argv, attr, atExec, onExit)
 	w.Close()
 	if err != nil {
 		r.Close()

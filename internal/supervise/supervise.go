@@ -22,6 +22,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nitroinit/nitroinit/internal/cgroup"
 	"github.com/nitroinit/nitroinit/internal/depgraph"
 	"github.com/nitroinit/nitroinit/internal/logs"
 	"github.com/nitroinit/nitroinit/internal/reap"
@@ -54,6 +55,10 @@ type Config struct {
 	// console, where AWS's init leaves its command's output). Write
 	// errors are ignored; the output is captured as any service's.
 	AppConsole io.Writer
+	// Cgroups, when set, is the cgroup v2 subtree in which every service
+	// gets its own group: limits apply, and a stop ends the whole group.
+	// nil runs services contained by their process group only.
+	Cgroups *cgroup.Tree
 	// Info is copied into SystemStatus (mode, heartbeat, NSM, modules).
 	Info wire.SystemStatus
 }
@@ -62,6 +67,7 @@ type Config struct {
 type Supervisor struct {
 	cfg     Config
 	ops     Ops
+	ownAdj  int // init's own oom_score_adj, inherited by what it forks
 	logf    func(string, ...any)
 	events  chan event
 	started time.Time
@@ -103,6 +109,7 @@ func New(cfg Config) *Supervisor {
 	return &Supervisor{
 		cfg:      cfg,
 		ops:      ops,
+		ownAdj:   ownOOMScoreAdj(),
 		logf:     logf,
 		events:   make(chan event, 4096),
 		started:  time.Now(),

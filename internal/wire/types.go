@@ -16,6 +16,11 @@ type ServiceInfo struct {
 	// Additions.
 	State string `json:"state,omitempty"` // running, starting, stopping, stopped, exited, failed, waiting, invalid, disabled
 	Error string `json:"error,omitempty"` // why the service is failed, held back or invalid
+	// Figures from the service's cgroup, while it has one: memory in use
+	// and its peak (bytes), and tasks (processes and threads).
+	MemoryBytes     *uint64 `json:"memory_bytes,omitempty"`
+	MemoryPeakBytes *uint64 `json:"memory_peak_bytes,omitempty"`
+	Tasks           *uint64 `json:"tasks,omitempty"`
 }
 
 // Dependencies lists a service's dependency keys as written in its file.
@@ -53,6 +58,13 @@ type ServiceStatus struct {
 	RestartMillis uint64 `json:"restart_ms,omitempty"`
 	// Warnings lists problems in the service file that were tolerated.
 	Warnings []string `json:"warnings,omitempty"`
+	// Figures from the service's cgroup, as in ServiceInfo, with its
+	// memory limit (absent when unlimited) and path.
+	MemoryBytes     *uint64 `json:"memory_bytes,omitempty"`
+	MemoryPeakBytes *uint64 `json:"memory_peak_bytes,omitempty"`
+	Tasks           *uint64 `json:"tasks,omitempty"`
+	MemoryMaxBytes  *int64  `json:"memory_max_bytes,omitempty"`
+	Cgroup          string  `json:"cgroup,omitempty"`
 }
 
 // ProcessInfo describes one process from /proc.

@@ -1,0 +1,200 @@
+package supervise
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nitroinit/nitroinit/internal/cgroup"
+	"github.com/nitroinit/nitroinit/internal/unit"
+	"github.com/nitroinit/nitroinit/internal/wire"
+	"golang.org/x/sys/unix"
+)
+
+// drainTimeout bounds the wait for a cgroup to empty after cgroup.kill.
+// SIGKILL cannot be ignored, so only a process stuck in the kernel
+// (uninterruptible sleep) takes longer; the service is then reported
+// stopped with a warning and its group is reused at the next start.
+const drainTimeout = 10 * time.Second
+
+// contain creates the service's cgroup with the unit's limits and returns
+// a descriptor of it for the start (nil without containment).
+func (s *Supervisor) contain(sv *service, u *unit.Unit) (*os.File, error) {
+	if s.cfg.Cgroups == nil {
+		if u.Cgroup != (cgroup.Limits{}) {
+			sv.logLine("init: cgroup limits (MemoryMax, MemoryHigh, TasksMax, CPUWeight, CPUQuota) are not applied: init has no writable cgroup v2 subtree")
+		}
+		return nil, nil
+	}
+	g, err := s.cfg.Cgroups.Create(sv.name, u.Cgroup)
+	if err != nil {
+		return nil, err
+	}
+	if g.Populated() {
+		// Left from a run whose processes would not die in time.
+		s.logf("supervise: %s: cgroup %s still had processes from an earlier run; killing them", sv.name, g.Path)
+		g.Kill()
+	}
+	f, err := g.Open()
+	if err != nil {
+		return nil, err
+	}
+	sv.cg, sv.oomBase = g, g.Stats().OOMKills
+	return f, nil
+}
+
+// release ends what is left of the service's cgroup once its main process
+// has exited, as systemd's KillMode=control-group does: "stopped" means
+// the group is empty. It reports true when the group is empty already;
+// otherwise it kills the group and calls onExit again once it is empty, so
+// that the loop never waits. It notes an OOM kill in e.
+func (s *Supervisor) release(sv *service, gen int, e *Exit) bool {
+	g := sv.cg
+	if g.Populated() {
+		if err := g.Kill(); err != nil {
+			s.logf("supervise: %s: %v", sv.name, err)
+		}
+		sv.draining = true
+		sv.pid = 0 // the main process is gone; nothing may signal its number
+		ex := *e
+		go func() {
+			err := g.WaitEmpty(drainTimeout)
+			s.post(func() {
+				sv.draining = false
+				if err != nil {
+					s.logf("supervise: %s: %v", sv.name, err)
+					sv.logLine("init: %v", err)
+				}
+				s.onExit(sv, gen, ex)
+			})
+		}()
+		return false
+	}
+	if st := g.Stats(); st.OOMKills > sv.oomBase {
+		e.OOM = oomWhy(st.MemoryMax)
+	}
+	if err := g.Remove(); err != nil {
+		s.logf("supervise: %s: %v", sv.name, err)
+	}
+	sv.cg = nil
+	return true
+}
+
+// killGroup kills everything in the service's cgroup (cgroup.kill).
+func (s *Supervisor) killGroup(sv *service) {
+	if sv.cg == nil {
+		return
+	}
+	if err := sv.cg.Kill(); err != nil {
+		s.logf("supervise: %s: %v", sv.name, err)
+	}
+}
+
+// oomWhy says which limit an OOM kill enforced.
+func oomWhy(memoryMax int64) string {
+	if memoryMax > 0 {
+		return "memory.max " + FormatBytes(uint64(memoryMax)) + " reached"
+	}
+	return "the system ran out of memory"
+}
+
+// FormatBytes writes n as systemd does in its unit files: with the largest
+// suffix (K, M, G, T) that divides it exactly, else with one decimal of the
+// largest that fits.
+func FormatBytes(n uint64) string {
+	const units = "KMGTPE"
+	for i := len(units) - 1; i >= 0; i-- {
+		m := uint64(1) << (10 * (i + 1))
+		if n >= m && n%m == 0 {
+			return strconv.FormatUint(n/m, 10) + units[i:i+1]
+		}
+	}
+	for i := len(units) - 1; i >= 0; i-- {
+		m := uint64(1) << (10 * (i + 1))
+		if n >= m {
+			return strconv.FormatFloat(float64(n)/float64(m), 'f', 1, 64) + units[i:i+1]
+		}
+	}
+	return strconv.FormatUint(n, 10) + "B"
+}
+
+// ownOOMScoreAdj reads init's own oom_score_adj, which its children
+// inherit.
+func ownOOMScoreAdj() int {
+	b, err := os.ReadFile("/proc/self/oom_score_adj")
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return n
+}
+
+// procLimits returns what to do between the exec of a service's process
+// and its start (nil when nothing): set its rlimits (Limit*) and its
+// oom_score_adj. A process inherits init's own oom_score_adj, -1000 when
+// init is PID 1, which would make it immune to the OOM killer; it gets 0
+// or its OOMScoreAdjust instead. Init sets them, as root, rather than the
+// child, so that a service with User= may get limits above its user's.
+func (s *Supervisor) procLimits(sv *service, u *unit.Unit) func(pid int) {
+	if s.ownAdj == 0 && (u == nil || len(u.Rlimits) == 0 && u.OOMScoreAdjust == nil) {
+		return nil
+	}
+	return func(pid int) { s.applyProcLimits(sv, pid, u) }
+}
+
+// applyProcLimits sets the rlimits and oom_score_adj of process pid while
+// it is stopped between its exec and its first instruction
+// (reap.Reaper.StartAtExec). Failures are logged: the service runs anyway.
+func (s *Supervisor) applyProcLimits(sv *service, pid int, u *unit.Unit) {
+	logf := func(format string, args ...any) {
+		if sv != nil {
+			s.logf("supervise: %s: "+format, append([]any{sv.name}, args...)...)
+			sv.logLine("init: "+format, args...)
+		} else {
+			s.logf("supervise: process %d: "+format, append([]any{pid}, args...)...)
+		}
+	}
+	if u != nil {
+		for _, rl := range u.Rlimits {
+			lim := unix.Rlimit{Cur: rl.Cur, Max: rl.Max}
+			if err := unix.Prlimit(pid, rl.Resource, &lim, nil); err != nil {
+				logf("%s not applied: prlimit: %v", rl.Key, err)
+			}
+		}
+	}
+	adj, set := 0, s.ownAdj != 0
+	if u != nil && u.OOMScoreAdjust != nil {
+		adj, set = *u.OOMScoreAdjust, true
+	}
+	if !set {
+		return
+	}
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid), []byte(strconv.Itoa(adj)), 0); err != nil && err != syscall.ESRCH {
+		logf("oom_score_adj %d not applied: %v", adj, err)
+	}
+}
+
+// addStats fills the figures read from a cgroup into a list row.
+func addStats(path string, inf *wire.ServiceInfo) {
+	st := cgroup.ReadStats(path)
+	inf.Tasks = &st.Tasks
+	if st.Memory {
+		inf.MemoryBytes, inf.MemoryPeakBytes = &st.MemoryCurrent, &st.MemoryPeak
+	}
+}
+
+// addStatusStats fills the figures read from a cgroup into a status.
+func addStatusStats(path string, s *wire.ServiceStatus) {
+	st := cgroup.ReadStats(path)
+	s.Tasks = &st.Tasks
+	if st.Memory {
+		s.MemoryBytes, s.MemoryPeakBytes = &st.MemoryCurrent, &st.MemoryPeak
+	}
+	if st.MemoryMax > 0 {
+		s.MemoryMaxBytes = &st.MemoryMax
+	}
+	s.Cgroup = path
+}
