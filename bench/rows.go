@@ -13,8 +13,9 @@ func allRows(runs int) []row {
 		cliRow(runs),
 		memoryRow(max(runs/2, 3)),
 		sizeRow(),
+		cgroupRow(runs),
 	}
-	for i, id := range []string{"1", "2", "3", "4", "5a", "5b", "5c", "6", "7"} {
+	for i, id := range []string{"1", "2", "3", "4", "5a", "5b", "5c", "6", "7", "8"} {
 		rows[i].id = id
 	}
 	return rows
