@@ -132,6 +132,9 @@ func TestCgroupStopEndsDoubleForkedDaemon(t *testing.T) {
 		t.Errorf("list has no task counts: %s", raw)
 	}
 
+	if ps := h.do(wire.Request{Kind: wire.KindProcessStatus, PID: *st.PID}).Process; ps == nil || ps.ServiceTasks == nil || *ps.ServiceTasks < 2 {
+		t.Errorf("ps status of the main process lacks the service's task count: %+v", ps)
+	}
 	h.do(wire.Request{Kind: wire.KindServiceStop, Name: "daemon"})
 	h.waitState("daemon", "inactive", 10*time.Second)
 	if alive(daemon) {

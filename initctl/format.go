@@ -233,6 +233,16 @@ func printProcessStatus(w io.Writer, p *wire.ProcessInfo) {
 	if p.ServiceName != nil {
 		fmt.Fprintf(w, "  Service: %s\n", *p.ServiceName)
 	}
+	if p.ServiceMemoryBytes != nil {
+		line := "  Service Memory: " + humanKB(*p.ServiceMemoryBytes/1024)
+		if p.ServiceMemoryPeakBytes != nil && *p.ServiceMemoryPeakBytes > 0 {
+			line += " (peak: " + humanKB(*p.ServiceMemoryPeakBytes/1024) + ")"
+		}
+		fmt.Fprintln(w, line)
+	}
+	if p.ServiceTasks != nil {
+		fmt.Fprintf(w, "  Service Tasks: %d\n", *p.ServiceTasks)
+	}
 }
 
 // uptime formats seconds as "2d 5h 32m 15s", leaving out leading zero units.

@@ -133,6 +133,13 @@ func TestCgroup(t *testing.T) {
 		if st.MemoryBytes == nil || *st.MemoryBytes == 0 || st.MemoryPeakBytes == nil || st.Tasks == nil || *st.Tasks == 0 {
 			t.Fatalf("status of steady lacks memory or task figures: %+v", st)
 		}
+		ps := e.do(t, wire.Request{Kind: wire.KindProcessStatus, PID: *st.PID}).Process
+		if ps == nil || ps.ServiceMemoryBytes == nil || ps.ServiceTasks == nil || *ps.ServiceTasks == 0 {
+			t.Errorf("ps status of steady's main process lacks its service's figures: %+v", ps)
+		}
+		if out := e.initctlOK(t, "ps", "status", fmt.Sprint(*st.PID)); !strings.Contains(out, "Service Memory: ") || !strings.Contains(out, "Service Tasks: ") {
+			t.Errorf("initctl ps status shows no service figures:\n%s", out)
+		}
 		out := e.initctlOK(t, "status", "steady")
 		for _, want := range []string{"Memory: ", "Tasks: ", "CGroup: /sys/fs/cgroup/steady.service"} {
 			if !strings.Contains(out, want) {

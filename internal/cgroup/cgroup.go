@@ -118,9 +118,13 @@ func FindMount() string {
 // Own finds the cgroup v2 group the calling process is in, from
 // /proc/self/cgroup, as a directory under the cgroup2 mount. It is ""
 // when the process is in no v2 group or none is mounted.
-func Own() string {
+func Own() string { return OfProcess(os.Getpid()) }
+
+// OfProcess returns the directory of the cgroup v2 group process pid is
+// in, or "" when it cannot be told.
+func OfProcess(pid int) string {
 	mnt := FindMount()
-	data, err := os.ReadFile("/proc/self/cgroup")
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
 	if err != nil || mnt == "" {
 		return ""
 	}

@@ -170,5 +170,6 @@ func markManaged(p *wire.ProcessInfo, managed map[int]string) {
 	if name, ok := managed[p.PID]; ok {
 		p.Managed = true
 		p.ServiceName = &name
+		addServiceFigures(p)
 	}
 }

@@ -79,6 +79,12 @@ type ProcessInfo struct {
 	StartTime   uint64  `json:"start_time"` // unix seconds (the reference sends clock ticks since boot)
 	Managed     bool    `json:"managed"`
 	ServiceName *string `json:"service_name"`
+
+	// Additions: for a service's main process, the figures of the
+	// service's cgroup (all its processes), as in ServiceInfo.
+	ServiceMemoryBytes     *uint64 `json:"service_memory_bytes,omitempty"`
+	ServiceMemoryPeakBytes *uint64 `json:"service_memory_peak_bytes,omitempty"`
+	ServiceTasks           *uint64 `json:"service_tasks,omitempty"`
 }
 
 // SystemStatus is the body of a SystemStatus response.
