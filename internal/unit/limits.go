@@ -133,13 +133,8 @@ func (p *parser) size(key string, v any, total func() uint64) int64 {
 	if s == "infinity" {
 		return cgroup.Max
 	}
-	if pct, ok := strings.CutSuffix(s, "%"); ok {
-		f, err := strconv.ParseFloat(pct, 64)
-		if err != nil || f <= 0 || f > 100 || math.IsNaN(f) {
-			p.errorf(key, "%s is not a percentage from 0 to 100", describe(v))
-			return 0
-		}
-		return max(int64(float64(total())*f/100), 1)
+	if n, ok := p.percent(key, v, s, total); ok {
+		return n
 	}
 	n, ok := parseBytes(s)
 	if !ok || n == 0 {
@@ -149,19 +144,29 @@ func (p *parser) size(key string, v any, total func() uint64) int64 {
 	return int64(n)
 }
 
+// percent reads "N%" of total; ok is false when s is no percentage. A bad
+// percentage is an error, and 0 is returned for it.
+func (p *parser) percent(key string, v any, s string, total func() uint64) (n int64, ok bool) {
+	pct, ok := strings.CutSuffix(s, "%")
+	if !ok {
+		return 0, false
+	}
+	f, err := strconv.ParseFloat(pct, 64)
+	if err != nil || f <= 0 || f > 100 || math.IsNaN(f) {
+		p.errorf(key, "%s is not a percentage from 0 to 100", describe(v))
+		return 0, true
+	}
+	return max(int64(float64(total())*f/100), 1), true
+}
+
 // count reads a number, a percentage of total, or "infinity".
 func (p *parser) count(key string, v any, total func() uint64) int64 {
 	s := strings.TrimSpace(p.text(v))
 	if s == "infinity" {
 		return cgroup.Max
 	}
-	if pct, ok := strings.CutSuffix(s, "%"); ok {
-		f, err := strconv.ParseFloat(pct, 64)
-		if err != nil || f <= 0 || f > 100 || math.IsNaN(f) {
-			p.errorf(key, "%s is not a percentage from 0 to 100", describe(v))
-			return 0
-		}
-		return max(int64(float64(total())*f/100), 1)
+	if n, ok := p.percent(key, v, s, total); ok {
+		return n
 	}
 	n, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || n < 1 {
