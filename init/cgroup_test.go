@@ -210,3 +210,22 @@ func TestCgroupLimitsOff(t *testing.T) {
 	}
 	h.shutdown()
 }
+
+// TestCgroupRemainAfterExitKeepsItsDaemon: as in systemd, what a
+// RemainAfterExit oneshot started keeps running while the service is
+// active (exited), and goes when it is stopped.
+func TestCgroupRemainAfterExitKeepsItsDaemon(t *testing.T) {
+	delegated(t)
+	h := startInit(t, withHog(t, map[string]string{
+		"setup.service": "ExecStart = \"$HOG daemon-exit $DIR/setup.pid\"\nType = \"oneshot\"\nRemainAfterExit = true\n",
+	}), "")
+	daemon := pidFrom(t, h, "setup.pid")
+	h.waitState("setup", "exited", 10*time.Second)
+	if !alive(daemon) {
+		t.Fatalf("the daemon of a RemainAfterExit oneshot was killed at the oneshot's exit")
+	}
+	h.do(wire.Request{Kind: wire.KindServiceStop, Name: "setup"})
+	h.waitState("setup", "inactive", 10*time.Second)
+	h.eventually(10*time.Second, "the daemon to go", func() bool { return !alive(daemon) })
+	h.shutdown()
+}

@@ -53,6 +53,12 @@ func (s *Supervisor) contain(sv *service, u *unit.Unit) (*os.File, error) {
 // that the loop never waits. It notes an OOM kill in e.
 func (s *Supervisor) release(sv *service, gen int, e *Exit) bool {
 	g := sv.cg
+	if sv.unit.Type == unit.TypeOneshot && sv.unit.RemainAfterExit && sv.state == stateStarting && e.Success() {
+		// As systemd: what a RemainAfterExit oneshot started keeps
+		// running while the service is "active (exited)", until it is
+		// stopped (see stop).
+		return true
+	}
 	if g.Populated() {
 		if err := g.Kill(); err != nil {
 			s.logf("supervise: %s: %v", sv.name, err)

@@ -414,6 +414,11 @@ func (s *Supervisor) stop(sv *service, why string) {
 	case stateExited:
 		if sv.remain {
 			sv.remain = false
+			if sv.cg != nil {
+				// What the oneshot left running goes now.
+				s.killGroup(sv)
+				sv.cg = nil // emptied and reused at the next start
+			}
 			s.setState(sv, stateInactive, why)
 		}
 		return
