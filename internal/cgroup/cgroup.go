@@ -55,6 +55,21 @@ func Open(dir string, self int) (*Tree, error) {
 	if err := unix.Access(filepath.Join(dir, "cgroup.procs"), unix.W_OK); err != nil {
 		return nil, fmt.Errorf("cgroup: %s is not writable by init (delegate it, or run init as root): %w", dir, err)
 	}
+	// Outside the hierarchy's root (which has no cgroup.type and is
+	// exempt), no process but init may be in dir: controllers for the
+	// children could not be enabled, and moving others would surprise
+	// whoever started them.
+	if _, err := os.Stat(filepath.Join(dir, "cgroup.type")); err == nil {
+		pids, err := readPids(filepath.Join(dir, "cgroup.procs"))
+		if err != nil {
+			return nil, err
+		}
+		for _, pid := range pids {
+			if pid != self {
+				return nil, fmt.Errorf("cgroup: %s also holds process %d, not only init: %w (start init in a group of its own)", dir, pid, unix.EBUSY)
+			}
+		}
+	}
 	t := &Tree{dir: dir, controllers: map[string]bool{}}
 	leaf := filepath.Join(dir, "init.scope")
 	if err := os.Mkdir(leaf, 0o755); err != nil && !errors.Is(err, os.ErrExist) {

@@ -1,6 +1,7 @@
 package cgroup
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -9,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // testTree makes a fresh subtree under the cgroup2 mount for one test and
@@ -167,5 +170,23 @@ func TestCreateRefusesBadNames(t *testing.T) {
 		if _, err := tr.Create(n, Limits{}); err == nil {
 			t.Errorf("Create(%q) succeeded", n)
 		}
+	}
+}
+
+func TestOpenRefusesASharedGroup(t *testing.T) {
+	tr := testTree(t)
+	g, err := tr.Create("shared", Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := startIn(t, g, "/bin/sleep", "300")
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	_, err = Open(g.Path, os.Getpid())
+	if !errors.Is(err, unix.EBUSY) || !strings.Contains(err.Error(), fmt.Sprintf("also holds process %d", cmd.Process.Pid)) {
+		t.Fatalf("Open of a group with another process = %v, want EBUSY naming it", err)
+	}
+	if _, err := os.Stat(filepath.Join(g.Path, "init.scope")); !os.IsNotExist(err) {
+		t.Errorf("a refused Open left %s/init.scope behind", g.Path)
 	}
 }
