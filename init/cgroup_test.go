@@ -229,3 +229,33 @@ func TestCgroupRemainAfterExitKeepsItsDaemon(t *testing.T) {
 	h.eventually(10*time.Second, "the daemon to go", func() bool { return !alive(daemon) })
 	h.shutdown()
 }
+
+// TestCgroupOwnDelegatedGroup: without $INIT_CGROUP, init takes the group
+// it was started in when that is delegated to it (writable, not the
+// hierarchy's root, no other process in it), as under systemd's
+// Delegate=yes.
+func TestCgroupOwnDelegatedGroup(t *testing.T) {
+	dir := delegated(t)
+	t.Setenv("INIT_CGROUP", "")
+	// Start init through a wrapper that enters dir first, as a service
+	// manager would start it there.
+	wrapper := filepath.Join(t.TempDir(), "init-in-cgroup")
+	script := fmt.Sprintf("#!/bin/sh\necho $$ > %s/cgroup.procs && exec %s \"$@\"\n", dir, bins.init)
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	saved := bins.init
+	bins.init = wrapper
+	h := startInit(t, withHog(t, map[string]string{"daemon.service": `ExecStart = "$HOG daemon $DIR/daemon.pid"`}), "")
+	bins.init = saved
+	if !strings.Contains(h.console.String(), "one group per service under "+dir) {
+		t.Fatalf("init did not take the group it was started in:\n%s", h.console.String())
+	}
+	daemon := pidFrom(t, h, "daemon.pid")
+	h.do(wire.Request{Kind: wire.KindServiceStop, Name: "daemon"})
+	h.waitState("daemon", "inactive", 10*time.Second)
+	if alive(daemon) {
+		t.Errorf("daemon %d survived stop", daemon)
+	}
+	h.shutdown()
+}
