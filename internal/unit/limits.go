@@ -129,19 +129,28 @@ func (p *parser) text(v any) string {
 // G, T, P or E suffix (powers of 1024), a percentage of total, or
 // "infinity" (returned as cgroup.Max).
 func (p *parser) size(key string, v any, total func() uint64) int64 {
-	s := strings.TrimSpace(p.text(v))
-	if s == "infinity" {
-		return cgroup.Max
-	}
-	if n, ok := p.percent(key, v, s, total); ok {
+	s, n, done := p.special(key, v, total)
+	if done {
 		return n
 	}
-	n, ok := parseBytes(s)
-	if !ok || n == 0 {
+	b, ok := parseBytes(s)
+	if !ok || b == 0 {
 		p.errorf(key, "%s is not a size such as \"512M\", \"1G\", a number of bytes, a percentage such as \"50%%\", or \"infinity\"", describe(v))
 		return 0
 	}
-	return int64(n)
+	return int64(b)
+}
+
+// special reads what sizes and counts share: "infinity" (cgroup.Max) and
+// "N%" of total; done is false for anything else, which is returned
+// trimmed in s.
+func (p *parser) special(key string, v any, total func() uint64) (s string, n int64, done bool) {
+	s = strings.TrimSpace(p.text(v))
+	if s == "infinity" {
+		return s, cgroup.Max, true
+	}
+	n, done = p.percent(key, v, s, total)
+	return s, n, done
 }
 
 // percent reads "N%" of total; ok is false when s is no percentage. A bad
@@ -161,11 +170,8 @@ func (p *parser) percent(key string, v any, s string, total func() uint64) (n in
 
 // count reads a number, a percentage of total, or "infinity".
 func (p *parser) count(key string, v any, total func() uint64) int64 {
-	s := strings.TrimSpace(p.text(v))
-	if s == "infinity" {
-		return cgroup.Max
-	}
-	if n, ok := p.percent(key, v, s, total); ok {
+	s, n, done := p.special(key, v, total)
+	if done {
 		return n
 	}
 	n, err := strconv.ParseInt(s, 10, 64)
