@@ -259,3 +259,15 @@ func TestCgroupOwnDelegatedGroup(t *testing.T) {
 	}
 	h.shutdown()
 }
+
+// TestCgroupNotifyFromTheDaemon: READY=1 from a process that left the
+// process group counts when it is in the service's cgroup (systemd's
+// NotifyAccess=all).
+func TestCgroupNotifyFromTheDaemon(t *testing.T) {
+	delegated(t)
+	h := startInit(t, withHog(t, map[string]string{
+		"forking.service": "ExecStart = \"$HOG daemon $DIR/forking.pid\"\nType = \"notify\"\nTimeoutStartSec = 60\n",
+	}), "")
+	h.waitState("forking", "running", 10*time.Second)
+	h.shutdown()
+}

@@ -65,6 +65,9 @@ func (s *Supervisor) release(sv *service, gen int, e *Exit) bool {
 		}
 		sv.draining = true
 		sv.pid = 0 // the main process is gone; nothing may signal its number
+		// No start or stop timeout applies any more: everything left
+		// has been sent SIGKILL.
+		sv.cancelTimers()
 		ex := *e
 		go func() {
 			err := g.WaitEmpty(drainTimeout)

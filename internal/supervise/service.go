@@ -344,8 +344,8 @@ func (s *Supervisor) onExit(sv *service, gen int, e Exit) {
 }
 
 func (s *Supervisor) onStartTimeout(sv *service, gen int) {
-	if gen != sv.gen || sv.state != stateStarting {
-		return
+	if gen != sv.gen || sv.state != stateStarting || sv.pid <= 0 {
+		return // a pid of 0 (the main process exited) must never reach kill(2)
 	}
 	why := fmt.Sprintf("no READY=1 within %s", sv.unit.TimeoutStartSec)
 	if sv.unit.Type == unit.TypeOneshot {
@@ -362,9 +362,10 @@ func (s *Supervisor) onNotify(sv *service, gen int, msg string, pid int) {
 	if gen != sv.gen {
 		return
 	}
-	// Only the service's own processes (its process group, as systemd's
-	// NotifyAccess=all) may speak for it: the socket is writable by all.
-	if pid <= 0 || pid != sv.pid && !inGroup(pid, sv.pid) {
+	// Only the service's own processes (its process group or its
+	// cgroup, as systemd's NotifyAccess=all) may speak for it: the socket
+	// is writable by all.
+	if pid <= 0 || pid != sv.pid && !inGroup(pid, sv.pid) && !(sv.cg != nil && cgroup.OfProcess(pid) == sv.cg.Path) {
 		s.logf("supervise: %s: ignoring a notification from pid %d, which is not the service's", sv.name, pid)
 		return
 	}

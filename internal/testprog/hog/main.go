@@ -5,6 +5,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -19,6 +20,7 @@ const usage = `usage: hog MODE [ARGS]
 modes:
   daemon PIDFILE    double-fork a setsid daemon that ignores SIGTERM, write its pid to PIDFILE, sleep
   daemon-exit PIDFILE  the same, but exit 0 once the daemon has written PIDFILE
+                    (with $NOTIFY_SOCKET set, the daemon sends READY=1 there)
   memory [MB]       allocate and touch MB MiB per step (default 4) without bound, printing the total
   forkbomb          start sleeping copies of itself as fast as it can, printing how many started and were refused
   nofile            print "nofile SOFT HARD" (RLIMIT_NOFILE), then sleep
@@ -47,6 +49,15 @@ func main() {
 		signal.Ignore(syscall.SIGTERM, syscall.SIGHUP)
 		check(os.WriteFile(arg(2), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644))
 		fmt.Printf("daemon %d in session %d\n", os.Getpid(), mustSid())
+		if sock := os.Getenv("NOTIFY_SOCKET"); sock != "" {
+			// Readiness from the daemon, as a forking Type=notify
+			// service sends it.
+			c, err := net.Dial("unixgram", sock)
+			check(err)
+			_, err = c.Write([]byte("READY=1"))
+			check(err)
+			c.Close()
+		}
 		sleep()
 	case "memory":
 		memory(arg(2))
