@@ -246,6 +246,24 @@ func (g *Group) Open() (*os.File, error) {
 	return f, nil
 }
 
+// Add moves process pid into the group. Use it where clone3 with
+// CLONE_INTO_CGROUP is missing (Linux before 5.7), while the process is
+// stopped before its first instruction (reap.Reaper.StartAtExec), so that
+// nothing it starts is left outside.
+func (g *Group) Add(pid int) error {
+	if err := writeFile(filepath.Join(g.Path, "cgroup.procs"), strconv.Itoa(pid)); err != nil {
+		return fmt.Errorf("cgroup: moving %d into %s: %w", pid, g.Path, err)
+	}
+	return nil
+}
+
+// CloneIntoUnsupported reports whether err from starting a process with
+// syscall.SysProcAttr.UseCgroupFD means the kernel lacks clone3 (before
+// 5.3) or its CLONE_INTO_CGROUP flag (before 5.7).
+func CloneIntoUnsupported(err error) bool {
+	return errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.E2BIG) || errors.Is(err, unix.EINVAL)
+}
+
 // Stats are a group's figures. A figure whose controller is off is zero.
 type Stats struct {
 	MemoryCurrent uint64 // memory.current, bytes

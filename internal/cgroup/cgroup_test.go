@@ -3,6 +3,7 @@ package cgroup
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nitroinit/nitroinit/internal/reap"
 	"golang.org/x/sys/unix"
 )
 
@@ -188,5 +190,56 @@ func TestOpenRefusesASharedGroup(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(g.Path, "init.scope")); !os.IsNotExist(err) {
 		t.Errorf("a refused Open left %s/init.scope behind", g.Path)
+	}
+}
+
+// TestAddBeforeTheProgramRuns: where CLONE_INTO_CGROUP is missing, a
+// process moved in between its exec and its first instruction is inside
+// from the program's point of view.
+func TestAddBeforeTheProgramRuns(t *testing.T) {
+	tr := testTree(t)
+	g, err := tr.Create("late", Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	r := reap.New(t.Logf)
+	_, _, err = r.StartAtExec("/bin/cat", []string{"cat", "/proc/self/cgroup"},
+		&syscall.ProcAttr{Files: []uintptr{0, w.Fd(), 2}},
+		func(pid int) {
+			if err := g.Add(pid); err != nil {
+				t.Error(err)
+			}
+		},
+		func(int, syscall.WaitStatus) {})
+	w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := io.ReadAll(rd)
+	if rel := strings.TrimPrefix(g.Path, FindMount()); !strings.Contains(string(out), "0::"+rel+"\n") {
+		t.Fatalf("the program saw itself in %q, want %s", out, rel)
+	}
+	for r.ReapOnce() == 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestCloneIntoUnsupported(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("exec /bin/x: %w", syscall.ENOSYS), true},
+		{syscall.E2BIG, true},
+		{fmt.Errorf("exec /bin/x: %w", syscall.ENOENT), false},
+	} {
+		if got := CloneIntoUnsupported(tc.err); got != tc.want {
+			t.Errorf("CloneIntoUnsupported(%v) = %v", tc.err, got)
+		}
 	}
 }

@@ -38,12 +38,32 @@ func (s *Supervisor) contain(sv *service, u *unit.Unit) (*os.File, error) {
 		s.logf("supervise: %s: cgroup %s still had processes from an earlier run; killing them", sv.name, g.Path)
 		g.Kill()
 	}
+	sv.cg, sv.oomBase = g, g.Stats().OOMKills
+	if s.noCloneInto {
+		return nil, nil // launch moves the process in instead
+	}
 	f, err := g.Open()
 	if err != nil {
+		sv.cg = nil
 		return nil, err
 	}
-	sv.cg, sv.oomBase = g, g.Stats().OOMKills
 	return f, nil
+}
+
+// moveInto returns what to do between the exec and the program's start
+// where the kernel cannot start a process inside its cgroup: move it in,
+// then run then (which may be nil).
+func (s *Supervisor) moveInto(sv *service, then func(int)) func(int) {
+	g := sv.cg
+	return func(pid int) {
+		if err := g.Add(pid); err != nil {
+			s.logf("supervise: %s: %v", sv.name, err)
+			sv.logLine("init: %v", err)
+		}
+		if then != nil {
+			then(pid)
+		}
+	}
 }
 
 // release ends what is left of the service's cgroup once its main process

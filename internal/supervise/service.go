@@ -224,11 +224,22 @@ func (s *Supervisor) launch(sv *service, auto bool) {
 		s.failStart(sv, gen, err)
 		return
 	}
-	pid, err := s.spawn(u.Argv, env, u, sv.log, cgfd, s.procLimits(sv, u), func(pid int, ws syscall.WaitStatus) {
+	atExec := s.procLimits(sv, u)
+	if sv.cg != nil && cgfd == nil {
+		atExec = s.moveInto(sv, atExec)
+	}
+	onExit := func(pid int, ws syscall.WaitStatus) {
 		s.post(func() { s.onExit(sv, gen, exitFromStatus(ws)) })
-	})
+	}
+	pid, err := s.spawn(u.Argv, env, u, sv.log, cgfd, atExec, onExit)
 	if cgfd != nil {
 		cgfd.Close()
+		if err != nil && cgroup.CloneIntoUnsupported(err) {
+			// Linux before 5.7: start it, and move it in before it runs.
+			s.noCloneInto = true
+			s.logf("supervise: this kernel cannot start a process inside a cgroup (clone3 CLONE_INTO_CGROUP: %v); services are moved into theirs before they run instead", err)
+			pid, err = s.spawn(u.Argv, env, u, sv.log, nil, s.moveInto(sv, s.procLimits(sv, u)), onExit)
+		}
 	}
 	if err != nil {
 		s.failStart(sv, gen, err)

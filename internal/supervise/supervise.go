@@ -65,12 +65,15 @@ type Config struct {
 
 // Supervisor owns every service. Create it with New and run it with Run.
 type Supervisor struct {
-	cfg     Config
-	ops     Ops
-	ownAdj  int // init's own oom_score_adj, inherited by what it forks
-	logf    func(string, ...any)
-	events  chan event
-	started time.Time
+	cfg    Config
+	ops    Ops
+	ownAdj int // init's own oom_score_adj, inherited by what it forks
+	// noCloneInto is set (on the loop) once the kernel refused to start
+	// a process inside a cgroup (before Linux 5.7).
+	noCloneInto bool
+	logf        func(string, ...any)
+	events      chan event
+	started     time.Time
 
 	// Owned by the loop goroutine.
 	services map[string]*service
