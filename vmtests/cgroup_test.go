@@ -66,6 +66,7 @@ control:
 
 				"daemon.service.disabled":  `ExecStart = "/bin/hog daemon /run/daemon.pid"`,
 				"hog.service.disabled":     "ExecStart = \"/bin/hog memory 4\"\nMemoryMax = \"64M\"\nRestart = \"on-failure\"\nRestartSec = 600",
+				"halfoom.service.disabled": "ExecStart = \"/bin/hog memory-child 4\"\nMemoryMax = \"64M\"\nRestart = \"on-failure\"\nRestartSec = 600",
 				"bomb.service.disabled":    "ExecStart = \"/bin/hog forkbomb\"\nTasksMax = 50",
 				"glutton.service.disabled": "ExecStart = \"/bin/hog memory 8\"",
 			},
@@ -180,6 +181,19 @@ func TestCgroup(t *testing.T) {
 			t.Errorf("steady was disturbed: %s, restarts %d (was %d), pid %v (was %v)", now.State, now.RestartCount, steady.RestartCount, *now.PID, *steady.PID)
 		}
 		e.do(t, wire.Request{Kind: wire.KindServiceStop, Name: "hog"})
+	})
+
+	// The OOM killer takes a child; the main process lives on. As with
+	// systemd's OOMPolicy=stop, init ends the rest and the restart
+	// policy applies.
+	t.Run("OOMOfAChildEndsTheService", func(t *testing.T) {
+		e.do(t, wire.Request{Kind: wire.KindServiceStart, Name: "halfoom"})
+		st := e.waitState(t, "halfoom", "auto-restart")
+		if want := "killed by the OOM killer: memory.max 64M reached"; st.Error != want {
+			t.Errorf("halfoom: error %q, want %q", st.Error, want)
+		}
+		e.waitLog(t, "halfoom", "OOMPolicy=stop")
+		e.do(t, wire.Request{Kind: wire.KindServiceStop, Name: "halfoom"})
 	})
 
 	t.Run("TasksMax", func(t *testing.T) {

@@ -291,7 +291,7 @@ func ReadStats(path string) Stats {
 	} else if pids, err := readPids(filepath.Join(path, "cgroup.threads")); err == nil {
 		s.Tasks = uint64(len(pids))
 	}
-	s.OOMKills = keyed(filepath.Join(path, "memory.events"), "oom_kill")
+	s.OOMKills = OOMKills(path)
 	s.MemoryMax = Max
 	if b, err := os.ReadFile(filepath.Join(path, "memory.max")); err == nil {
 		if n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil {
@@ -299,6 +299,13 @@ func ReadStats(path string) Stats {
 		}
 	}
 	return s
+}
+
+// OOMKills reads the oom_kill count of memory.events of the group at
+// path: how many of its processes the OOM killer killed (0 without the
+// memory controller).
+func OOMKills(path string) uint64 {
+	return keyed(filepath.Join(path, "memory.events"), "oom_kill")
 }
 
 // Populated reports whether any process is in the group or below it.

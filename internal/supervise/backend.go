@@ -46,6 +46,8 @@ type snapshot struct {
 	status  map[string]wire.ServiceStatus
 	pids    map[int]string
 	groups  map[string]string // cgroup path by service name, for live figures
+	// groupPaths is the set of the paths in groups.
+	groupPaths map[string]bool
 }
 
 // snapshot returns a view that is current: the one built at the loop's
@@ -59,10 +61,11 @@ func (s *Supervisor) snapshot() *snapshot {
 	var sn *snapshot
 	ok := s.run(event{readOnly: true, f: func() {
 		sn = &snapshot{
-			version: s.version.Load(),
-			status:  make(map[string]wire.ServiceStatus, len(s.services)),
-			pids:    map[int]string{},
-			groups:  map[string]string{},
+			version:    s.version.Load(),
+			status:     make(map[string]wire.ServiceStatus, len(s.services)),
+			pids:       map[int]string{},
+			groups:     map[string]string{},
+			groupPaths: map[string]bool{},
 		}
 		for _, n := range s.sortedNames() {
 			sv := s.services[n]
@@ -73,6 +76,7 @@ func (s *Supervisor) snapshot() *snapshot {
 			}
 			if sv.cg != nil {
 				sn.groups[n] = sv.cg.Path
+				sn.groupPaths[sv.cg.Path] = true
 			}
 		}
 		s.snap.Store(sn)

@@ -227,3 +227,58 @@ func addStatusStats(path string, s *wire.ServiceStatus) {
 	}
 	s.Cgroup = path
 }
+
+// oomPoll is how often the services' memory.events are read for OOM
+// kills; one small read per running service.
+const oomPoll = time.Second
+
+// watchOOM applies systemd's default OOMPolicy=stop: when the OOM killer
+// kills a process of a running service but its main process lives on,
+// the rest of the service is killed too, so that it does not go on half
+// working; its exit then reports the OOM kill and the restart policy
+// applies. It runs until the loop ends.
+func (s *Supervisor) watchOOM() {
+	defer func() {
+		if v := recover(); v != nil {
+			s.logf("supervise: OOM watch panic: %v", v)
+		}
+	}()
+	t := time.NewTicker(oomPoll)
+	defer t.Stop()
+	seen := map[string]uint64{}
+	for {
+		select {
+		case <-s.exited:
+			return
+		case <-t.C:
+		}
+		sn := s.snapshot()
+		for name, path := range sn.groups {
+			n := cgroup.OOMKills(path)
+			if n == seen[path] {
+				continue
+			}
+			seen[path] = n
+			s.post(func() { s.onOOM(name, path, n) })
+		}
+		for path := range seen {
+			if _, ok := sn.groupPaths[path]; !ok {
+				delete(seen, path) // bounded by the services running
+			}
+		}
+	}
+}
+
+// onOOM handles a rise of a service's oom_kill count to n.
+func (s *Supervisor) onOOM(name, path string, n uint64) {
+	sv := s.services[name]
+	if sv == nil || sv.cg == nil || sv.cg.Path != path || n <= sv.oomBase ||
+		sv.oomStopped || sv.draining || sv.pid <= 0 || sv.state == stateStopping || !sv.isActive() {
+		return
+	}
+	sv.oomStopped = true
+	why := oomWhy(sv.cg.Stats().MemoryMax)
+	s.logf("supervise: %s: the OOM killer killed one of its processes (%s); ending the service", sv.name, why)
+	sv.logLine("init: the OOM killer killed one of this service's processes (%s); ending the service (as systemd's OOMPolicy=stop)", why)
+	s.killGroup(sv)
+}

@@ -82,8 +82,11 @@ type service struct {
 	cg       *cgroup.Group
 	oomBase  uint64
 	draining bool
-	waiters  []chan struct{} // closed when the service is no longer active
-	settled  []chan struct{} // closed when the service is no longer waiting or starting
+	// oomStopped is set once init ended the run because the OOM killer
+	// killed one of its processes (systemd's OOMPolicy=stop).
+	oomStopped bool
+	waiters    []chan struct{} // closed when the service is no longer active
+	settled    []chan struct{} // closed when the service is no longer waiting or starting
 }
 
 func (s *Supervisor) newService(name string) *service {
@@ -201,6 +204,7 @@ func (s *Supervisor) launch(sv *service, auto bool) {
 	sv.gen++
 	gen := sv.gen
 	sv.status = ""
+	sv.oomStopped = false
 
 	base := s.cfg.Env
 	if sv.app {

@@ -180,6 +180,9 @@ func (s *Supervisor) Run(ctx context.Context) (reboot bool) {
 	}
 	s.running.Store(true)
 	s.load(true, "")
+	if s.cfg.Cgroups != nil {
+		go s.watchOOM()
+	}
 	done := ctx.Done()
 	for {
 		select {

@@ -22,6 +22,7 @@ modes:
   daemon-exit PIDFILE  the same, but exit 0 once the daemon has written PIDFILE
                     (with $NOTIFY_SOCKET set, the daemon sends READY=1 there)
   memory [MB]       allocate and touch MB MiB per step (default 4) without bound, printing the total
+  memory-child [MB] start "hog memory MB" as a child and sleep (the child is the one to be OOM-killed)
   forkbomb          start sleeping copies of itself as fast as it can, printing how many started and were refused
   nofile            print "nofile SOFT HARD" (RLIMIT_NOFILE), then sleep
   sleep             sleep until killed
@@ -61,6 +62,11 @@ func main() {
 		sleep()
 	case "memory":
 		memory(arg(2))
+	case "memory-child":
+		cmd := exec.Command(os.Args[0], "memory", arg(2))
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		check(cmd.Start())
+		sleep()
 	case "forkbomb":
 		forkbomb()
 	case "nofile":
