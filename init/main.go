@@ -232,7 +232,10 @@ func run(a args, pid1 bool, log *logger) int {
 	logCfg := logs.Config{Dir: cfg.LogDir, MaxSize: cfg.MaxLogSize, MaxFiles: cfg.MaxLogFiles, RingLines: cfg.LogRingLines}
 	initLogCfg := logCfg
 	initLogCfg.Console = os.Stderr
-	if f, err := logs.Open(initLogCfg, "init"); err != nil {
+	// The services' logs report their outages in init's log; init's own
+	// reports on the console (its Logf would write to itself).
+	logCfg.Logf = log.Printf
+	if f, err := logs.Open(initLogCfg, unit.InitLog); err != nil {
 		log.Printf("init log: %v (console only)", err)
 	} else {
 		log.setFile(f)
@@ -263,7 +266,7 @@ func run(a args, pid1 bool, log *logger) int {
 
 	srv := control.NewServer(control.Config{
 		Backend:    sup,
-		Policy:     policy(cfg.Control.Permissions),
+		Policy:     control.NewPolicy(cfg.Control.Permissions),
 		MaxConns:   cfg.Control.MaxConnections,
 		IOTimeout:  cfg.Control.IOTimeout,
 		Logf:       log.Printf,
@@ -430,20 +433,6 @@ func bootConfig(c *config.Init) boot.Config {
 			"nsm":        c.OnFailure.NSM == config.ActionFatal,
 			"pivot_root": c.OnFailure.PivotRoot == config.ActionFatal,
 		},
-	}
-}
-
-func policy(p config.Permissions) control.Policy {
-	conv := func(cs []config.Class) []control.Class {
-		out := make([]control.Class, 0, len(cs))
-		for _, c := range cs {
-			out = append(out, control.Class(c))
-		}
-		return out
-	}
-	return control.Policy{
-		UnixUIDs: p.Unix.UIDs, UnixGIDs: p.Unix.GIDs, UnixClasses: conv(p.Unix.Classes),
-		VsockCIDs: p.Vsock.CIDs, VsockClasses: conv(p.Vsock.Classes),
 	}
 }
 

@@ -37,6 +37,20 @@ const (
 	ClassExec Class = "exec"
 )
 
+// AllClasses lists every class, least powerful first. Root on the Unix
+// socket always has all of them.
+var AllClasses = []Class{ClassRead, ClassManage, ClassExec}
+
+// The classes a peer gets when init.yaml lists it (or, over vsock, admits
+// it) without saying which classes: least privilege for a local user, who
+// is named one by one and is served beside root, may only look; the parent
+// over vsock, which the reference lets do everything, keeps what operating
+// its services needs, and exec must be switched on explicitly.
+var (
+	DefaultUnixClasses  = []Class{ClassRead}
+	DefaultVsockClasses = []Class{ClassRead, ClassManage}
+)
+
 // Valid reports whether c is one of the known classes.
 func (c Class) Valid() bool {
 	return c == ClassRead || c == ClassManage || c == ClassExec
@@ -167,8 +181,8 @@ func DefaultInit() *Init {
 			MaxConnections:    64,
 			IOTimeout:         10 * time.Second,
 			Permissions: Permissions{
-				Unix:  UnixPermissions{Classes: []Class{ClassRead}},
-				Vsock: VsockPermissions{Classes: []Class{ClassRead, ClassManage}},
+				Unix:  UnixPermissions{Classes: slices.Clone(DefaultUnixClasses)},
+				Vsock: VsockPermissions{Classes: slices.Clone(DefaultVsockClasses)},
 			},
 		},
 		Vsock: Heartbeat{

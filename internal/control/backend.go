@@ -25,12 +25,13 @@ type Backend interface {
 	// Reload re-reads the service directory and applies the difference.
 	Reload() error
 
-	// ServiceLogs returns the last n formatted lines of a service's log.
-	ServiceLogs(name string, n int) ([]string, error)
+	// ServiceLogs returns the last n formatted lines of a service's log,
+	// to be read with bounded memory whatever n is.
+	ServiceLogs(name string, n int) (LogTail, error)
 	ClearServiceLogs(name string) error
 	// SubscribeLogs returns the last history lines of a service's log and
 	// follows it from there, with no line lost or repeated in between.
-	SubscribeLogs(name string, history int) ([]string, LogSubscription, error)
+	SubscribeLogs(name string, history int) (LogTail, LogSubscription, error)
 
 	// ManagedPIDs maps the main PID of every running service to its name.
 	ManagedPIDs() map[int]string
@@ -59,5 +60,15 @@ type LogSubscription interface {
 	// it because the reader was too slow. It fails when ctx ends or the
 	// subscription is closed (for example because the service was removed).
 	Next(ctx context.Context) (line string, missed uint64, err error)
+	Close()
+}
+
+// LogTail is the last lines of a log, taken at one instant and delivered
+// later, oldest first, in bounded memory (*logs.Tail implements it).
+type LogTail interface {
+	// Each calls fn for every line (valid only during the call) until fn
+	// fails, and returns fn's or a read error.
+	Each(fn func(line []byte) error) error
+	// Close releases what the tail holds; Each calls it too.
 	Close()
 }

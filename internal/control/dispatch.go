@@ -15,7 +15,8 @@ import (
 // MaxSignal is the highest signal number ps kill accepts (SIGRTMAX).
 const MaxSignal = 64
 
-// dispatch carries out every request that has a single response.
+// dispatch carries out every request that has a single response built in
+// memory (ServiceLogs and ServiceLogsFollow are streamed; see handle).
 func (s *Server) dispatch(req wire.Request, peer Peer) wire.Response {
 	b := s.cfg.Backend
 	done := func(err error, format string) wire.Response {
@@ -45,15 +46,6 @@ func (s *Server) dispatch(req wire.Request, peer Peer) wire.Response {
 		return done(b.EnableService(req.Name), "Service '%s' enabled")
 	case wire.KindServiceDisable:
 		return done(b.DisableService(req.Name), "Service '%s' disabled")
-	case wire.KindServiceLogs:
-		if req.Lines < 0 {
-			return wire.Errorf("lines must not be negative, got %d", req.Lines)
-		}
-		lines, err := b.ServiceLogs(req.Name, req.Lines)
-		if err != nil {
-			return wire.Errorf("%v", err)
-		}
-		return wire.Response{Kind: wire.KindServiceLogs, Logs: lines}
 	case wire.KindServiceLogsClear:
 		return done(b.ClearServiceLogs(req.Name), "Logs cleared for service '%s'")
 	case wire.KindServiceLogsStream:

@@ -4,31 +4,21 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/nitroinit/nitroinit/internal/config"
+	"github.com/nitroinit/nitroinit/internal/unit"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
-// Class groups requests by what they can do to the enclave.
-type Class string
+// Class is a permission class; the classes and their defaults have one
+// home, internal/config, because init.yaml names them.
+type Class = config.Class
 
-// The permission classes, from least to most powerful.
+// The classes, for the package's own use and its tests.
 const (
-	// ClassRead covers requests that only look: ping, list, status, logs,
-	// ps list, ps status, system-status.
-	ClassRead Class = "read"
-	// ClassManage covers requests that change services: start, stop,
-	// restart, enable, disable, reload, logs-clear, logs-stream.
-	ClassManage Class = "manage"
-	// ClassExec covers requests that run or signal arbitrary processes or
-	// end the enclave: ps start/run, ps stop/kill/restart, reboot, shutdown.
-	ClassExec Class = "exec"
+	ClassRead   = config.ClassRead
+	ClassManage = config.ClassManage
+	ClassExec   = config.ClassExec
 )
-
-// AllClasses lists every class.
-var AllClasses = []Class{ClassRead, ClassManage, ClassExec}
-
-// DefaultClasses is what a nil class list in a Policy means: exec must be
-// switched on explicitly.
-var DefaultClasses = []Class{ClassRead, ClassManage}
 
 // requestClass maps every request variant to its class. A variant missing
 // here is refused as exec, so a forgotten row fails closed.
@@ -66,14 +56,20 @@ func ClassOf(kind string) Class {
 	return ClassExec
 }
 
-// ParseClass checks a class name from a configuration file.
-func ParseClass(s string) (Class, error) {
-	for _, c := range AllClasses {
-		if string(c) == s {
-			return c, nil
-		}
+// logRequests are the variants that read or change a service's log.
+var logRequests = map[string]bool{
+	wire.KindServiceLogs: true, wire.KindServiceLogsFollow: true, wire.KindServiceLogsClear: true,
+	wire.KindServiceLogsStream: true, wire.KindServiceLogsStreamStop: true,
+}
+
+// RequestClass returns the class req needs: its variant's, except that the
+// log of ps start/run processes is the output of commands only exec peers
+// may run, so it is theirs alone to read or clear.
+func RequestClass(req wire.Request) Class {
+	if logRequests[req.Kind] && req.Name == unit.AdhocLog {
+		return ClassExec
 	}
-	return "", fmt.Errorf("unknown permission class %q: want read, manage or exec", s)
+	return ClassOf(req.Kind)
 }
 
 // Policy says who may send which class of request.
@@ -82,7 +78,8 @@ func ParseClass(s string) (Class, error) {
 // allowed only if it is in UnixUIDs or its primary or a supplementary group
 // is in UnixGIDs, and then only UnixClasses. Over vsock a peer CID must be
 // in VsockCIDs (empty: any CID) and gets VsockClasses. A nil class list
-// means DefaultClasses (read and manage); an empty non-nil list means none.
+// means config.DefaultUnixClasses or config.DefaultVsockClasses; an empty
+// non-nil list means none.
 type Policy struct {
 	UnixUIDs     []uint32
 	UnixGIDs     []uint32
@@ -122,11 +119,26 @@ type Peer struct {
 	CIDKnown bool
 }
 
-func classesOrDefault(c []Class) []Class {
+// NewPolicy returns the policy init.yaml's control.permissions describe.
+func NewPolicy(p config.Permissions) Policy {
+	return Policy{
+		UnixUIDs: p.Unix.UIDs, UnixGIDs: p.Unix.GIDs, UnixClasses: p.Unix.Classes,
+		VsockCIDs: p.Vsock.CIDs, VsockClasses: p.Vsock.Classes,
+	}
+}
+
+func classesOrDefault(c, def []Class) []Class {
 	if c == nil {
-		return DefaultClasses
+		return def
 	}
 	return c
+}
+
+// Privileged reports whether granted includes a class beyond read: such
+// peers (root, and those init.yaml gives manage or exec) may use the
+// connection slots kept back from everyone else.
+func Privileged(granted []Class) bool {
+	return slices.Contains(granted, ClassManage) || slices.Contains(granted, ClassExec)
 }
 
 // Granted returns the classes the policy grants to peer.
@@ -134,17 +146,17 @@ func (p Policy) Granted(peer Peer) []Class {
 	switch peer.Transport {
 	case TransportUnix:
 		if peer.UID == 0 {
-			return AllClasses
+			return config.AllClasses
 		}
 		if p.unixListed(peer) {
-			return classesOrDefault(p.UnixClasses)
+			return classesOrDefault(p.UnixClasses, config.DefaultUnixClasses)
 		}
 		return nil
 	default:
 		if !p.cidAllowed(peer) {
 			return nil
 		}
-		return classesOrDefault(p.VsockClasses)
+		return classesOrDefault(p.VsockClasses, config.DefaultVsockClasses)
 	}
 }
 
@@ -166,8 +178,8 @@ func (p Policy) unixListed(peer Peer) bool {
 
 // Check returns nil if peer may send a request of the given kind, or an
 // error that names the class and the configuration key that would allow it.
-func (p Policy) Check(peer Peer, kind string, configPath string) error {
-	class := ClassOf(kind)
+func (p Policy) Check(peer Peer, req wire.Request, configPath string) error {
+	class := RequestClass(req)
 	granted := p.Granted(peer)
 	if slices.Contains(granted, class) {
 		return nil
@@ -207,9 +219,9 @@ func (p Policy) Info(peer Peer) *wire.PolicyInfo {
 	return &wire.PolicyInfo{
 		UnixUIDs:     nonNil(p.UnixUIDs),
 		UnixGIDs:     nonNil(p.UnixGIDs),
-		UnixClasses:  names(classesOrDefault(p.UnixClasses)),
+		UnixClasses:  names(classesOrDefault(p.UnixClasses, config.DefaultUnixClasses)),
 		VsockCIDs:    nonNil(p.VsockCIDs),
-		VsockClasses: names(classesOrDefault(p.VsockClasses)),
+		VsockClasses: names(classesOrDefault(p.VsockClasses, config.DefaultVsockClasses)),
 		Caller:       names(p.Granted(peer)),
 	}
 }

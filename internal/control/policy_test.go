@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nitroinit/nitroinit/internal/config"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
@@ -34,23 +35,24 @@ func TestPolicyCheck(t *testing.T) {
 		{"root may exec", Policy{}, unix(0, 0), wire.KindSystemShutdown, ""},
 		{"unlisted uid refused read", Policy{}, unix(1000, 1000), wire.KindPing, "add it to control.permissions.unix.uids"},
 		{"listed uid reads", Policy{UnixUIDs: []uint32{1000}}, unix(1000, 1000), wire.KindListServices, ""},
-		{"listed uid manages by default", Policy{UnixUIDs: []uint32{1000}}, unix(1000, 1000), wire.KindServiceStart, ""},
+		{"listed uid only reads by default", Policy{UnixUIDs: []uint32{1000}}, unix(1000, 1000), wire.KindServiceStart, `"manage" requests over the unix socket`},
 		{"listed uid no exec by default", Policy{UnixUIDs: []uint32{1000}}, unix(1000, 1000), wire.KindProcessStart, `"exec" requests over the unix socket need control.permissions.unix.classes to include exec`},
 		{"listed uid read only", Policy{UnixUIDs: []uint32{1000}, UnixClasses: []Class{ClassRead}}, unix(1000, 1000), wire.KindServiceStop, `"manage" requests over the unix socket`},
 		{"primary gid listed", Policy{UnixGIDs: []uint32{50}}, unix(1000, 50), wire.KindPing, ""},
 		{"supplementary gid listed", Policy{UnixGIDs: []uint32{50}}, unix(1000, 1000, 27, 50), wire.KindPing, ""},
-		{"exec switched on", Policy{UnixUIDs: []uint32{1000}, UnixClasses: AllClasses}, unix(1000, 1000), wire.KindProcessKill, ""},
+		{"manage switched on", Policy{UnixUIDs: []uint32{1000}, UnixClasses: []Class{ClassRead, ClassManage}}, unix(1000, 1000), wire.KindServiceStart, ""},
+		{"exec switched on", Policy{UnixUIDs: []uint32{1000}, UnixClasses: config.AllClasses}, unix(1000, 1000), wire.KindProcessKill, ""},
 		{"vsock any cid reads", Policy{}, vs(3), wire.KindProcessList, ""},
 		{"vsock manage by default", Policy{}, vs(3), wire.KindServiceLogsStream, ""},
 		{"vsock exec off by default", Policy{}, vs(3), wire.KindSystemReboot, `"exec" requests over vsock need control.permissions.vsock.classes to include exec in /etc/init.yaml`},
 		{"vsock cid not listed", Policy{VsockCIDs: []uint32{3}}, vs(7), wire.KindPing, "vsock peer CID 7 is not in control.permissions.vsock.cids"},
 		{"vsock unknown cid with list", Policy{VsockCIDs: []uint32{3}}, Peer{Transport: TransportVsock}, wire.KindPing, "CID unknown"},
-		{"vsock listed cid", Policy{VsockCIDs: []uint32{3}, VsockClasses: AllClasses}, vs(3), wire.KindProcessStart, ""},
+		{"vsock listed cid", Policy{VsockCIDs: []uint32{3}, VsockClasses: config.AllClasses}, vs(3), wire.KindProcessStart, ""},
 		{"vsock no classes", Policy{VsockClasses: []Class{}}, vs(3), wire.KindPing, `"read" requests over vsock`},
 		{"unknown kind is exec", Policy{}, vs(3), "SomethingNew", `"exec"`},
 	}
 	for _, tc := range tests {
-		err := tc.policy.Check(tc.peer, tc.kind, "/etc/init.yaml")
+		err := tc.policy.Check(tc.peer, wire.Request{Kind: tc.kind}, "/etc/init.yaml")
 		if tc.wantErr == "" {
 			if err != nil {
 				t.Errorf("%s: %v", tc.name, err)
@@ -66,8 +68,43 @@ func TestPolicyCheck(t *testing.T) {
 func TestPolicyInfo(t *testing.T) {
 	p := Policy{UnixUIDs: []uint32{1000}, VsockCIDs: []uint32{3}, VsockClasses: []Class{ClassRead}}
 	info := p.Info(Peer{Transport: TransportVsock, CID: 3, CIDKnown: true})
-	if !slices.Equal(info.UnixClasses, []string{"read", "manage"}) || !slices.Equal(info.VsockClasses, []string{"read"}) || !slices.Equal(info.Caller, []string{"read"}) || info.UnixGIDs == nil {
+	if !slices.Equal(info.UnixClasses, []string{"read"}) || !slices.Equal(info.VsockClasses, []string{"read"}) || !slices.Equal(info.Caller, []string{"read"}) || info.UnixGIDs == nil {
 		t.Errorf("Info = %+v", info)
+	}
+}
+
+// TestDefaultClassesAreOneAndLeastPrivilege states the defaults, which
+// internal/config and internal/control once disagreed on: a local user
+// listed in init.yaml without classes may only look; the parent over vsock
+// may look and manage services; exec is never a default. The policy built
+// from init.yaml's defaults and the one built from an empty Policy agree.
+func TestDefaultClassesAreOneAndLeastPrivilege(t *testing.T) {
+	user := Peer{Transport: TransportUnix, UID: 1000, GID: 1000}
+	parent := Peer{Transport: TransportVsock, CID: 3, CIDKnown: true}
+	fromConfig := NewPolicy(config.DefaultInit().Control.Permissions)
+	fromConfig.UnixUIDs = []uint32{1000}
+	empty := Policy{UnixUIDs: []uint32{1000}}
+	for _, p := range []Policy{fromConfig, empty} {
+		if got := p.Granted(user); !slices.Equal(got, []Class{ClassRead}) {
+			t.Errorf("listed local user gets %v, want [read]", got)
+		}
+		if got := p.Granted(parent); !slices.Equal(got, []Class{ClassRead, ClassManage}) {
+			t.Errorf("vsock parent gets %v, want [read manage]", got)
+		}
+	}
+}
+
+// TestAdhocLogsNeedExec: the output of ps start/run is readable only by
+// those who may start such processes.
+func TestAdhocLogsNeedExec(t *testing.T) {
+	parent := Peer{Transport: TransportVsock, CID: 3, CIDKnown: true}
+	for _, kind := range []string{wire.KindServiceLogs, wire.KindServiceLogsFollow, wire.KindServiceLogsClear, wire.KindServiceLogsStream} {
+		if err := (Policy{}).Check(parent, wire.Request{Kind: kind, Name: "adhoc"}, "/etc/init.yaml"); err == nil || !strings.Contains(err.Error(), `"exec"`) {
+			t.Errorf("%s of adhoc by a read/manage peer: err = %v, want exec needed", kind, err)
+		}
+		if err := (Policy{VsockClasses: config.AllClasses}).Check(parent, wire.Request{Kind: kind, Name: "adhoc"}, "/etc/init.yaml"); err != nil {
+			t.Errorf("%s of adhoc by an exec peer: %v", kind, err)
+		}
 	}
 }
 

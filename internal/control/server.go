@@ -15,10 +15,14 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/mdlayher/vsock"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/nitroinit/nitroinit/internal/logs"
 	"github.com/nitroinit/nitroinit/internal/procfs"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
@@ -30,14 +34,26 @@ const (
 	DefaultConfigPath = "/etc/init.yaml"
 )
 
-// refusedRequestLimit is how much of a request init reads from a peer it
-// refuses anyway, before it answers.
-const refusedRequestLimit = 64 << 10
+// refusedDrain is how much of a request init takes in, without waiting,
+// from a peer it refuses, so that the peer's write does not fail before it
+// reads the refusal.
+const refusedDrain = 4 << 10
+
+// refusedWriteTimeout bounds the write of a refusal; it fits in any socket
+// buffer, so only a broken peer meets it.
+const refusedWriteTimeout = time.Second
 
 // writeChunk is how much of a response is written per write deadline, so a
 // large response to a slow but live reader does not time out while a
-// reader that stops reading does.
+// reader that stops reading does. It is also the most of a streamed answer
+// (logs) held in memory at once.
 const writeChunk = 64 << 10
+
+// ReservedShare is the fraction of MaxConns (1/ReservedShare) kept for
+// privileged peers: root on the Unix socket and peers granted manage or
+// exec. Others share the rest, so a flood of connections from a local user
+// or a read-only peer cannot lock the operator out.
+const ReservedShare = 4
 
 // Config configures a Server.
 type Config struct {
@@ -75,6 +91,10 @@ type Server struct {
 	conns     map[net.Conn]struct{}
 	streams   map[streamKey]*stream
 	wg        sync.WaitGroup
+
+	// refusals summarises refused and turned-away connections in the
+	// log instead of one line each.
+	refusals *logs.Throttle
 }
 
 // NewServer returns a server; call Serve, ServeUnix or ServeVsock to use it.
@@ -105,6 +125,23 @@ func NewServer(cfg Config) *Server {
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[net.Conn]struct{}{},
 		streams:   map[streamKey]*stream{},
+		refusals:  logs.NewThrottle("refused connections", logs.ThrottleWindow, cfg.Logf),
+	}
+}
+
+// slots are one listener's connection slots.
+type slots struct {
+	all     chan struct{} // every connection being served; Accept waits when full
+	shared  chan struct{} // those unprivileged peers may hold
+	follows chan struct{} // those logs -f may hold
+}
+
+func newSlots(maxConns int) *slots {
+	reserved := maxConns / ReservedShare
+	return &slots{
+		all:     make(chan struct{}, maxConns),
+		shared:  make(chan struct{}, maxConns-reserved),
+		follows: make(chan struct{}, max(1, maxConns/4)),
 	}
 }
 
@@ -191,8 +228,8 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, t Transport) error {
 	// Each listener has its own connection slots, so that clients on one
 	// transport (the parent over vsock) cannot use up those of another
 	// (root on the Unix socket).
-	sem := make(chan struct{}, s.cfg.MaxConns)
-	follows := make(chan struct{}, max(1, s.cfg.MaxConns/4))
+	sl := newSlots(s.cfg.MaxConns)
+	sem := sl.all
 	var backoff time.Duration
 	for {
 		select {
@@ -224,7 +261,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, t Transport) error {
 			<-sem
 			return nil
 		}
-		j := job{c, t, sem, follows}
+		j := job{c, t, sl}
 		select {
 		case s.work <- j: // an idle worker took it
 		default:
@@ -236,10 +273,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, t Transport) error {
 
 // job is one accepted connection waiting to be served.
 type job struct {
-	c       net.Conn
-	t       Transport
-	sem     chan struct{} // the listener's slots; one is released when done
-	follows chan struct{} // the listener's slots for logs -f
+	c  net.Conn
+	t  Transport
+	sl *slots // the listener's; one of sl.all is released when done
 }
 
 // workerIdle is how long a worker goroutine waits for the next connection
@@ -266,10 +302,10 @@ func (s *Server) worker(j job) {
 }
 
 func (s *Server) serveConn(j job) {
-	defer func() { <-j.sem }()
+	defer func() { <-j.sl.all }()
 	defer s.untrack(j.c)
 	defer s.recoverPanic("connection")
-	s.handle(j.c, j.t, j.follows)
+	s.handle(j.c, j.t, j.sl)
 }
 
 // track registers a connection so that Close can cut it; it reports false
@@ -309,6 +345,7 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	s.refusals.Stop()
 	return nil
 }
 
@@ -355,25 +392,32 @@ func (s *Server) readRequest(c net.Conn) (wire.Request, *wire.Response, error) {
 	return req, nil, nil
 }
 
-func (s *Server) handle(c net.Conn, t Transport, follows chan struct{}) {
+func (s *Server) handle(c net.Conn, t Transport, sl *slots) {
 	peer, err := identify(c, t)
 	if err != nil {
-		s.cfg.Logf("control: %v", err)
-		s.write(c, wire.Errorf("cannot identify the peer: %v", err))
+		s.refusals.Event("unidentified peers", "control: %v", err)
+		s.refuse(c, wire.Errorf("cannot identify the peer: %v", err))
 		return
 	}
-	// A peer with no grant at all is answered before init reads (and
-	// decodes) up to a megabyte from it.
-	if len(s.cfg.Policy.Granted(peer)) == 0 {
-		err := s.cfg.Policy.Check(peer, wire.KindPing, s.cfg.ConfigPath)
-		s.cfg.Logf("control: connection from %s refused: %v", describe(peer), err)
-		// Take in (and drop) a small request first: closing on a client
-		// that is still writing would make its write fail, and it would
-		// report init unreachable instead of showing the refusal.
-		c.SetReadDeadline(time.Now().Add(time.Second))
-		wire.ReadValue(c, refusedRequestLimit)
-		s.write(c, wire.Errorf("%v", err))
+	// A peer with no grant at all is answered and closed at once, before
+	// init reads (and decodes) up to a megabyte from it or lets it hold a
+	// slot.
+	granted := s.cfg.Policy.Granted(peer)
+	if len(granted) == 0 {
+		err := s.cfg.Policy.Check(peer, wire.Request{Kind: wire.KindPing}, s.cfg.ConfigPath)
+		s.refusals.Event(describePeer(peer), "control: connection from %s refused: %v (further refusals are summarised every %v)", describe(peer), err, logs.ThrottleWindow)
+		s.refuse(c, wire.Errorf("%v", err))
 		return
+	}
+	if !Privileged(granted) {
+		select {
+		case sl.shared <- struct{}{}:
+			defer func() { <-sl.shared }()
+		default:
+			s.refusals.Event(describePeer(peer), "control: connection from %s turned away: the %d slots for read-only peers are in use", describe(peer), cap(sl.shared))
+			s.refuse(c, wire.Errorf("too many connections (%d) from read-only peers are open; try again later", cap(sl.shared)))
+			return
+		}
 	}
 	req, early, err := s.readRequest(c)
 	if err != nil {
@@ -383,26 +427,59 @@ func (s *Server) handle(c net.Conn, t Transport, follows chan struct{}) {
 		s.write(c, *early)
 		return
 	}
-	if err := s.cfg.Policy.Check(peer, req.Kind, s.cfg.ConfigPath); err != nil {
-		s.cfg.Logf("control: %s from %s refused: %v", req.Kind, describe(peer), err)
+	if err := s.cfg.Policy.Check(peer, req, s.cfg.ConfigPath); err != nil {
+		s.refusals.Event(describePeer(peer), "control: %s from %s refused: %v", req.Kind, describe(peer), err)
 		s.write(c, wire.Errorf("%v", err))
 		return
 	}
-	if req.Kind == wire.KindServiceLogsFollow {
+	switch req.Kind {
+	case wire.KindServiceLogsFollow:
 		// A follow holds its connection slot for as long as the client
 		// likes: only a quarter of the slots may be held that way, so
 		// that followers cannot lock other requests out.
 		select {
-		case follows <- struct{}{}:
-			defer func() { <-follows }()
+		case sl.follows <- struct{}{}:
+			defer func() { <-sl.follows }()
 		default:
-			s.write(c, wire.Errorf("too many logs -f streams (%d) are open on this socket; close one first", cap(follows)))
+			s.write(c, wire.Errorf("too many logs -f streams (%d) are open on this socket; close one first", cap(sl.follows)))
 			return
 		}
 		s.follow(c, req)
-		return
+	case wire.KindServiceLogs:
+		s.logs(c, req)
+	default:
+		s.write(c, s.dispatch(req, peer))
 	}
-	s.write(c, s.dispatch(req, peer))
+}
+
+// refuse answers a peer that will not be served and closes at once: it
+// takes in what the peer has already sent, without waiting for more, so
+// that the peer reads the answer rather than a failed write.
+func (s *Server) refuse(c net.Conn, r wire.Response) {
+	if sc, ok := c.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			var buf [refusedDrain]byte
+			raw.Read(func(fd uintptr) bool {
+				unix.Recvfrom(int(fd), buf[:], unix.MSG_DONTWAIT)
+				return true
+			})
+		}
+	}
+	b, _ := r.MarshalJSON()
+	c.SetWriteDeadline(time.Now().Add(refusedWriteTimeout))
+	c.Write(b)
+}
+
+// describePeer names a peer for summaries: by uid or CID, not PID, so that
+// a flood from many processes of one user counts as one sender.
+func describePeer(p Peer) string {
+	if p.Transport == TransportUnix {
+		return fmt.Sprintf("uid %d", p.UID)
+	}
+	if p.CIDKnown {
+		return fmt.Sprintf("vsock CID %d", p.CID)
+	}
+	return "vsock peer"
 }
 
 func describe(p Peer) string {
@@ -425,6 +502,45 @@ func (s *Server) write(c net.Conn, r wire.Response) error {
 		b, _ = json.Marshal(wire.Errorf("internal error encoding the response: %v", err))
 	}
 	return s.writeBytes(c, b)
+}
+
+// logs answers ServiceLogs as the reference does, one JSON value, but
+// streamed: the lines are encoded and written in writeChunk pieces as they
+// are read from the log, so the answer's size never sizes init's memory.
+// An error found after the first bytes went out cannot become an Error
+// answer; the list then ends early and the error is logged.
+func (s *Server) logs(c net.Conn, req wire.Request) {
+	if req.Lines < 0 {
+		s.write(c, wire.Errorf("lines must not be negative, got %d", req.Lines))
+		return
+	}
+	tail, err := s.cfg.Backend.ServiceLogs(req.Name, req.Lines)
+	if err != nil {
+		s.write(c, wire.Errorf("%v", err))
+		return
+	}
+	defer tail.Close()
+	buf := make([]byte, 0, writeChunk+1024)
+	buf = append(buf, `{"`+wire.KindServiceLogs+`":{"logs":[`...)
+	first := true
+	err = tail.Each(func(line []byte) error {
+		if !first {
+			buf = append(buf, ',')
+		}
+		first = false
+		buf = wire.AppendString(buf, line)
+		if len(buf) < writeChunk {
+			return nil
+		}
+		werr := s.writeBytes(c, buf)
+		buf = buf[:0]
+		return werr
+	})
+	var ne net.Error
+	if err != nil && !errors.As(err, &ne) && !errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) {
+		s.cfg.Logf("control: logs of %s ended early: %v", req.Name, err)
+	}
+	s.writeBytes(c, append(buf, "]}}"...))
 }
 
 func (s *Server) writeBytes(c net.Conn, b []byte) error {

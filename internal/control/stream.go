@@ -62,10 +62,11 @@ func (s *Server) startStream(req wire.Request, peer Peer) wire.Response {
 	if busy {
 		return wire.Errorf("Log streaming already active for service '%s' on port %d; stop it first (logs-stream Ctrl-C sends ServiceLogsStreamStop) or use another port", req.Name, req.VsockPort)
 	}
-	_, sub, err := s.cfg.Backend.SubscribeLogs(req.Name, 0)
+	history, sub, err := s.cfg.Backend.SubscribeLogs(req.Name, 0)
 	if err != nil {
 		return wire.Errorf("%v", err)
 	}
+	history.Close()
 	dctx, dcancel := context.WithTimeout(s.ctx, s.cfg.IOTimeout)
 	conn, err := s.cfg.DialVsock(dctx, req.VsockCID, req.VsockPort)
 	dcancel()
@@ -172,6 +173,7 @@ func (s *Server) follow(c net.Conn, req wire.Request) {
 		s.write(c, wire.Errorf("%v", err))
 		return
 	}
+	defer history.Close()
 	defer sub.Close()
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
@@ -188,10 +190,8 @@ func (s *Server) follow(c net.Conn, req wire.Request) {
 		}
 		return s.writeBytes(c, append(b, '\n'))
 	}
-	for _, l := range history {
-		if err := send(l, 0); err != nil {
-			return
-		}
+	if err := history.Each(func(line []byte) error { return send(string(line), 0) }); err != nil {
+		return
 	}
 	for {
 		line, missed, err := sub.Next(ctx)

@@ -24,7 +24,9 @@ func TestFollowNoGapNoRepeat(t *testing.T) {
 		}
 	}()
 	time.Sleep(time.Millisecond)
-	history, sub := l.Follow(total, total)
+	tail, sub := l.Follow(total, total)
+	var history []string
+	tail.Each(func(b []byte) error { history = append(history, string(b)); return nil })
 	defer sub.Close()
 	<-done
 	seen := map[string]int{}

@@ -30,6 +30,9 @@ const (
 	DefaultMaxFiles = 5         // files kept, the live one included
 	DefaultMaxLine  = 16 * 1024 // longer lines are split
 	DefaultBuffer   = 256       // subscription channel size
+	// DefaultRingBytes bounds the memory a ring holds, whatever RingLines
+	// says: 100 services keep at most 25 MiB of lines in memory.
+	DefaultRingBytes = 256 * 1024
 )
 
 // Config says where and how a Log stores its lines.
@@ -38,8 +41,12 @@ type Config struct {
 	MaxSize   int64     // rotate before a file would exceed this many bytes; 0 = DefaultMaxSize
 	MaxFiles  int       // files kept, <name>.log included; 1 = truncate instead of rotating; 0 = DefaultMaxFiles
 	RingLines int       // lines kept in memory for Lines; 0 = none (Lines reads the files)
+	RingBytes int       // bytes those lines may take at most; 0 = DefaultRingBytes
 	MaxLine   int       // longest line in bytes (without the timestamp); 0 = DefaultMaxLine
 	Console   io.Writer // optional: every stored line is also written here (init's own log)
+	// Logf receives the start and the end of each outage of the file
+	// (disk full, ...). Default: a line on Console, or on stderr.
+	Logf func(format string, args ...any)
 }
 
 // Event is one line delivered to a subscriber.
@@ -53,6 +60,7 @@ type Log struct {
 	cfg  Config
 	name string
 	path string
+	dir  *os.File // the log directory, opened once; files are reached relative to it
 
 	// mu is the one owner of everything below: the file, the ring, the
 	// subscribers. Holding it for a whole batch of lines keeps the cost per
@@ -65,7 +73,13 @@ type Log struct {
 	subs   map[*Subscription]struct{}
 	stamp  stamp
 	closed bool
-	err    error // last file error, reported by Err
+	gen    int64 // rotations so far: a line written in generation g is in file number gen-g
+	// unflushed counts the lines buffered since the last successful flush:
+	// if the flush fails, they are marked in the ring as not in the file.
+	unflushed int
+	err       error     // the file's current outage, reported by Err; nil once it recovers
+	errSince  time.Time // when the outage began
+	lost      int       // lines the file missed during the outage
 }
 
 // Open opens (appending) or creates the log file <Dir>/<name>.log.
@@ -85,17 +99,24 @@ func Open(cfg Config, name string) (*Log, error) {
 	if cfg.RingLines < 0 {
 		cfg.RingLines = 0
 	}
-	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
-		return nil, fmt.Errorf("cannot create log directory %s (set log_dir in init.yaml to a writable place): %w", cfg.Dir, err)
+	if cfg.RingBytes <= 0 {
+		cfg.RingBytes = DefaultRingBytes
+	}
+	cfg.RingBytes = max(cfg.RingBytes, cfg.MaxLine+len(stamp{}.buf))
+	dir, err := openDir(cfg.Dir)
+	if err != nil {
+		return nil, err
 	}
 	l := &Log{
 		cfg:  cfg,
 		name: name,
 		path: filepath.Join(cfg.Dir, name+".log"),
-		ring: newRing(cfg.RingLines),
+		dir:  dir,
+		ring: newRing(cfg.RingLines, cfg.RingBytes),
 		subs: map[*Subscription]struct{}{},
 	}
 	if err := l.openFile(); err != nil {
+		dir.Close()
 		return nil, err
 	}
 	l.w = bufio.NewWriterSize(l.f, 64*1024)
@@ -103,9 +124,9 @@ func Open(cfg Config, name string) (*Log, error) {
 }
 
 func (l *Log) openFile() error {
-	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	f, err := openIn(l.dir, l.fileName(0), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 	if err != nil {
-		return fmt.Errorf("cannot open log file %s: %w", l.path, err)
+		return fmt.Errorf("cannot open log file: %w", err)
 	}
 	st, err := f.Stat()
 	if err != nil {
@@ -122,8 +143,9 @@ func (l *Log) Name() string { return l.name }
 // Path returns the path of the live log file.
 func (l *Log) Path() string { return l.path }
 
-// Err returns the last error met while writing or rotating the file, if any.
-// Lines still reach the ring and subscribers when the file fails.
+// Err returns the error that keeps lines from the file now (disk full,
+// ...), or nil when the file is being written. Lines still reach the ring
+// and subscribers while the file fails.
 func (l *Log) Err() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -252,13 +274,18 @@ func (l *Log) writeLine(now time.Time, line []byte) {
 	if l.size > 0 && l.size+n > l.cfg.MaxSize {
 		l.rotateLocked()
 	}
+	gen := int64(-1)
 	if l.f != nil {
 		l.w.Write(prefix)
 		l.w.Write(line)
 		l.w.WriteByte('\n')
 		l.size += n
+		l.unflushed++
+		gen = l.gen
+	} else {
+		l.lost++
 	}
-	l.ring.add(prefix, line)
+	l.ring.add(prefix, line, gen)
 	if l.cfg.Console != nil {
 		// One Write per line so that concurrent writers to the console do
 		// not interleave inside a line.
@@ -296,18 +323,42 @@ func (l *Log) flushLocked() {
 		// bufio.Writer keeps a write error forever; start afresh so that
 		// the log recovers when the disk does (the buffered lines are lost).
 		l.w.Reset(l.f)
+		l.ring.unwritten(l.unflushed)
+		l.lost += l.unflushed
+		l.unflushed = 0
+		return
 	}
+	if l.unflushed > 0 && l.err != nil {
+		l.logf("logs: %s is written again after %s; %d lines are missing from it (initctl logs still shows those the ring holds)",
+			l.path, time.Since(l.errSince).Round(time.Second), l.lost)
+		l.err, l.lost = nil, 0
+	}
+	l.unflushed = 0
 }
 
+// setErr records a failure of the file; the first of an outage is
+// reported, and so is a change of cause.
 func (l *Log) setErr(err error) {
-	if l.err == nil || l.err.Error() != err.Error() {
-		w := l.cfg.Console
-		if w == nil {
-			w = os.Stderr
-		}
-		fmt.Fprintf(w, "logs: %v\n", err)
+	switch {
+	case l.err == nil:
+		l.errSince = time.Now()
+		l.logf("logs: %v; lines are kept in memory only until it can be written again", err)
+	case l.err.Error() != err.Error():
+		l.logf("logs: %v", err)
 	}
 	l.err = err
+}
+
+func (l *Log) logf(format string, args ...any) {
+	if l.cfg.Logf != nil {
+		l.cfg.Logf(format, args...)
+		return
+	}
+	w := l.cfg.Console
+	if w == nil {
+		w = os.Stderr
+	}
+	fmt.Fprintf(w, format+"\n", args...)
 }
 
 // rotateLocked shifts name.log -> name.log.1 -> ... -> name.log.(MaxFiles-1),
@@ -318,6 +369,7 @@ func (l *Log) rotateLocked() {
 		return
 	}
 	l.flushLocked()
+	l.gen++
 	if l.cfg.MaxFiles <= 1 {
 		if err := l.f.Truncate(0); err != nil {
 			l.setErr(fmt.Errorf("truncating %s: %w", l.path, err))
@@ -328,17 +380,13 @@ func (l *Log) rotateLocked() {
 	}
 	l.f.Close()
 	l.f = nil
-	last := l.numbered(l.cfg.MaxFiles - 1)
-	if err := os.Remove(last); err != nil && !errors.Is(err, os.ErrNotExist) {
-		l.setErr(fmt.Errorf("removing old log %s: %w", last, err))
+	if err := removeIn(l.dir, l.fileName(l.cfg.MaxFiles-1)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		l.setErr(fmt.Errorf("removing old log: %w", err))
 	}
-	for i := l.cfg.MaxFiles - 2; i >= 1; i-- {
-		if err := os.Rename(l.numbered(i), l.numbered(i+1)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			l.setErr(fmt.Errorf("rotating %s: %w", l.numbered(i), err))
+	for i := l.cfg.MaxFiles - 2; i >= 0; i-- {
+		if err := renameIn(l.dir, l.fileName(i), l.fileName(i+1)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			l.setErr(fmt.Errorf("rotating: %w", err))
 		}
-	}
-	if err := os.Rename(l.path, l.numbered(1)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		l.setErr(fmt.Errorf("rotating %s: %w", l.path, err))
 	}
 	if err := l.openFile(); err != nil {
 		l.setErr(err)
@@ -347,68 +395,17 @@ func (l *Log) rotateLocked() {
 	l.w.Reset(l.f)
 }
 
-func (l *Log) numbered(i int) string {
+// fileName is the name in the log directory of file i: 0 is the live
+// file, 1 the newest rotated one.
+func (l *Log) fileName(i int) string {
 	if i == 0 {
-		return l.path
+		return l.name + ".log"
 	}
-	return l.path + "." + strconv.Itoa(i)
+	return l.name + ".log." + strconv.Itoa(i)
 }
 
-// Lines returns the last n lines, oldest first. They come from the ring when
-// it holds enough, otherwise from the tail of the files, rotated ones
-// included, read backwards so that huge files are not loaded whole.
-func (l *Log) Lines(n int) []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.linesLocked(n)
-}
-
-// Follow returns the last n lines and a subscription to every line after
-// them, taken together so that no line is missed or repeated between the
-// two.
-func (l *Log) Follow(n, buffer int) ([]string, *Subscription) {
-	if buffer < 1 {
-		buffer = DefaultBuffer
-	}
-	s := &Subscription{l: l, ch: make(chan Event, buffer)}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	lines := l.linesLocked(n)
-	if l.closed {
-		s.closeLocked()
-	} else {
-		l.subs[s] = struct{}{}
-	}
-	return lines, s
-}
-
-func (l *Log) linesLocked(n int) []string {
-	if n <= 0 {
-		return nil
-	}
-	if n <= l.ring.n {
-		return l.ring.last(n)
-	}
-	l.flushLocked()
-	var chunks [][]string // newest file first
-	need := n
-	for i := 0; i < l.cfg.MaxFiles && need > 0; i++ {
-		got, err := tailFile(l.numbered(i), need)
-		if err != nil {
-			if !errors.Is(err, os.ErrNotExist) {
-				l.setErr(err)
-			}
-			break
-		}
-		chunks = append(chunks, got)
-		need -= len(got)
-	}
-	out := make([]string, 0, n-need)
-	for i := len(chunks) - 1; i >= 0; i-- {
-		out = append(out, chunks[i]...)
-	}
-	return out
-}
+// numbered is the path of file i.
+func (l *Log) numbered(i int) string { return filepath.Join(l.cfg.Dir, l.fileName(i)) }
 
 // Clear empties the live file, removes the rotated ones and empties the ring.
 func (l *Log) Clear() error {
@@ -417,20 +414,31 @@ func (l *Log) Clear() error {
 	var errs []error
 	if l.f != nil {
 		l.w.Reset(l.f) // drop what is buffered: it is being cleared anyway
+		l.unflushed = 0
 		if err := l.f.Truncate(0); err != nil {
 			errs = append(errs, fmt.Errorf("truncating %s: %w", l.path, err))
 		}
-	} else if err := os.Truncate(l.path, 0); err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("truncating %s: %w", l.path, err))
+	} else if f, err := openIn(l.dir, l.fileName(0), os.O_WRONLY, 0); err == nil {
+		if err := f.Truncate(0); err != nil {
+			errs = append(errs, fmt.Errorf("truncating %s: %w", l.path, err))
+		}
+		f.Close()
 	}
 	l.size = 0
-	old, _ := filepath.Glob(l.path + ".*")
-	for _, p := range old {
-		if _, err := strconv.Atoi(strings.TrimPrefix(p, l.path+".")); err != nil {
+	l.gen += int64(l.cfg.MaxFiles) // nothing written before is in a file now
+	if _, err := l.dir.Seek(0, io.SeekStart); err != nil {
+		errs = append(errs, fmt.Errorf("listing %s: %w", l.cfg.Dir, err))
+	}
+	names, err := l.dir.Readdirnames(-1)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("listing %s: %w", l.cfg.Dir, err))
+	}
+	for _, name := range names {
+		if _, err := strconv.Atoi(strings.TrimPrefix(name, l.name+".log.")); err != nil || !strings.HasPrefix(name, l.name+".log.") {
 			continue // not one of ours (name.log.bak, ...)
 		}
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("removing %s: %w", p, err))
+		if err := removeIn(l.dir, name); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
 		}
 	}
 	l.ring.reset()
@@ -466,6 +474,7 @@ func (l *Log) Close() error {
 	for sub := range l.subs {
 		sub.closeLocked()
 	}
+	defer l.dir.Close()
 	if l.f == nil {
 		return nil
 	}
@@ -563,106 +572,4 @@ func (s *stamp) format(t time.Time) []byte {
 		us /= 10
 	}
 	return s.buf[:]
-}
-
-// ring keeps the last formatted lines, reusing their buffers.
-type ring struct {
-	slots   [][]byte
-	head, n int // oldest slot, number of lines held
-}
-
-func newRing(size int) ring { return ring{slots: make([][]byte, size)} }
-
-func (r *ring) add(prefix, line []byte) {
-	if len(r.slots) == 0 {
-		return
-	}
-	i := (r.head + r.n) % len(r.slots)
-	if r.n == len(r.slots) {
-		i = r.head
-		r.head = (r.head + 1) % len(r.slots)
-	} else {
-		r.n++
-	}
-	b := r.slots[i][:0]
-	if need := len(prefix) + len(line); cap(b) > 4096 && need < 1024 {
-		b = nil // do not let one long line pin a big buffer forever
-	}
-	b = append(append(b, prefix...), line...)
-	r.slots[i] = b
-}
-
-func (r *ring) last(n int) []string {
-	if n > r.n {
-		n = r.n
-	}
-	out := make([]string, n)
-	for k := 0; k < n; k++ {
-		out[k] = string(r.slots[(r.head+r.n-n+k)%len(r.slots)])
-	}
-	return out
-}
-
-func (r *ring) reset() { r.head, r.n = 0, 0 }
-
-// tailChunk is how much tailFile reads at a time; maxTailLine bounds the
-// memory spent on a file that has no newline for megabytes (not one of ours).
-const (
-	tailChunk   = 64 * 1024
-	maxTailLine = 4 << 20
-)
-
-// tailFile returns up to n last lines of the file at path, oldest first,
-// reading backwards from the end.
-func tailFile(path string, n int) ([]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("stat %s: %w", path, err)
-	}
-	pos := st.Size()
-	var rev []string // newest first
-	var rest []byte  // the start of a line whose beginning is further back
-	first := true
-	for pos > 0 && len(rev) < n {
-		step := int64(tailChunk)
-		if step > pos {
-			step = pos
-		}
-		pos -= step
-		buf := make([]byte, step, int(step)+len(rest))
-		if _, err := f.ReadAt(buf, pos); err != nil {
-			return nil, fmt.Errorf("reading %s: %w", path, err)
-		}
-		buf = append(buf, rest...)
-		end := len(buf)
-		if first && end > 0 && buf[end-1] == '\n' {
-			end-- // the file's final newline ends the last line
-		}
-		first = false
-		for len(rev) < n {
-			i := bytes.LastIndexByte(buf[:end], '\n')
-			if i < 0 {
-				break
-			}
-			rev = append(rev, string(buf[i+1:end]))
-			end = i
-		}
-		rest = buf[:end]
-		if len(rest) > maxTailLine {
-			break // not a file we wrote: no newline for far too long
-		}
-	}
-	if pos == 0 && len(rev) < n && len(rest) > 0 {
-		rev = append(rev, string(rest))
-	}
-	out := make([]string, len(rev))
-	for i, s := range rev {
-		out[len(rev)-1-i] = s
-	}
-	return out, nil
 }

@@ -224,21 +224,23 @@ func TestTailFileChunkBoundaries(t *testing.T) {
 		want = append(want, s)
 		b.WriteString(s + "\n")
 	}
-	p := filepath.Join(t.TempDir(), "f")
-	if err := os.WriteFile(p, []byte(b.String()), 0o644); err != nil {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "f.log"), []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	l, err := Open(Config{Dir: dir, MaxFiles: 1, MaxSize: 1 << 30}, "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
 	for _, n := range []int{1, 7, 100, len(want) - 1, len(want), len(want) + 5} {
-		got, err := tailFile(p, n)
-		if err != nil {
-			t.Fatal(err)
-		}
+		got := l.Lines(n)
 		exp := want
 		if n < len(want) {
 			exp = want[len(want)-n:]
 		}
 		if strings.Join(got, "\n") != strings.Join(exp, "\n") {
-			t.Errorf("tailFile(%d): got %d lines, want %d", n, len(got), len(exp))
+			t.Errorf("Lines(%d): got %d lines, want %d", n, len(got), len(exp))
 		}
 	}
 }

@@ -418,12 +418,12 @@ func (s *Supervisor) serviceLog(name string) (*logs.Log, error) {
 }
 
 // ServiceLogs returns the last n lines of a service's log.
-func (s *Supervisor) ServiceLogs(name string, n int) ([]string, error) {
+func (s *Supervisor) ServiceLogs(name string, n int) (control.LogTail, error) {
 	l, err := s.serviceLog(name)
 	if err != nil {
 		return nil, err
 	}
-	return l.Lines(n), nil
+	return l.Tail(n), nil
 }
 
 // ClearServiceLogs empties a service's log files and memory.
@@ -437,13 +437,13 @@ func (s *Supervisor) ClearServiceLogs(name string) error {
 
 // SubscribeLogs returns the last history lines of a service's log and
 // follows it from there.
-func (s *Supervisor) SubscribeLogs(name string, history int) ([]string, control.LogSubscription, error) {
+func (s *Supervisor) SubscribeLogs(name string, history int) (control.LogTail, control.LogSubscription, error) {
 	l, err := s.serviceLog(name)
 	if err != nil {
 		return nil, nil, err
 	}
-	lines, sub := l.Follow(history, 1024)
-	return lines, &subscription{sub: sub}, nil
+	tail, sub := l.Follow(history, 1024)
+	return tail, &subscription{sub: sub}, nil
 }
 
 type subscription struct{ sub *logs.Subscription }

@@ -173,7 +173,7 @@ func (s *Supervisor) Run(ctx context.Context) (reboot bool) {
 	if err := os.MkdirAll(filepath.Join(s.cfg.RuntimeDir, "notify"), 0o755); err != nil {
 		s.logf("supervise: runtime dir: %v (Type=notify services will fail)", err)
 	}
-	if l, err := logs.Open(s.cfg.Logs, "adhoc"); err != nil {
+	if l, err := logs.Open(s.cfg.Logs, unit.AdhocLog); err != nil {
 		s.logf("supervise: log for ad-hoc processes: %v", err)
 	} else {
 		s.adhoc = l

@@ -140,11 +140,23 @@ func (e *Error) Error() string {
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_.@-]+$`)
 
+// Log names that init keeps for itself in the log directory, beside the
+// services' <name>.log: no service may take them, or it could write into,
+// read or clear init's own history.
+const (
+	InitLog  = "init"  // init's own messages
+	AdhocLog = "adhoc" // the output of ps start/run processes
+)
+
 // ValidateName checks a service name. Names arrive from control clients, so
-// anything that could leave the service directory is refused.
+// anything that could leave the service directory is refused, and so are
+// the reserved log names.
 func ValidateName(name string) error {
 	if !nameRE.MatchString(name) || name == "." || name == ".." || len(name) > 200 {
 		return fmt.Errorf("invalid service name %q: use letters, digits and _ . @ - (at most 200 characters)", name)
+	}
+	if name == InitLog || name == AdhocLog {
+		return fmt.Errorf("service name %q is reserved: init writes its own %s.log in the log directory; rename the service file", name, name)
 	}
 	return nil
 }

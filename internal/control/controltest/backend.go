@@ -109,7 +109,7 @@ func (b *Backend) EnableService(name string) error  { return b.act("enable", nam
 func (b *Backend) DisableService(name string) error { return b.act("disable", name) }
 func (b *Backend) Reload() error                    { b.record("reload"); return nil }
 
-func (b *Backend) ServiceLogs(name string, n int) ([]string, error) {
+func (b *Backend) ServiceLogs(name string, n int) (control.LogTail, error) {
 	if _, err := b.get(name); err != nil {
 		return nil, err
 	}
@@ -119,8 +119,24 @@ func (b *Backend) ServiceLogs(name string, n int) ([]string, error) {
 	if n < len(l) {
 		l = l[len(l)-n:]
 	}
-	return append([]string{}, l...), nil
+	return Lines(l), nil
 }
+
+// Lines is a control.LogTail of fixed lines.
+type Lines []string
+
+// Each calls fn with every line.
+func (l Lines) Each(fn func([]byte) error) error {
+	for _, s := range l {
+		if err := fn([]byte(s)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close does nothing.
+func (Lines) Close() {}
 
 func (b *Backend) ClearServiceLogs(name string) error {
 	if err := b.act("clear", name); err != nil {
@@ -161,7 +177,7 @@ func (s *testSub) isClosed() bool {
 	}
 }
 
-func (b *Backend) SubscribeLogs(name string, history int) ([]string, control.LogSubscription, error) {
+func (b *Backend) SubscribeLogs(name string, history int) (control.LogTail, control.LogSubscription, error) {
 	if _, err := b.get(name); err != nil {
 		return nil, nil, err
 	}
@@ -174,7 +190,7 @@ func (b *Backend) SubscribeLogs(name string, history int) ([]string, control.Log
 		lines = append(lines, all[max(0, len(all)-history):]...)
 	}
 	b.subs[name] = append(b.subs[name], s)
-	return lines, s, nil
+	return Lines(lines), s, nil
 }
 
 // Publish appends a line to a service's log and hands it to subscribers.

@@ -1,0 +1,5 @@
+package logs
+
+import "syscall"
+
+var syscallENOSPC error = syscall.ENOSPC
