@@ -48,6 +48,7 @@ type snapshot struct {
 	groups  map[string]string // cgroup path by service name, for live figures
 	// groupPaths is the set of the paths in groups.
 	groupPaths map[string]bool
+	logs       map[string]*logs.Log // read at answer time: see logstate.go
 }
 
 // snapshot returns a view that is current: the one built at the loop's
@@ -66,6 +67,7 @@ func (s *Supervisor) snapshot() *snapshot {
 			pids:       map[int]string{},
 			groups:     map[string]string{},
 			groupPaths: map[string]bool{},
+			logs:       map[string]*logs.Log{},
 		}
 		for _, n := range s.sortedNames() {
 			sv := s.services[n]
@@ -77,6 +79,9 @@ func (s *Supervisor) snapshot() *snapshot {
 			if sv.cg != nil {
 				sn.groups[n] = sv.cg.Path
 				sn.groupPaths[sv.cg.Path] = true
+			}
+			if sv.log != nil {
+				sn.logs[n] = sv.log
 			}
 		}
 		s.snap.Store(sn)
@@ -95,10 +100,11 @@ func (s *Supervisor) snapshot() *snapshot {
 // they change without any event.
 func (s *Supervisor) Services() []wire.ServiceInfo {
 	sn := s.snapshot()
+	list := sn.withLogErrors()
 	if len(sn.groups) == 0 {
-		return sn.list
+		return list
 	}
-	list := append([]wire.ServiceInfo(nil), sn.list...)
+	list = append([]wire.ServiceInfo(nil), list...)
 	for i := range list {
 		if p := sn.groups[list[i].Name]; p != "" {
 			addStats(p, &list[i])
@@ -116,6 +122,9 @@ func (s *Supervisor) ServiceStatus(name string) (wire.ServiceStatus, error) {
 	}
 	if p := sn.groups[name]; p != "" {
 		addStatusStats(p, &st)
+	}
+	if l := sn.logs[name]; l != nil {
+		st.State, st.Error = withLogError(st.State, st.Error, l.Err())
 	}
 	return st, nil
 }

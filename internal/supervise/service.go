@@ -212,7 +212,7 @@ func (s *Supervisor) launch(sv *service, auto bool) {
 	}
 	env := mergeEnv(base, u.Environment)
 	if u.Type == unit.TypeNotify {
-		ns, err := listenNotify(filepath.Join(s.cfg.RuntimeDir, "notify", sv.name), func(msg string, pid int) {
+		ns, err := listenNotify(sv.name, filepath.Join(s.cfg.RuntimeDir, "notify", sv.name), func(msg string, pid int) {
 			s.post(func() { s.onNotify(sv, gen, msg, pid) })
 		}, s.logf)
 		if err != nil {
@@ -250,6 +250,13 @@ func (s *Supervisor) launch(sv *service, auto bool) {
 		return
 	}
 	sv.pid = pid
+	if sv.notify != nil {
+		cg := ""
+		if sv.cg != nil {
+			cg = sv.cg.Path
+		}
+		sv.notify.setPID(pid, cg)
+	}
 	sv.logLine("init: started %s (pid %d)", u.ExecStart, pid)
 	s.logf("supervise: %s: started (pid %d)", sv.name, pid)
 	if u.Type == unit.TypeNotify || u.Type == unit.TypeOneshot {
@@ -404,12 +411,6 @@ func (s *Supervisor) onNotify(sv *service, gen int, msg string, pid int) {
 			// The service announces its own exit; nothing to do until it exits.
 		}
 	}
-}
-
-// inGroup reports whether pid is in the process group pgid.
-func inGroup(pid, pgid int) bool {
-	g, err := syscall.Getpgid(pid)
-	return err == nil && g == pgid
 }
 
 // stop stops a service on request: KillSignal to the process group, SIGKILL
