@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nitroinit/nitroinit/internal/procfs"
 )
 
 func becomeSubreaper() error {
@@ -86,12 +88,8 @@ func cmdline(pid int) string {
 }
 
 func isZombie(pid int) bool {
-	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	i := bytes.LastIndexByte(st, ')')
-	return i < 0 || i+2 >= len(st) || st[i+2] == 'Z'
+	st, err := procfs.FS{}.Stat(pid)
+	return err != nil || procfs.Zombie(st.State)
 }
 
 // memKB returns a process's VmRSS and Pss (from smaps_rollup) in KiB.

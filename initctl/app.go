@@ -14,7 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/nitroinit/nitroinit/internal/config"
-	"github.com/nitroinit/nitroinit/internal/control"
+	"github.com/nitroinit/nitroinit/internal/control/client"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
@@ -116,7 +116,7 @@ func (a *app) checkFormat() error {
 
 // target works out how to reach init: flags, then the environment, then
 // initctl.yaml, then the built-in defaults.
-func (a *app) target() (control.Target, error) {
+func (a *app) target() (client.Target, error) {
 	path := defaultConfigPath
 	if v := os.Getenv("INITCTL_CONFIG"); v != "" {
 		path = v
@@ -126,12 +126,12 @@ func (a *app) target() (control.Target, error) {
 	}
 	cfg, err := config.LoadInitctl(path)
 	if err != nil {
-		return control.Target{}, &usageError{fmt.Errorf("%w (fix the file, or point --config/INITCTL_CONFIG elsewhere)", err)}
+		return client.Target{}, &usageError{fmt.Errorf("%w (fix the file, or point --config/INITCTL_CONFIG elsewhere)", err)}
 	}
 	for _, w := range cfg.Warnings {
 		fmt.Fprintf(a.errw, "initctl: warning: %s\n", w)
 	}
-	t := control.Target{
+	t := client.Target{
 		Protocol:   cfg.Protocol,
 		UnixPath:   cfg.UnixSocketPath,
 		VsockCID:   cfg.VsockCID,
@@ -153,19 +153,19 @@ func (a *app) target() (control.Target, error) {
 	if a.g.vsockUDS.set {
 		t.HybridPath = a.g.vsockUDS.v
 		if !a.g.protocol.set {
-			t.Protocol = control.ProtocolHybrid
+			t.Protocol = client.ProtocolHybrid
 		}
 	}
 	if a.g.protocol.set {
 		t.Protocol = a.g.protocol.v
 	}
 	switch t.Protocol {
-	case control.ProtocolUnix:
-	case control.ProtocolVsock:
+	case client.ProtocolUnix:
+	case client.ProtocolVsock:
 		if t.HybridPath != "" {
-			t.Protocol = control.ProtocolHybrid
+			t.Protocol = client.ProtocolHybrid
 		}
-	case control.ProtocolHybrid:
+	case client.ProtocolHybrid:
 		if t.HybridPath == "" {
 			return t, &usageError{errors.New("protocol hybrid needs --vsock-uds PATH (or vsock_uds_path in initctl.yaml)")}
 		}
@@ -183,11 +183,11 @@ func (a *app) call(req wire.Request) (wire.Response, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()
-	resp, err := control.Do(ctx, t, req)
+	resp, err := client.Do(ctx, t, req)
 	if err != nil {
-		var ue *control.UnreachableError
+		var ue *client.UnreachableError
 		if !errors.As(err, &ue) {
-			err = &control.UnreachableError{Target: t, Err: err}
+			err = &client.UnreachableError{Target: t, Err: err}
 		}
 		return resp, err
 	}

@@ -8,7 +8,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/nitroinit/nitroinit/internal/procfs"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
@@ -212,7 +211,7 @@ func printProcessList(w io.Writer, procs []wire.ProcessInfo) {
 		if p.ServiceName != nil {
 			svc = *p.ServiceName
 		}
-		fmt.Fprintf(w, "%-8d %-8d %-12s %-6.1f %-8s %-10s %-10s %s\n", p.PID, p.PPID, procfs.StateName(p.State), p.CPUPercent, humanKB(p.MemoryKB), yesNo(p.Managed), svc, cutCommand(p.Cmdline))
+		fmt.Fprintf(w, "%-8d %-8d %-12s %-6.1f %-8s %-10s %-10s %s\n", p.PID, p.PPID, wire.StateName(p.State), p.CPUPercent, humanKB(p.MemoryKB), yesNo(p.Managed), svc, cutCommand(p.Cmdline))
 	}
 }
 
@@ -224,7 +223,7 @@ func printProcessStatus(w io.Writer, p *wire.ProcessInfo) {
 	fmt.Fprintf(w, "Process: %d\n", p.PID)
 	fmt.Fprintf(w, "  Name: %s\n", p.Name)
 	fmt.Fprintf(w, "  Parent PID: %d\n", p.PPID)
-	fmt.Fprintf(w, "  State: %s\n", procfs.StateName(p.State))
+	fmt.Fprintf(w, "  State: %s\n", wire.StateName(p.State))
 	fmt.Fprintf(w, "  Command: %s\n", p.Cmdline)
 	fmt.Fprintf(w, "  CPU: %.1f%%\n", p.CPUPercent)
 	fmt.Fprintf(w, "  Memory: %s\n", humanKB(p.MemoryKB))

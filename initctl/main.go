@@ -10,7 +10,7 @@ import (
 	"io"
 	"os"
 
-	"github.com/nitroinit/nitroinit/internal/control"
+	"github.com/nitroinit/nitroinit/internal/control/client"
 )
 
 // Exit codes, documented in docs/initctl.md.
@@ -51,7 +51,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	var ie *initError
-	var ue *control.UnreachableError
+	var ue *client.UnreachableError
 	var uerr *usageError
 	switch {
 	case errors.As(err, &ie):

@@ -15,7 +15,7 @@ import (
 	"github.com/mdlayher/vsock"
 	"github.com/spf13/cobra"
 
-	"github.com/nitroinit/nitroinit/internal/control"
+	"github.com/nitroinit/nitroinit/internal/control/client"
 	"github.com/nitroinit/nitroinit/internal/hvsock"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
@@ -38,7 +38,7 @@ func (a *app) followLogs(name string, n int) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var initErr error
-	err = control.Follow(ctx, t, wire.Request{Kind: wire.KindServiceLogsFollow, Name: name, Lines: n}, func(r wire.Response) error {
+	err = client.Follow(ctx, t, wire.Request{Kind: wire.KindServiceLogsFollow, Name: name, Lines: n}, func(r wire.Response) error {
 		switch {
 		case a.jsonOutput():
 			a.printJSON(r)
@@ -56,9 +56,9 @@ func (a *app) followLogs(name string, n int) error {
 		return nil
 	})
 	if err != nil {
-		var ue *control.UnreachableError
+		var ue *client.UnreachableError
 		if !errors.As(err, &ue) {
-			err = &control.UnreachableError{Target: t, Err: err}
+			err = &client.UnreachableError{Target: t, Err: err}
 		}
 		return err
 	}
@@ -100,7 +100,7 @@ func (a *app) logsStream(name string, cid, port uint32, output string, follow bo
 		return err
 	}
 	var l net.Listener
-	if t.Protocol == control.ProtocolHybrid {
+	if t.Protocol == client.ProtocolHybrid {
 		path := hvsock.ListenPath(t.HybridPath, port)
 		if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
 			os.Remove(path) // stale, from an earlier run
@@ -153,7 +153,7 @@ func (a *app) logsStream(name string, cid, port uint32, output string, follow bo
 		return a.stopStream(name, port)
 	case <-time.After(connectBackTimeout):
 		a.stopStream(name, port)
-		return &control.UnreachableError{Target: t, Err: fmt.Errorf("init said the stream started but never connected to %s", l.Addr())}
+		return &client.UnreachableError{Target: t, Err: fmt.Errorf("init said the stream started but never connected to %s", l.Addr())}
 	}
 	defer conn.Close()
 

@@ -76,10 +76,11 @@ func (s *Server) dispatch(req wire.Request, peer Peer) wire.Response {
 			return wire.Errorf("listing processes: %v", err)
 		}
 		managed := b.ManagedPIDs()
-		for i := range list {
-			markManaged(&list[i], managed)
+		out := make([]wire.ProcessInfo, len(list))
+		for i, p := range list {
+			out[i] = processInfo(p, managed)
 		}
-		return wire.Response{Kind: wire.KindProcessList, Processes: list}
+		return wire.Response{Kind: wire.KindProcessList, Processes: out}
 	case wire.KindProcessStatus:
 		p, err := s.cfg.Proc.Process(req.PID)
 		if errors.Is(err, procfs.ErrNoProcess) {
@@ -88,8 +89,8 @@ func (s *Server) dispatch(req wire.Request, peer Peer) wire.Response {
 		if err != nil {
 			return wire.Errorf("reading process %d: %v", req.PID, err)
 		}
-		markManaged(&p, b.ManagedPIDs())
-		return wire.Response{Kind: wire.KindProcessStatus, Process: &p}
+		info := processInfo(p, b.ManagedPIDs())
+		return wire.Response{Kind: wire.KindProcessStatus, Process: &info}
 	case wire.KindProcessStart:
 		if req.Command == "" {
 			return wire.Errorf("ProcessStart needs a command")
@@ -158,10 +159,17 @@ func initThread(pid int) bool {
 	return err == nil
 }
 
-func markManaged(p *wire.ProcessInfo, managed map[int]string) {
-	if name, ok := managed[p.PID]; ok {
-		p.Managed = true
-		p.ServiceName = &name
-		addServiceFigures(p)
+// processInfo is the wire form of a process; managed maps the main PIDs
+// of services to their names.
+func processInfo(p procfs.Process, managed map[int]string) wire.ProcessInfo {
+	info := wire.ProcessInfo{
+		PID: p.PID, PPID: p.PPID, Name: p.Name, Cmdline: p.Cmdline, State: p.State,
+		CPUPercent: wire.Float(p.CPUPercent), MemoryKB: p.MemoryKB, StartTime: p.StartTime,
 	}
+	if name, ok := managed[p.PID]; ok {
+		info.Managed = true
+		info.ServiceName = &name
+		addServiceFigures(&info)
+	}
+	return info
 }

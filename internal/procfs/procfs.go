@@ -1,4 +1,6 @@
-// Package procfs reads process information from /proc for the ps requests.
+// Package procfs reads process information from /proc: for the ps
+// requests, for shutdown's search of init's children and for benchmarks.
+// /proc/<pid>/stat is parsed here only.
 package procfs
 
 import (
@@ -12,9 +14,19 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
-
-	"github.com/nitroinit/nitroinit/internal/wire"
 )
+
+// Process describes one process.
+type Process struct {
+	PID        int
+	PPID       int
+	Name       string // comm
+	Cmdline    string // arguments joined by spaces; [comm] for kernel threads
+	State      string // one-letter /proc code
+	CPUPercent float64
+	MemoryKB   uint64 // resident set
+	StartTime  uint64 // unix seconds
+}
 
 // ClockTicks is USER_HZ, the unit of the times in /proc/<pid>/stat. It is
 // 100 on every Linux architecture we build for (x86_64, arm64), and the
@@ -73,21 +85,17 @@ func (fs FS) system() (system, error) {
 
 // List returns every process, sorted by PID. Processes that exit while the
 // list is read are left out.
-func (fs FS) List() ([]wire.ProcessInfo, error) {
+func (fs FS) List() ([]Process, error) {
 	sys, err := fs.system()
 	if err != nil {
 		return nil, err
 	}
-	ents, err := os.ReadDir(fs.root())
+	pids, err := fs.PIDs()
 	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", fs.root(), err)
+		return nil, err
 	}
-	out := make([]wire.ProcessInfo, 0, len(ents))
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid <= 0 {
-			continue
-		}
+	out := make([]Process, 0, len(pids))
+	for _, pid := range pids {
 		p, err := fs.read(pid, sys)
 		if err != nil {
 			continue // exited meanwhile, or unreadable: skip as ps does
@@ -100,43 +108,26 @@ func (fs FS) List() ([]wire.ProcessInfo, error) {
 
 // Count returns the number of processes, without reading each one.
 func (fs FS) Count() (int, error) {
-	ents, err := os.ReadDir(fs.root())
-	if err != nil {
-		return 0, fmt.Errorf("list %s: %w", fs.root(), err)
-	}
-	n := 0
-	for _, e := range ents {
-		if pid, err := strconv.Atoi(e.Name()); err == nil && pid > 0 {
-			n++
-		}
-	}
-	return n, nil
+	pids, err := fs.PIDs()
+	return len(pids), err
 }
 
 // Process reads one process. A missing process yields an error wrapping
 // ErrNoProcess.
-func (fs FS) Process(pid int) (wire.ProcessInfo, error) {
+func (fs FS) Process(pid int) (Process, error) {
 	sys, err := fs.system()
 	if err != nil {
-		return wire.ProcessInfo{}, err
+		return Process{}, err
 	}
 	return fs.read(pid, sys)
 }
 
-func (fs FS) read(pid int, sys system) (wire.ProcessInfo, error) {
-	dir := filepath.Join(fs.root(), strconv.Itoa(pid))
-	stat, err := os.ReadFile(filepath.Join(dir, "stat"))
+func (fs FS) read(pid int, sys system) (Process, error) {
+	st, err := fs.Stat(pid)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, errESRCH) {
-			return wire.ProcessInfo{}, fmt.Errorf("process %d: %w", pid, ErrNoProcess)
-		}
-		return wire.ProcessInfo{}, fmt.Errorf("read %s/stat: %w", dir, err)
+		return Process{}, err
 	}
-	st, err := ParseStat(stat)
-	if err != nil {
-		return wire.ProcessInfo{}, fmt.Errorf("%s/stat: %w", dir, err)
-	}
-	p := wire.ProcessInfo{
+	p := Process{
 		PID:      pid,
 		PPID:     st.PPID,
 		Name:     Printable(st.Comm),
@@ -148,10 +139,47 @@ func (fs FS) read(pid int, sys system) (wire.ProcessInfo, error) {
 	if age := sys.uptime - started; age > 0 {
 		p.CPUPercent = 100 * float64(st.UTime+st.STime) / ClockTicks / age
 	}
-	cmd, _ := os.ReadFile(filepath.Join(dir, "cmdline"))
+	cmd, _ := os.ReadFile(filepath.Join(fs.root(), strconv.Itoa(pid), "cmdline"))
 	p.Cmdline = Cmdline(cmd, st.Comm)
 	return p, nil
 }
+
+// Stat reads and parses /proc/<pid>/stat. A missing process yields an
+// error wrapping ErrNoProcess.
+func (fs FS) Stat(pid int) (Stat, error) {
+	path := filepath.Join(fs.root(), strconv.Itoa(pid), "stat")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, errESRCH) {
+			return Stat{}, fmt.Errorf("process %d: %w", pid, ErrNoProcess)
+		}
+		return Stat{}, fmt.Errorf("read %s: %w", path, err)
+	}
+	st, err := ParseStat(b)
+	if err != nil {
+		return Stat{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return st, nil
+}
+
+// PIDs lists the PIDs in /proc, unsorted.
+func (fs FS) PIDs() ([]int, error) {
+	ents, err := os.ReadDir(fs.root())
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", fs.root(), err)
+	}
+	out := make([]int, 0, len(ents))
+	for _, e := range ents {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && pid > 0 {
+			out = append(out, pid)
+		}
+	}
+	return out, nil
+}
+
+// Zombie reports whether a state code is that of a process that has
+// exited and not yet been reaped.
+func Zombie(state string) bool { return state == "Z" || state == "X" || state == "x" }
 
 // Stat is the part of /proc/<pid>/stat that ps needs.
 type Stat struct {
@@ -243,35 +271,6 @@ func Printable(s string) string {
 		i += size
 	}
 	return b.String()
-}
-
-// StateName spells out a one-letter /proc state code.
-func StateName(code string) string {
-	switch code {
-	case "R":
-		return "Running"
-	case "S":
-		return "Sleeping"
-	case "D":
-		return "Disk sleep"
-	case "Z":
-		return "Zombie"
-	case "T":
-		return "Stopped"
-	case "t":
-		return "Tracing"
-	case "X", "x":
-		return "Dead"
-	case "I":
-		return "Idle"
-	case "K":
-		return "Wakekill"
-	case "W":
-		return "Waking"
-	case "P":
-		return "Parked"
-	}
-	return "Unknown"
 }
 
 func truncate(b []byte) string {

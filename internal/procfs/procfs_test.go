@@ -133,11 +133,3 @@ func TestRealChild(t *testing.T) {
 		t.Errorf("List lacks child %d", cmd.Process.Pid)
 	}
 }
-
-func TestStateName(t *testing.T) {
-	for code, want := range map[string]string{"R": "Running", "S": "Sleeping", "D": "Disk sleep", "Z": "Zombie", "T": "Stopped", "t": "Tracing", "X": "Dead", "I": "Idle", "?": "Unknown"} {
-		if got := StateName(code); got != want {
-			t.Errorf("StateName(%q) = %q, want %q", code, got, want)
-		}
-	}
-}

@@ -2,12 +2,11 @@ package supervise
 
 import (
 	"os"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/nitroinit/nitroinit/internal/depgraph"
+	"github.com/nitroinit/nitroinit/internal/procfs"
 )
 
 // shutdown tracks an orderly stop: services are stopped in waves, each wave
@@ -122,30 +121,15 @@ func KillRemaining(pid1 bool, grace time.Duration, logf func(string, ...any)) {
 // children lists the live (non-zombie) children of this process.
 func children() []int {
 	me := os.Getpid()
-	ents, err := os.ReadDir("/proc")
+	var proc procfs.FS
+	pids, err := proc.PIDs()
 	if err != nil {
 		return nil
 	}
 	var out []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		st := string(b)
-		i := strings.LastIndexByte(st, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(st[i+1:])
-		if len(f) < 2 || f[0] == "Z" || f[0] == "X" {
-			continue
-		}
-		if ppid, _ := strconv.Atoi(f[1]); ppid == me {
+	for _, pid := range pids {
+		st, err := proc.Stat(pid)
+		if err == nil && st.PPID == me && !procfs.Zombie(st.State) {
 			out = append(out, pid)
 		}
 	}

@@ -74,7 +74,7 @@ type ProcessInfo struct {
 	Name        string  `json:"name"`
 	Cmdline     string  `json:"cmdline"`
 	State       string  `json:"state"` // one-letter /proc code
-	CPUPercent  float64 `json:"cpu_percent"`
+	CPUPercent  Float   `json:"cpu_percent"`
 	MemoryKB    uint64  `json:"memory_kb"`
 	StartTime   uint64  `json:"start_time"` // unix seconds (the reference sends clock ticks since boot)
 	Managed     bool    `json:"managed"`

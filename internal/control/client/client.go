@@ -1,4 +1,8 @@
-package control
+// Package client is the client side of init's control protocol: it reaches
+// init over a Unix socket, AF_VSOCK or a hybrid vsock socket, sends one
+// request and reads the answer or a stream of them. initctl, the tests and
+// the simulator use it without pulling in the server.
+package client
 
 import (
 	"context"
