@@ -1,0 +1,159 @@
+package vmtests
+
+// Hardening in a small enclave: clients that ask for every line of a large
+// log, half of them never reading, must not run a 512 MiB enclave out of
+// memory, kill a service or keep init from answering.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nitroinit/nitroinit/internal/control"
+	"github.com/nitroinit/nitroinit/internal/wire"
+)
+
+// initRSSBoundKB is the peak resident set docs/protocol.md ("Bounds")
+// states for init in this scenario.
+const initRSSBoundKB = 64 << 10
+
+// hardeningPingBound is how long a ping may take during the flood: a
+// liveness bound with room for TCG, not a benchmark.
+const hardeningPingBound = 5 * time.Second
+
+// bigLogLines of ~126 bytes each make about 55 MB of log files.
+const bigLogLines = 440000
+
+func TestHardeningLogsFloodInSmallEnclave(t *testing.T) {
+	e := soloBoot(t, "hardening", guest{
+		memoryMB: 512,
+		config: moduleYAML() + `
+vsock:
+  cid: $HOSTCID
+  port: 9000
+  timeout: 60s
+pivot_root: false
+max_log_size: 12582912
+max_log_files: 5
+control:
+  vsock_enabled: true
+  vsock_port: 9001
+`,
+		services: map[string]string{
+			"big.service":   fmt.Sprintf("ExecStart = \"/bin/svc count %d\"\nRestart = \"no\"", bigLogLines),
+			"keep1.service": `ExecStart = "/bin/svc sleep keep1"`,
+			"keep2.service": `ExecStart = "/bin/svc sleep keep2"`,
+			"keep3.service": `ExecStart = "/bin/svc sleep keep3"`,
+		},
+	})
+	defer e.stop()
+	e.explain(t, "big")
+
+	last := fmt.Sprintf("line %09d", bigLogLines)
+	eventually(t, 5*time.Minute, "big to write its "+last, func() (bool, string) {
+		lines := e.logs(t, "big", 2)
+		return containsLine(lines, last), strings.Join(lines, "\n")
+	})
+	keep := map[string]int{}
+	for _, s := range []string{"keep1", "keep2", "keep3"} {
+		st := e.waitState(t, s, "running")
+		keep[s] = *st.PID
+	}
+
+	// Sample init's RSS and ping it throughout.
+	stop := make(chan struct{})
+	var peakKB uint64
+	var worstPing time.Duration
+	var pingErr error
+	var samplerDone sync.WaitGroup
+	samplerDone.Add(1)
+	go func() {
+		defer samplerDone.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), hardeningPingBound)
+			start := time.Now()
+			r, err := control.Do(ctx, e.target, wire.Request{Kind: wire.KindPing})
+			took := time.Since(start)
+			cancel()
+			if err != nil || r.Kind != wire.KindPong {
+				pingErr = fmt.Errorf("ping: %v %+v after %v", err, r, took)
+				return
+			}
+			worstPing = max(worstPing, took)
+			if r, err := e.try(wire.Request{Kind: wire.KindProcessStatus, PID: 1}); err == nil && r.Process != nil {
+				peakKB = max(peakKB, r.Process.MemoryKB)
+			}
+		}
+	}()
+
+	// Eight clients ask for a billion lines; four read it all, four never
+	// read and hold their connection until the readers are done.
+	req, _ := json.Marshal(wire.Request{Kind: wire.KindServiceLogs, Name: "big", Lines: 1_000_000_000})
+	var idle []net.Conn
+	defer func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	}()
+	for i := 0; i < 4; i++ {
+		c, err := control.Dial(context.Background(), e.target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(req)
+		idle = append(idle, c)
+	}
+	var readers sync.WaitGroup
+	got := make([]int64, 4)
+	errs := make([]error, 4)
+	for i := 0; i < 4; i++ {
+		readers.Add(1)
+		go func(i int) {
+			defer readers.Done()
+			c, err := control.Dial(context.Background(), e.target)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Minute))
+			c.Write(req)
+			got[i], errs[i] = io.Copy(io.Discard, c)
+		}(i)
+	}
+	readers.Wait()
+	close(stop)
+	samplerDone.Wait()
+	t.Logf("init's peak sampled RSS %d KiB, slowest ping %v, answers %v bytes", peakKB, worstPing, got)
+
+	for i, n := range got {
+		if errs[i] != nil || n < 50e6 {
+			t.Errorf("reader %d got %d bytes (%v), want the whole log (>= 50 MB)", i, n, errs[i])
+		}
+	}
+	if pingErr != nil {
+		t.Errorf("init stopped answering during the flood: %v", pingErr)
+	}
+	if peakKB == 0 || peakKB > initRSSBoundKB {
+		t.Errorf("init's peak RSS %d KiB, want under the %d KiB docs/protocol.md states", peakKB, initRSSBoundKB)
+	}
+	for s, pid := range keep {
+		if st := e.status(t, s); st.State != "running" || st.PID == nil || *st.PID != pid {
+			t.Errorf("%s was disturbed: state %q pid %v (was %d)", s, st.State, st.PID, pid)
+		}
+	}
+	if c := e.vm.Console(); strings.Contains(c, "Out of memory") || strings.Contains(c, "oom-kill") || strings.Contains(c, "Kernel panic") {
+		t.Errorf("the kernel ran out of memory:\n%s", e.vm.ConsoleTail(40))
+	}
+}
