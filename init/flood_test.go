@@ -191,10 +191,32 @@ var marker = map[string]string{"marker.service": "ExecStart = \"$SVC sleep\"\n"}
 
 const markerLine = "supervise: marker: started"
 
+// waitMarker waits until the marker's start is in init.log.
+func waitMarker(h *harness) {
+	h.eventually(10*time.Second, "the marker in init.log", func() bool { return strings.Contains(h.logFile("init"), markerLine) })
+}
+
 // initLog returns init.log and its rotated file, oldest first.
 func initLog(h *harness) string {
 	old, _ := os.ReadFile(filepath.Join(h.logDir, "init.log.1"))
 	return string(old) + h.logFile("init")
+}
+
+// checkSummarised waits for the flood's summary line in init.log and checks
+// that the log kept the marker written before the flood and holds at most
+// a couple of the flood's single lines.
+func checkSummarised(t *testing.T, h *harness, summary, single string) {
+	t.Helper()
+	h.eventually(15*time.Second, "the flood's summary in init.log", func() bool {
+		return strings.Contains(initLog(h), summary)
+	})
+	log := initLog(h)
+	if !strings.Contains(log, markerLine) {
+		t.Errorf("init.log lost the lines written before the flood:\n%.2000s", log)
+	}
+	if n := strings.Count(log, single); n > 2 {
+		t.Errorf("init.log has %d lines %q, want the flood summarised", n, single)
+	}
 }
 
 func TestNotifyFloodIsDroppedAndSummarised(t *testing.T) {
@@ -203,7 +225,7 @@ func TestNotifyFloodIsDroppedAndSummarised(t *testing.T) {
 		"web.service":    "ExecStart = \"$SVC notify 3s ready\"\nType = \"notify\"\nTimeoutStartSec = 120\n",
 		"marker.service": marker["marker.service"],
 	}, smallLogs)
-	h.eventually(10*time.Second, "the marker in init.log", func() bool { return strings.Contains(h.logFile("init"), markerLine) })
+	waitMarker(h)
 	h.waitState("web", "starting", 10*time.Second)
 	sock := filepath.Join(h.dir, "run", "nitroinit", "notify", "web")
 	f := startFlood(t, h, "notify", sock, "30000")
@@ -217,16 +239,7 @@ func TestNotifyFloodIsDroppedAndSummarised(t *testing.T) {
 	if st.StatusText != "ready" {
 		t.Errorf("status text %q, want the service's own \"ready\" (a forged one got through)", st.StatusText)
 	}
-	h.eventually(15*time.Second, "the flood's summary in init.log", func() bool {
-		return strings.Contains(initLog(h), "more notifications to web")
-	})
-	log := initLog(h)
-	if !strings.Contains(log, markerLine) {
-		t.Errorf("init.log lost the lines written before the flood:\n%.2000s", log)
-	}
-	if n := strings.Count(log, "ignoring a notification"); n > 2 {
-		t.Errorf("init.log has %d lines for single foreign notifications, want the flood summarised", n)
-	}
+	checkSummarised(t, h, "more notifications to web", "ignoring a notification")
 }
 
 func TestRefusedConnectionFloodIsSummarised(t *testing.T) {
@@ -234,23 +247,14 @@ func TestRefusedConnectionFloodIsSummarised(t *testing.T) {
 	// Listing some uid makes the socket 0666, so nobody reaches init and
 	// is refused by it rather than by the file mode.
 	h := startInit(t, marker, "  permissions:\n    unix:\n      uids: [4242]\n"+smallLogs)
-	h.eventually(10*time.Second, "the marker in init.log", func() bool { return strings.Contains(h.logFile("init"), markerLine) })
+	waitMarker(h)
 	f := startFlood(t, h, "refused", h.sock, "5000")
 	pingAsRoot(t, h)
 	if n := f.result(t, "refused"); n < 4000 {
 		t.Fatalf("only %d of 5000 refused peers read their refusal", n)
 	}
 	pingAsRoot(t, h)
-	h.eventually(15*time.Second, "the refusals' summary in init.log", func() bool {
-		return strings.Contains(initLog(h), "more refused connections")
-	})
-	log := initLog(h)
-	if !strings.Contains(log, markerLine) {
-		t.Errorf("init.log lost the lines written before the flood:\n%.2000s", log)
-	}
-	if n := strings.Count(log, "refused: permission denied"); n > 2 {
-		t.Errorf("init.log has %d lines for single refusals, want them summarised", n)
-	}
+	checkSummarised(t, h, "more refused connections", "refused: permission denied")
 }
 
 func TestIdleConnectionsLeaveRootASlot(t *testing.T) {
@@ -258,7 +262,7 @@ func TestIdleConnectionsLeaveRootASlot(t *testing.T) {
 	// nobody may read: its idle connections are served, up to the share
 	// of slots that is not kept for root, and the rest are turned away.
 	h := startInit(t, marker, fmt.Sprintf("  permissions:\n    unix:\n      uids: [%d]\n", nobody)+smallLogs)
-	h.eventually(10*time.Second, "the marker in init.log", func() bool { return strings.Contains(h.logFile("init"), markerLine) })
+	waitMarker(h)
 	f := startFlood(t, h, "idle", h.sock, "3000")
 	if n := f.result(t, "ready"); n != 3000 {
 		t.Fatalf("%d idle connections open, want 3000", n)
