@@ -308,3 +308,58 @@ func TestThrottleSummarises(t *testing.T) {
 }
 
 func errNoSpace() error { return syscallENOSPC }
+
+// TestOutageLinesStayInOrder: lines the file missed during an outage are
+// still returned by Lines, in order, between those before and after it,
+// with no half-written line in the file.
+func TestOutageLinesStayInOrder(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a tmpfs")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	l, err := Open(Config{Dir: dir, MaxSize: 1 << 20, MaxFiles: 2, RingLines: 100, Logf: func(string, ...any) {}}, "svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	// Long lines, so that the outage's lines cannot all fit in the
+	// file's last, partly used page.
+	pad := strings.Repeat("p", 200)
+	var lines []string
+	for i := 0; i < 100; i++ {
+		lines = append(lines, fmt.Sprintf("line %05d %s", i, pad))
+	}
+	for _, s := range lines[:50] {
+		l.Printf("%s", s)
+	}
+	filler := filepath.Join(dir, "filler")
+	os.WriteFile(filler, make([]byte, 128<<10), 0o600)
+	for _, s := range lines[50:80] {
+		l.Printf("%s", s)
+	}
+	if l.Err() == nil {
+		t.Fatal("no outage")
+	}
+	os.Remove(filler)
+	for _, s := range lines[80:] {
+		l.Printf("%s", s)
+	}
+	got := l.Lines(1000)
+	if len(got) != 100 {
+		t.Fatalf("Lines gave %d lines, want 100", len(got))
+	}
+	for i, s := range texts(t, got) {
+		if s != lines[i] {
+			t.Fatalf("line %d = %.20q, want %.20q", i, s, lines[i])
+		}
+	}
+	for _, s := range fileLines(t, l.Path()) {
+		if !strings.HasSuffix(text(t, s), pad) {
+			t.Errorf("half-written line in the file: %.60q", s)
+		}
+	}
+}

@@ -69,6 +69,10 @@ type Log struct {
 	f      *os.File
 	w      *bufio.Writer
 	size   int64 // bytes in the file, buffered ones included
+	// durable is the file's size after the last successful flush: a failed
+	// flush cuts the file back to it, so that a line is either whole in the
+	// file or only in the ring, never half written.
+	durable int64
 	ring   ring
 	subs   map[*Subscription]struct{}
 	stamp  stamp
@@ -133,7 +137,7 @@ func (l *Log) openFile() error {
 		f.Close()
 		return fmt.Errorf("cannot stat log file %s: %w", l.path, err)
 	}
-	l.f, l.size = f, st.Size()
+	l.f, l.size, l.durable = f, st.Size(), st.Size()
 	return nil
 }
 
@@ -323,11 +327,15 @@ func (l *Log) flushLocked() {
 		// bufio.Writer keeps a write error forever; start afresh so that
 		// the log recovers when the disk does (the buffered lines are lost).
 		l.w.Reset(l.f)
+		if l.f.Truncate(l.durable) == nil {
+			l.size = l.durable
+		}
 		l.ring.unwritten(l.unflushed)
 		l.lost += l.unflushed
 		l.unflushed = 0
 		return
 	}
+	l.durable = l.size
 	if l.unflushed > 0 && l.err != nil {
 		l.logf("logs: %s is written again after %s; %d lines are missing from it (initctl logs still shows those the ring holds)",
 			l.path, time.Since(l.errSince).Round(time.Second), l.lost)
@@ -375,7 +383,7 @@ func (l *Log) rotateLocked() {
 			l.setErr(fmt.Errorf("truncating %s: %w", l.path, err))
 			return
 		}
-		l.size = 0
+		l.size, l.durable = 0, 0
 		return
 	}
 	l.f.Close()
@@ -424,7 +432,7 @@ func (l *Log) Clear() error {
 		}
 		f.Close()
 	}
-	l.size = 0
+	l.size, l.durable = 0, 0
 	l.gen += int64(l.cfg.MaxFiles) // nothing written before is in a file now
 	if _, err := l.dir.Seek(0, io.SeekStart); err != nil {
 		errs = append(errs, fmt.Errorf("listing %s: %w", l.cfg.Dir, err))
