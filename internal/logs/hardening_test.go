@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -243,7 +244,7 @@ func TestOutageReportedUntilRecovery(t *testing.T) {
 	for outage := 1; outage <= 2; outage++ {
 		os.WriteFile(filler, make([]byte, 512<<10), 0o600) // fills the tmpfs
 		capture(l, numbered(2000))
-		if err := l.Err(); err == nil || !errors.Is(err, errNoSpace()) {
+		if err := l.Err(); err == nil || !errors.Is(err, syscall.ENOSPC) {
 			t.Fatalf("outage %d: Err() = %v, want no space left", outage, err)
 		}
 		os.Remove(filler)
@@ -306,8 +307,6 @@ func TestThrottleSummarises(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
-
-func errNoSpace() error { return syscallENOSPC }
 
 // TestOutageLinesStayInOrder: lines the file missed during an outage are
 // still returned by Lines, in order, between those before and after it,

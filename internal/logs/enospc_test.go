@@ -1,5 +1,0 @@
-package logs
-
-import "syscall"
-
-var syscallENOSPC error = syscall.ENOSPC
