@@ -65,19 +65,19 @@ type Log struct {
 	// mu is the one owner of everything below: the file, the ring, the
 	// subscribers. Holding it for a whole batch of lines keeps the cost per
 	// line at a few hundred nanoseconds.
-	mu     sync.Mutex
-	f      *os.File
-	w      *bufio.Writer
-	size   int64 // bytes in the file, buffered ones included
+	mu   sync.Mutex
+	f    *os.File
+	w    *bufio.Writer
+	size int64 // bytes in the file, buffered ones included
 	// durable is the file's size after the last successful flush: a failed
 	// flush cuts the file back to it, so that a line is either whole in the
 	// file or only in the ring, never half written.
 	durable int64
-	ring   ring
-	subs   map[*Subscription]struct{}
-	stamp  stamp
-	closed bool
-	gen    int64 // rotations so far: a line written in generation g is in file number gen-g
+	ring    ring
+	subs    map[*Subscription]struct{}
+	stamp   stamp
+	closed  bool
+	gen     int64 // rotations so far: a line written in generation g is in file number gen-g
 	// unflushed counts the lines buffered since the last successful flush:
 	// if the flush fails, they are marked in the ring as not in the file.
 	unflushed int
