@@ -45,13 +45,25 @@ func init() {
 //	refused SOCK N   N connections with a Ping each; prints "refused=K"
 //	idle SOCK N      N connections that send nothing, held until stdin
 //	                 closes; prints "ready=N" once they are all open
+//	ask SOCK REQ     one request (JSON without spaces); prints "answer=" and
+//	                 the answer
 func floodHelper(args []string) int {
 	if len(args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: notify|refused|idle PATH N")
+		fmt.Fprintln(os.Stderr, "usage: notify|refused|idle|ask PATH N|REQ")
 		return 2
 	}
 	n, _ := strconv.Atoi(args[2])
 	switch args[0] {
+	case "ask":
+		c, err := net.Dial("unix", args[1])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		c.Write([]byte(args[2]))
+		b, _ := io.ReadAll(c)
+		fmt.Printf("answer=%s\n", b)
 	case "notify":
 		c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: args[1], Net: "unixgram"})
 		if err != nil {
@@ -151,14 +163,20 @@ func startFlood(t *testing.T, h *harness, args ...string) *flood {
 // result waits for the helper's "key=N" line.
 func (f *flood) result(t *testing.T, key string) int {
 	t.Helper()
+	n, _ := strconv.Atoi(f.text(t, key))
+	return n
+}
+
+// text waits for the helper's "key=..." line.
+func (f *flood) text(t *testing.T, key string) string {
+	t.Helper()
 	for f.out.Scan() {
 		if v, ok := strings.CutPrefix(f.out.Text(), key+"="); ok {
-			n, _ := strconv.Atoi(v)
-			return n
+			return v
 		}
 	}
 	t.Fatalf("flood helper ended without %s=", key)
-	return 0
+	return ""
 }
 
 func requireRoot(t *testing.T) {

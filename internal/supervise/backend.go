@@ -415,6 +415,10 @@ func (s *Supervisor) serviceLog(name string) (*logs.Log, error) {
 		err = nil
 		sv := s.services[name]
 		switch {
+		case name == unit.AdhocLog && s.adhoc != nil:
+			// The output of ps start/run; control lets only exec peers,
+			// who may start such processes, ask for it.
+			l = s.adhoc
 		case sv == nil:
 			err = notFound(name)
 		case sv.log == nil:
