@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"runtime"
 	"strings"
@@ -85,5 +86,31 @@ func TestLogsMemoryIsBoundedWhenClientsNeverRead(t *testing.T) {
 	// A ping still gets through: the slots are not all held.
 	if r := decodeResp(t, raw(t, ts.path, []byte(`"Ping"`))); r.Kind != wire.KindPong {
 		t.Errorf("ping while clients hold log answers: %+v", r)
+	}
+}
+
+// TestFollowEventsAreTheMarshalledBytes: the LogLine events of logs -f,
+// gathered into large writes, are each the bytes json.Marshal gives.
+func TestFollowEventsAreTheMarshalledBytes(t *testing.T) {
+	ts := startServer(t, nil)
+	odd := []string{`<b>&"quoted"\`, "bad utf8 \xff", "日本"}
+	for _, l := range odd {
+		ts.be.Publish("webapp", l)
+	}
+	c, err := net.Dial("unix", ts.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte(`{"ServiceLogsFollow":{"name":"webapp","lines":3}}`))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var want []byte
+	for _, l := range odd {
+		b, _ := json.Marshal(wire.Response{Kind: wire.KindLogLine, Line: l})
+		want = append(append(want, b...), '\n')
+	}
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("follow history = %q (%v), want %q", got, err, want)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/nitroinit/nitroinit/internal/wire"
@@ -183,15 +184,24 @@ func (s *Server) follow(c net.Conn, req wire.Request) {
 		io.Copy(io.Discard, c)
 		cancel()
 	}()
-	send := func(line string, missed uint64) error {
-		b, err := json.Marshal(wire.Response{Kind: wire.KindLogLine, Line: line, Missed: missed})
-		if err != nil {
-			return err
+	// History lines are gathered into writes of about writeChunk; live
+	// ones are written as they come.
+	buf := make([]byte, 0, writeChunk+1024)
+	err = history.Each(func(line []byte) error {
+		buf = appendLogLine(buf, line, 0)
+		if len(buf) < writeChunk {
+			return nil
 		}
-		return s.writeBytes(c, append(b, '\n'))
-	}
-	if err := history.Each(func(line []byte) error { return send(string(line), 0) }); err != nil {
+		err := s.writeBytes(c, buf)
+		buf = buf[:0]
+		return err
+	})
+	if err != nil || s.writeBytes(c, buf) != nil {
 		return
+	}
+	send := func(line string, missed uint64) error {
+		buf = appendLogLine(buf[:0], []byte(line), missed)
+		return s.writeBytes(c, buf)
 	}
 	for {
 		line, missed, err := sub.Next(ctx)
@@ -211,4 +221,14 @@ func (s *Server) follow(c net.Conn, req wire.Request) {
 func mustJSON(r wire.Response) []byte {
 	b, _ := json.Marshal(r)
 	return b
+}
+
+// appendLogLine appends one LogLine event and its newline, the bytes
+// json.Marshal of the wire.Response would give.
+func appendLogLine(b, line []byte, missed uint64) []byte {
+	b = append(b, `{"`+wire.KindLogLine+`":{"line":`...)
+	b = wire.AppendString(b, line)
+	b = append(b, `,"missed":`...)
+	b = strconv.AppendUint(b, missed, 10)
+	return append(b, "}}\n"...)
 }
