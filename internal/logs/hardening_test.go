@@ -352,3 +352,26 @@ func TestOutageLinesStayInOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestSubscriberQueueIsByteBounded: a subscriber that does not read holds
+// at most MaxQueuedBytes of lines, however long they are; once it reads,
+// lines flow again and the drop is counted.
+func TestSubscriberQueueIsByteBounded(t *testing.T) {
+	l := open(t, Config{})
+	sub := l.Subscribe(1024)
+	long := strings.Repeat("l", 15000)
+	for i := 0; i < 1000; i++ {
+		l.Printf("%s", long)
+	}
+	queued := 0
+	for len(sub.C()) > 0 {
+		queued += len((<-sub.C()).Line)
+	}
+	if queued > MaxQueuedBytes || queued == 0 {
+		t.Errorf("%d bytes were queued for a subscriber that did not read, want at most %d", queued, MaxQueuedBytes)
+	}
+	l.Printf("after")
+	if ev := <-sub.C(); !strings.HasSuffix(ev.Line, "after") || ev.Missed == 0 {
+		t.Errorf("after reading: %.40q missed %d, want the new line and a count of dropped ones", ev.Line, ev.Missed)
+	}
+}

@@ -507,6 +507,21 @@ type Subscription struct {
 	ch     chan Event
 	missed uint64
 	closed bool
+	// queued remembers the sizes of the lines waiting in ch, oldest
+	// first, so that they never hold more than MaxQueuedBytes.
+	queued sizeQueue
+}
+
+// MaxQueuedBytes bounds the lines waiting for one subscriber that does not
+// keep up, whatever their length: beyond it lines are dropped and counted
+// in Missed, as when the channel is full.
+const MaxQueuedBytes = 256 * 1024
+
+func newSubscription(l *Log, buffer int) *Subscription {
+	if buffer < 1 {
+		buffer = DefaultBuffer
+	}
+	return &Subscription{l: l, ch: make(chan Event, buffer), queued: sizeQueue{sizes: make([]int, buffer)}}
 }
 
 // Subscribe starts delivering new lines on a channel of the given buffer size
@@ -514,10 +529,7 @@ type Subscription struct {
 // channel is full the line is dropped for this subscriber and counted in the
 // next Event's Missed.
 func (l *Log) Subscribe(buffer int) *Subscription {
-	if buffer < 1 {
-		buffer = DefaultBuffer
-	}
-	s := &Subscription{l: l, ch: make(chan Event, buffer)}
+	s := newSubscription(l, buffer)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -551,11 +563,41 @@ func (s *Subscription) closeLocked() {
 
 // send delivers without blocking; s.l.mu is held.
 func (s *Subscription) send(line string) {
+	// Forget the lines the reader has taken since: ch holds the newest
+	// len(ch) of those queued. The reader only ever shortens ch, so a
+	// concurrent receive makes this count low, never high.
+	s.queued.forget(s.queued.n - len(s.ch))
+	if s.queued.bytes+len(line) > MaxQueuedBytes {
+		s.missed++
+		return
+	}
 	select {
 	case s.ch <- Event{Line: line, Missed: s.missed}:
 		s.missed = 0
+		s.queued.push(len(line))
 	default:
 		s.missed++
+	}
+}
+
+// sizeQueue is a FIFO of line sizes, as long as the channel it accounts for.
+type sizeQueue struct {
+	sizes   []int
+	head, n int
+	bytes   int
+}
+
+func (q *sizeQueue) push(size int) {
+	q.sizes[(q.head+q.n)%len(q.sizes)] = size
+	q.n++
+	q.bytes += size
+}
+
+func (q *sizeQueue) forget(k int) {
+	for ; k > 0 && q.n > 0; k-- {
+		q.bytes -= q.sizes[q.head]
+		q.head = (q.head + 1) % len(q.sizes)
+		q.n--
 	}
 }
 

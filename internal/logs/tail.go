@@ -180,10 +180,7 @@ func (l *Log) Tail(n int) *Tail {
 // them, taken together so that no line is missed or repeated between the
 // two.
 func (l *Log) Follow(n, buffer int) (*Tail, *Subscription) {
-	if buffer < 1 {
-		buffer = DefaultBuffer
-	}
-	s := &Subscription{l: l, ch: make(chan Event, buffer)}
+	s := newSubscription(l, buffer)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	t := l.tailLocked(n)
