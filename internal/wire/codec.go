@@ -188,18 +188,22 @@ func (r Request) MarshalJSON() ([]byte, error) {
 }
 
 // tagged encodes {"<kind>":<body>} without building a map: kind is one of
-// the fixed variant names, which need no escaping.
+// the fixed variant names, which need no escaping. The body is encoded
+// straight after the prefix, so a large answer (a long process list) is
+// held once, not marshalled and then copied.
 func tagged(kind string, body any) ([]byte, error) {
-	b, err := json.Marshal(body)
-	if err != nil {
+	var buf bytes.Buffer
+	buf.WriteString(`{"`)
+	buf.WriteString(kind)
+	buf.WriteString(`":`)
+	// Encode writes what Marshal returns, then a newline: it becomes the
+	// closing brace.
+	if err := json.NewEncoder(&buf).Encode(body); err != nil {
 		return nil, err
 	}
-	out := make([]byte, 0, len(kind)+len(b)+5)
-	out = append(out, '{', '"')
-	out = append(out, kind...)
-	out = append(out, '"', ':')
-	out = append(out, b...)
-	return append(out, '}'), nil
+	b := buf.Bytes()
+	b[len(b)-1] = '}'
+	return b, nil
 }
 
 // UnmarshalJSON decodes an externally tagged request. A unit variant may
