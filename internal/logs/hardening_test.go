@@ -216,18 +216,25 @@ func TestDirWritableByOthersRefused(t *testing.T) {
 	}
 }
 
-// TestOutageReportedUntilRecovery: a full filesystem shows in Err until
-// the file can be written again, and each outage's start and end is
-// logged. It needs root to mount a small tmpfs.
-func TestOutageReportedUntilRecovery(t *testing.T) {
+// smallFS mounts a tmpfs of the given size, to fill; it needs root.
+func smallFS(t *testing.T, size string) string {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to mount a tmpfs")
 	}
 	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", dir).CombinedOutput(); err != nil {
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
 		t.Skipf("cannot mount a tmpfs: %v: %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	return dir
+}
+
+// TestOutageReportedUntilRecovery: a full filesystem shows in Err until
+// the file can be written again, and each outage's start and end is
+// logged. It needs root to mount a small tmpfs.
+func TestOutageReportedUntilRecovery(t *testing.T) {
+	dir := smallFS(t, "256k")
 	var mu sync.Mutex
 	var msgs []string
 	logf := func(f string, a ...any) {
@@ -302,14 +309,7 @@ func TestThrottleSummarises(t *testing.T) {
 // still returned by Lines, in order, between those before and after it,
 // with no half-written line in the file.
 func TestOutageLinesStayInOrder(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a tmpfs")
-	}
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	dir := smallFS(t, "64k")
 	l, err := Open(Config{Dir: dir, MaxSize: 1 << 20, MaxFiles: 2, RingLines: 100, Logf: func(string, ...any) {}}, "svc")
 	if err != nil {
 		t.Fatal(err)
