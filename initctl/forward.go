@@ -16,7 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/nitroinit/nitroinit/internal/control"
+	"github.com/nitroinit/nitroinit/internal/control/client"
 	"github.com/nitroinit/nitroinit/internal/forward"
 )
 
@@ -207,9 +207,9 @@ func (a *app) connectEndpoint(arg string) (forward.Endpoint, error) {
 		return forward.Endpoint{}, err
 	}
 	switch t.Protocol {
-	case control.ProtocolHybrid:
+	case client.ProtocolHybrid:
 		return forward.Endpoint{Kind: forward.KindHybrid, Addr: t.HybridPath, Port: uint32(port)}, nil
-	case control.ProtocolVsock:
+	case client.ProtocolVsock:
 		return forward.Endpoint{Kind: forward.KindVsock, CID: t.VsockCID, Port: uint32(port)}, nil
 	}
 	return forward.Endpoint{}, fmt.Errorf("connect %s: initctl is set to reach init over %s; give --vsock-cid, --vsock-uds or an ENDPOINT", arg, t.Protocol)
