@@ -23,12 +23,15 @@ const reserveBytes = 8 << 20
 //     inherit the value; the supervisor gives each service 0 or its
 //     OOMScoreAdjust right after starting it.
 //   - A reserve: the heap is grown by reserveBytes and freed, and
-//     mlockall(MCL_CURRENT) then locks every page init has mapped (its
-//     code, data, stacks and that free heap) in memory, so reclaim under
-//     memory pressure cannot evict them and the runtime cannot hand the
-//     free heap back to the kernel (madvise fails on locked pages).
-//     Memory init maps later is not locked (no MCL_FUTURE), so a burst of
-//     requests cannot pin more than it uses.
+//     mlockall(MCL_CURRENT|MCL_ONFAULT) then locks every page of init's
+//     mappings that is resident (its code, data, stacks and that free
+//     heap) and every page of them faulted in later, so reclaim under
+//     memory pressure cannot evict them and the runtime cannot hand free
+//     heap back to the kernel (madvise fails on locked pages). MCL_ONFAULT
+//     matters: plain MCL_CURRENT would fault in the whole of the Go
+//     runtime's mapped heap arena (64 MiB) and pin it, which a 512 MiB
+//     enclave cannot spare. Init's own use is bounded (docs/protocol.md),
+//     so what stays locked is bounded too.
 func protectSelf(log *logger) {
 	if err := os.WriteFile("/proc/self/oom_score_adj", []byte("-1000"), 0); err != nil {
 		log.Printf("self-protection: oom_score_adj -1000: %v (the OOM killer may choose init)", err)
@@ -40,7 +43,7 @@ func protectSelf(log *logger) {
 	runtime.KeepAlive(reserve)
 	reserve = nil
 	runtime.GC()
-	if err := unix.Mlockall(unix.MCL_CURRENT); err != nil {
+	if err := unix.Mlockall(unix.MCL_CURRENT | unix.MCL_ONFAULT); err != nil {
 		log.Printf("self-protection: mlockall: %v (init's memory may be reclaimed under pressure)", err)
 		return
 	}
