@@ -191,6 +191,7 @@ func (r row) run(e *env, num string) string {
 				continue
 			}
 			res[i].samples = append(res[i].samples, v)
+			fmt.Fprintf(os.Stderr, "bench: row %s run %d/%d: %s: %v\n", num, n+1, r.runs, c.name, v)
 		}
 	}
 	for i := range res {
