@@ -70,10 +70,10 @@ func measureStorm(sup *exec.Cmd, fifo string, out *tail) (float64, error) {
 	if _, err := io.Copy(io.Discard, r); err != nil {
 		return 0, fmt.Errorf("reading %s: %w", fifo, err)
 	}
-	buf := make([]byte, 64<<10)
+	buf := make([]byte, 64)
 	// The shell that ran zombies stays: one child.
 	if err := waitFor(60*time.Second, time.Millisecond, "every orphan to be reaped", func() bool {
-		return countChildren(sup.Process.Pid, buf) <= 1
+		return countChildren(sup.Process.Pid, buf, 1) <= 1
 	}); err != nil {
 		return 0, err
 	}
@@ -195,7 +195,7 @@ func measureLag(e *env, dir string, start func(dir string, argv []string) (*exec
 				pids = append(pids, p)
 			}
 		}
-		return len(pids) == k && countChildren(sup.Process.Pid, buf) == k+1
+		return len(pids) == k && countChildren(sup.Process.Pid, buf, -1) == k+1
 	}); err != nil {
 		return 0, fmt.Errorf("%w; supervisor output: %s", err, out)
 	}
