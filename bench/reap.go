@@ -105,10 +105,16 @@ func reapTini(e *env) ([]float64, error) {
 	})
 }
 
-// measureReap runs the storm and then the single-exit lag, each under a
+// measureReap runs the single-exit lag and then the storm, each under a
 // supervisor of its own that start runs argv under.
 func measureReap(e *env, name string, start func(dir string, argv []string) (*exec.Cmd, *tail, error)) ([]float64, error) {
 	dir, err := e.scratch(name)
+	if err != nil {
+		return nil, err
+	}
+	// The lag first: after a storm the kernel goes on freeing 10 000
+	// tasks for a while, which would be measured with it.
+	lag, err := measureLag(e, filepath.Join(dir, "lag"), start)
 	if err != nil {
 		return nil, err
 	}
@@ -122,10 +128,6 @@ func measureReap(e *env, name string, start func(dir string, argv []string) (*ex
 	}
 	storm, err := measureStorm(sup, fifo, out)
 	killTree(sup)
-	if err != nil {
-		return nil, err
-	}
-	lag, err := measureLag(e, filepath.Join(dir, "lag"), start)
 	if err != nil {
 		return nil, err
 	}
