@@ -186,8 +186,8 @@ func (r *Reaper) call(e exit) {
 // SIGCHLD is subscribed to only while there are no children at all, the one
 // state in which waitid cannot block (ECHILD): a subscription while children
 // run would wake the signal-forwarding goroutine and post to a channel
-// nobody reads on every exit, which measurably delayed each reap on a busy
-// machine. The subscription is made before waitid is asked once more, so a
+// nobody reads on every exit, which added to each reap's lag on a busy
+// machine (docs/benchmarks.md, row 1). The subscription is made before waitid is asked once more, so a
 // child started in between and exiting at once is not missed; a one-second
 // tick is the safety net.
 func (r *Reaper) Run(ctx context.Context) {
@@ -218,9 +218,11 @@ func (r *Reaper) idle(ctx context.Context, ch chan os.Signal, tick <-chan time.T
 	signal.Notify(ch, syscall.SIGCHLD)
 	defer signal.Stop(ch)
 	var info unix.Siginfo
-	if err := unix.Waitid(unix.P_ALL, 0, &info, unix.WEXITED|unix.WNOWAIT|unix.WNOHANG, nil); err != syscall.ECHILD {
+	switch err := unix.Waitid(unix.P_ALL, 0, &info, unix.WEXITED|unix.WNOWAIT|unix.WNOHANG, nil); err {
+	case nil, syscall.EINTR:
 		return // a child appeared meanwhile: back to the blocking wait
 	}
+	// ECHILD, or an error Run has logged: wait, rather than spin on it.
 	select {
 	case <-ctx.Done():
 		return

@@ -176,3 +176,31 @@ func TestStartAtExecSetsLimitsBeforeTheProgramRuns(t *testing.T) {
 		}
 	}
 }
+
+// Run starts with no children, so it waits in its idle state; a child
+// started then must still be reaped and its status routed, by Run alone.
+func TestRunReapsChildStartedWhileIdle(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	r := New(t.Logf)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go r.Run(ctx)
+	for i, code := range []int{3, 4} { // twice: idle, busy, idle again
+		got := make(chan syscall.WaitStatus, 1)
+		if _, err := r.Start(sh, []string{"sh", "-c", "exit " + strconv.Itoa(code)}, &syscall.ProcAttr{Files: []uintptr{0, 1, 2}},
+			func(_ int, ws syscall.WaitStatus) { got <- ws }); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case ws := <-got:
+			if ws.ExitStatus() != code {
+				t.Fatalf("child %d: exit status %d, want %d", i, ws.ExitStatus(), code)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("child %d: exit status never delivered", i)
+		}
+	}
+}
