@@ -41,7 +41,7 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-const defaultConfig = "/etc/init.yaml"
+const defaultConfig = nitro.ConfigPath
 
 // logger writes init's own messages to the console and, once the log
 // directory is known, to init.log. It is safe for concurrent use.
@@ -446,7 +446,7 @@ func bootConfig(c *config.Init) boot.Config {
 func awsApp(argv, env []string) *unit.Unit {
 	return &unit.Unit{
 		Name:               "app",
-		Path:               "/cmd",
+		Path:               nitro.CmdPath,
 		ExecStart:          unit.Join(argv),
 		Argv:               argv,
 		Environment:        env,

@@ -20,11 +20,12 @@ import (
 	"github.com/nitroinit/nitroinit/initramfs/image"
 	"github.com/nitroinit/nitroinit/internal/control"
 	"github.com/nitroinit/nitroinit/internal/enclavesim"
+	"github.com/nitroinit/nitroinit/internal/nitro"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
 // controlPort is init's vsock control port in every image (the default).
-const controlPort = 9001
+const controlPort = nitro.ControlPort
 
 // Timeouts. Everything runs under TCG on two shared cores in CI, where a Go
 // program takes a noticeable fraction of a second to start; these are upper
@@ -124,7 +125,7 @@ func boot(t testing.TB, name string, g guest) (_ *enclave, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("resolving simulator options: %w", err)
 	}
-	e.hostCID = 3
+	e.hostCID = nitro.ParentCID
 	if opts.Route == enclavesim.RouteVhostVsock {
 		e.hostCID = 2
 	}
@@ -359,9 +360,9 @@ func (e *enclave) initctlOK(t testing.TB, args ...string) string {
 // initctlTarget is how the host's initctl reaches this guest.
 func (e *enclave) initctlTarget() []string {
 	if e.target.Protocol == control.ProtocolVsock {
-		return []string{"-p", "vsock", "--vsock-cid", strconv.Itoa(int(e.target.VsockCID)), "--vsock-port", strconv.Itoa(controlPort)}
+		return []string{"-p", "vsock", "--vsock-cid", strconv.Itoa(int(e.target.VsockCID)), "--vsock-port", strconv.Itoa(int(controlPort))}
 	}
-	return []string{"--vsock-uds", e.target.HybridPath, "--vsock-port", strconv.Itoa(controlPort)}
+	return []string{"--vsock-uds", e.target.HybridPath, "--vsock-port", strconv.Itoa(int(controlPort))}
 }
 
 // kernelLine matches the kernel's own console lines ("[    1.234567] ...").

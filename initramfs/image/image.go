@@ -24,6 +24,8 @@ import (
 	"strings"
 
 	"github.com/u-root/mkuimage/cpio"
+
+	"github.com/nitroinit/nitroinit/internal/nitro"
 )
 
 // Where things go inside the image. They match the defaults of init.yaml
@@ -31,11 +33,11 @@ import (
 const (
 	InitPath          = "/init"
 	InitctlPath       = "/usr/bin/initctl"
-	ConfigPath        = "/etc/init.yaml"
+	ConfigPath        = nitro.ConfigPath
 	InitctlConfigPath = "/etc/initctl.yaml"
 	ServiceDir        = "/service"
 	ModuleDir         = "/lib/modules"
-	RootfsDir         = "/rootfs"
+	RootfsDir         = nitro.RootfsPath
 )
 
 // File is one file to put into the image.

@@ -15,22 +15,24 @@ import (
 	"fmt"
 	"runtime/debug"
 	"time"
+
+	"github.com/nitroinit/nitroinit/internal/nitro"
 )
 
 // Defaults used when the corresponding Config field is zero.
 const (
 	// DefaultHeartbeatCID is the parent instance's vsock CID, which is always 3.
-	DefaultHeartbeatCID uint32 = 3
+	DefaultHeartbeatCID = nitro.ParentCID
 	// DefaultHeartbeatPort is the port nitro-cli listens on for the heartbeat.
-	DefaultHeartbeatPort uint32 = 9000
+	DefaultHeartbeatPort = nitro.HeartbeatPort
 	// DefaultHeartbeatTimeout bounds the whole heartbeat, dial retries included.
 	DefaultHeartbeatTimeout = 30 * time.Second
 	// DefaultNSMWait bounds the wait for /dev/nsm after the driver is loaded.
 	DefaultNSMWait = time.Second
 	// DefaultPivotRootDir is where nitro-cli images keep the application root.
-	DefaultPivotRootDir = "/rootfs"
+	DefaultPivotRootDir = nitro.RootfsPath
 	// NSMDevice is the character device the NSM driver creates on probe.
-	NSMDevice = "/dev/nsm"
+	NSMDevice = nitro.NSMDevicePath
 )
 
 // Cgroup modes accepted in Config.Cgroups.

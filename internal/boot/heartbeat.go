@@ -7,10 +7,12 @@ import (
 	"io"
 	"net"
 	"time"
+
+	"github.com/nitroinit/nitroinit/internal/nitro"
 )
 
 // HeartbeatByte is what the enclave sends and the parent echoes back.
-const HeartbeatByte = 0xB7
+const HeartbeatByte = nitro.HeartbeatByte
 
 // Dial retry backoff: nitro-cli starts listening around the time the enclave
 // boots, so early dials may be refused.

@@ -16,6 +16,8 @@ import (
 	"slices"
 	"sort"
 	"time"
+
+	"github.com/nitroinit/nitroinit/internal/nitro"
 )
 
 // VsockCIDAny is VMADDR_CID_ANY: bind on whatever CID this machine has.
@@ -156,11 +158,11 @@ const (
 	DefaultMaxLogFiles  = 5
 	DefaultLogRingLines = 1000
 	DefaultSocketPath   = "/run/init.sock"
-	DefaultControlPort  = 9001
-	DefaultParentCID    = 3
-	DefaultHeartbeat    = 9000
+	DefaultControlPort  = nitro.ControlPort
+	DefaultParentCID    = nitro.ParentCID
+	DefaultHeartbeat    = nitro.HeartbeatPort
 	DefaultNSMDriver    = "nsm.ko"
-	DefaultPivotRootDir = "/rootfs"
+	DefaultPivotRootDir = nitro.RootfsPath
 )
 
 // DefaultInit returns the configuration used when init.yaml is absent.

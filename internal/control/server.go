@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nitroinit/nitroinit/internal/logs"
+	"github.com/nitroinit/nitroinit/internal/nitro"
 	"github.com/nitroinit/nitroinit/internal/procfs"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
@@ -31,7 +32,7 @@ import (
 const (
 	DefaultMaxConns   = 64
 	DefaultIOTimeout  = 10 * time.Second
-	DefaultConfigPath = "/etc/init.yaml"
+	DefaultConfigPath = nitro.ConfigPath
 )
 
 // refusedDrain is how much of a request init takes in, without waiting,

@@ -5,6 +5,8 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+
+	"github.com/nitroinit/nitroinit/internal/nitro"
 )
 
 // GuestModuleDir is where image builders put kernel modules
@@ -13,7 +15,7 @@ const GuestModuleDir = "/lib/modules"
 
 // ControlPort is the vsock port init's control socket listens on in
 // InitYAML's configuration (the reference's default).
-const ControlPort = 9001
+const ControlPort = nitro.ControlPort
 
 // InitYAML returns a minimal init.yaml for a simulator guest: the heartbeat
 // goes to hostCID (VM.HostCID, or HostCIDFor before the VM exists), the

@@ -22,6 +22,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/nitroinit/nitroinit/internal/nitro"
 )
 
 // vsock routes.
@@ -33,8 +35,8 @@ const (
 // HeartbeatPort is the vsock port the parent listens on for the enclave's
 // readiness heartbeat, and HeartbeatByte what both sides send.
 const (
-	HeartbeatPort = 9000
-	HeartbeatByte = 0xB7
+	HeartbeatPort = nitro.HeartbeatPort
+	HeartbeatByte = nitro.HeartbeatByte
 )
 
 // Options configure a VM. The zero value of each field means "choose for me"
@@ -120,7 +122,7 @@ func (o Options) Resolve(ctx context.Context) (Options, error) {
 		o.CPUs = 1
 	}
 	if o.GuestCID == 0 {
-		o.GuestCID = 16
+		o.GuestCID = nitro.DefaultEnclaveCID
 	}
 	if o.GuestCID <= 2 || o.GuestCID == 0xffffffff {
 		return o, fmt.Errorf("guest CID %d is reserved: use 3 or more (Nitro enclaves get 4 and up, 16 first)", o.GuestCID)
@@ -142,7 +144,7 @@ func (o Options) Resolve(ctx context.Context) (Options, error) {
 	default:
 		return o, fmt.Errorf("unknown vsock route %q: want %s or %s", o.Route, RouteVhostUser, RouteVhostVsock)
 	}
-	if o.Route == RouteVhostUser && o.GuestCID == 3 {
+	if o.Route == RouteVhostUser && o.GuestCID == nitro.ParentCID {
 		return o, fmt.Errorf("guest CID 3 is the parent's CID on the %s route: pick another", o.Route)
 	}
 	if err := checkMachine(o.Machine); err != nil {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/nitroinit/nitroinit/internal/hvsock"
+	"github.com/nitroinit/nitroinit/internal/nitro"
 	"github.com/u-root/mkuimage/cpio"
 )
 
@@ -28,7 +29,7 @@ const (
 	portDiscard   = 5001
 	portSource    = 5002
 	portCommand   = 5003
-	portHeartbeat = 9000
+	portHeartbeat = nitro.HeartbeatPort
 )
 
 var guestModules = []string{"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"}
@@ -266,7 +267,7 @@ func startVM(tb testing.TB, opt vmOptions) *testVM {
 				defer c.Close()
 				c.SetDeadline(time.Now().Add(10 * time.Second))
 				b := make([]byte, 1)
-				if _, err := io.ReadFull(c, b); err != nil || b[0] != 0xB7 {
+				if _, err := io.ReadFull(c, b); err != nil || b[0] != nitro.HeartbeatByte {
 					return
 				}
 				if _, err := c.Write(b); err == nil {

@@ -27,6 +27,8 @@ import (
 
 	"github.com/mdlayher/vsock"
 	"golang.org/x/sys/unix"
+
+	"github.com/nitroinit/nitroinit/internal/nitro"
 )
 
 // ServePort is the vsock port the guest serves its test protocol on.
@@ -39,7 +41,7 @@ func main() {
 	mounts()
 	logf("started, uptime %s", uptime())
 	loadModules("/lib/modules")
-	hostCID := uint32(3)
+	hostCID := nitro.ParentCID
 	if v := os.Getenv("simguest_hostcid"); v != "" {
 		n, err := strconv.ParseUint(v, 10, 32)
 		if err != nil {
@@ -48,7 +50,7 @@ func main() {
 			hostCID = uint32(n)
 		}
 	}
-	if err := heartbeat(hostCID, 9000); err != nil {
+	if err := heartbeat(hostCID, nitro.HeartbeatPort); err != nil {
 		logf("heartbeat to %d:9000 failed: %v", hostCID, err)
 	} else {
 		logf("heartbeat ok, uptime %s", uptime())
@@ -141,14 +143,14 @@ func heartbeat(cid, port uint32) error {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Write([]byte{0xB7}); err != nil {
+	if _, err := c.Write([]byte{nitro.HeartbeatByte}); err != nil {
 		return err
 	}
 	b := make([]byte, 1)
 	if _, err := c.Read(b); err != nil {
 		return err
 	}
-	if b[0] != 0xB7 {
+	if b[0] != nitro.HeartbeatByte {
 		return fmt.Errorf("reply %#x, want 0xb7", b[0])
 	}
 	return nil

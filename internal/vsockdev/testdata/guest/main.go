@@ -30,6 +30,8 @@ import (
 
 	"github.com/mdlayher/vsock"
 	"golang.org/x/sys/unix"
+
+	"github.com/nitroinit/nitroinit/internal/nitro"
 )
 
 var modules = []string{"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"}
@@ -90,20 +92,20 @@ func halt() {
 
 func heartbeat() {
 	for i := 0; i < 50; i++ {
-		c, err := vsock.Dial(3, 9000, nil)
+		c, err := vsock.Dial(nitro.ParentCID, nitro.HeartbeatPort, nil)
 		if err != nil {
 			logf("heartbeat dial: %v", err)
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
 		c.SetDeadline(time.Now().Add(10 * time.Second))
-		b := []byte{0xB7}
+		b := []byte{nitro.HeartbeatByte}
 		_, err = c.Write(b)
 		if err == nil {
 			_, err = io.ReadFull(c, b)
 		}
 		c.Close()
-		if err == nil && b[0] == 0xB7 {
+		if err == nil && b[0] == nitro.HeartbeatByte {
 			logf("heartbeat ok")
 			return
 		}
