@@ -1,0 +1,103 @@
+package wait
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"testing"
+	"time"
+)
+
+func TestUntil(t *testing.T) {
+	short := Limits{Stall: 30 * time.Millisecond, Cap: 300 * time.Millisecond, Poll: 5 * time.Millisecond}
+	tests := []struct {
+		name   string
+		limits Limits
+		ctx    func() context.Context
+		check  func() Check
+		want   error // nil: the wait succeeds
+		seen   string
+	}{
+		{
+			name:  "holds at once",
+			check: func() Check { return Bool(func() bool { return true }) },
+		},
+		{
+			name:   "holds after moving",
+			limits: short,
+			check: func() Check {
+				n := 0
+				return func() (bool, string) { n++; return n == 20, strconv.Itoa(n) }
+			},
+		},
+		{
+			name:   "nothing moves",
+			limits: short,
+			check:  func() Check { return func() (bool, string) { return false, "stuck at 3" } },
+			want:   ErrStalled,
+			seen:   "stuck at 3",
+		},
+		{
+			name:   "moves forever",
+			limits: short,
+			check: func() Check {
+				n := 0
+				return func() (bool, string) { n++; return false, strconv.Itoa(n) }
+			},
+			want: ErrCap,
+		},
+		{
+			name: "progress signal keeps it alive",
+			limits: func() Limits {
+				l := short
+				n := int64(0)
+				l.Progress = func() int64 { n++; return n }
+				return l
+			}(),
+			check: func() Check { return func() (bool, string) { return false, "same" } },
+			want:  ErrCap,
+			seen:  "same",
+		},
+		{
+			name: "context ends",
+			ctx: func() context.Context {
+				ctx, cancel := context.WithCancel(context.Background())
+				cancel()
+				return ctx
+			},
+			check: func() Check { return func() (bool, string) { return false, "" } },
+			want:  context.Canceled,
+		},
+		{
+			name:   "channel closed",
+			limits: short,
+			check: func() Check {
+				ch := make(chan struct{})
+				close(ch)
+				return Closed(ch)
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			if tt.ctx != nil {
+				ctx = tt.ctx()
+			}
+			err := tt.limits.Until(ctx, "the thing", tt.check())
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("Until: %v, want success", err)
+				}
+				return
+			}
+			var we *Error
+			if !errors.As(err, &we) || !errors.Is(err, tt.want) {
+				t.Fatalf("Until: %v, want an *Error caused by %v", err, tt.want)
+			}
+			if we.What != "the thing" || (tt.seen != "" && we.Seen != tt.seen) {
+				t.Errorf("error %+v, want What %q and Seen %q", we, "the thing", tt.seen)
+			}
+		})
+	}
+}
