@@ -1,12 +1,10 @@
 package vmtests
 
 import (
-	"context"
 	"fmt"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nitroinit/nitroinit/initramfs/image"
 	"github.com/nitroinit/nitroinit/internal/enclavesim"
@@ -120,12 +118,7 @@ func TestAWSCmd(t *testing.T) {
 	t.Run("powers_off_when_the_app_exits", func(t *testing.T) {
 		e.explain(t, "app")
 		// Nothing asks for the power-off: the app's own exit must cause it.
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		ex, err := e.vm.Wait(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
+		ex := e.waitEnd(t)
 		if ex.Kind != enclavesim.ExitPowerOff || ex.Code != 0 {
 			t.Errorf("VM ended with %s, want a power-off with QEMU status 0", ex)
 		}

@@ -397,38 +397,53 @@ func (e *enclave) follow(t *testing.T, n int, match string, args ...string) []st
 		}
 		close(lines)
 	}()
-	var got []string
-	timeout := time.After(waitTimeout)
-	for len(got) < n {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				err := cmd.Wait()
-				t.Fatalf("initctl %s ended (%v) after %d lines; stderr: %s", strings.Join(args, " "), err, len(got), stderr.String())
-			}
-			if strings.Contains(l, match) {
-				got = append(got, l)
-			}
-		case <-timeout:
+	exited := false
+	defer func() {
+		if !exited {
 			cmd.Process.Kill()
 			cmd.Wait()
-			t.Fatalf("initctl %s printed %d lines with %q in %s, want %d; stderr: %s", strings.Join(args, " "), len(got), match, waitTimeout, n, stderr.String())
 		}
-	}
+	}()
+	// The wait goes on while initctl prints lines.
+	var got []string
+	total := 0
+	what := fmt.Sprintf("%d lines with %q from initctl %s", n, match, strings.Join(args, " "))
+	eventually(t, waitTimeout, what, func() (bool, string) {
+		for {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					err := cmd.Wait()
+					exited = true
+					t.Fatalf("initctl %s ended (%v) after %d lines; stderr: %s", strings.Join(args, " "), err, len(got), stderr.String())
+				}
+				total++
+				if strings.Contains(l, match) {
+					got = append(got, l)
+				}
+			default:
+				return len(got) >= n, fmt.Sprintf("%d lines, %d with %q; stderr: %s", total, len(got), match, stderr.String())
+			}
+		}
+	})
 	cmd.Process.Signal(syscall.SIGINT)
 	go func() {
 		for range lines {
 		}
 		done <- cmd.Wait()
 	}()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("initctl %s after Ctrl-C: %v, want exit 0; stderr: %s", strings.Join(args, " "), err, stderr.String())
+	var waitErr error
+	eventually(t, waitTimeout, "initctl "+strings.Join(args, " ")+" to exit after Ctrl-C", func() (bool, string) {
+		select {
+		case waitErr = <-done:
+			exited = true
+			return true, ""
+		default:
+			return false, stderr.String()
 		}
-	case <-time.After(20 * time.Second):
-		cmd.Process.Kill()
-		t.Errorf("initctl %s did not exit within 20s of Ctrl-C; stderr: %s", strings.Join(args, " "), stderr.String())
+	})
+	if waitErr != nil {
+		t.Errorf("initctl %s after Ctrl-C: %v, want exit 0; stderr: %s", strings.Join(args, " "), waitErr, stderr.String())
 	}
 	return got
 }

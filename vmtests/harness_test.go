@@ -21,20 +21,36 @@ import (
 	"github.com/nitroinit/nitroinit/internal/control"
 	"github.com/nitroinit/nitroinit/internal/enclavesim"
 	"github.com/nitroinit/nitroinit/internal/nitro"
+	"github.com/nitroinit/nitroinit/internal/wait"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
-// controlPort is init's vsock control port in every image (the default).
-const controlPort = nitro.ControlPort
+// controlPort is init's vsock control port in every image (the default,
+// nitro.ControlPort), untyped so that it serves as an int and a uint32.
+const controlPort = 9001
 
-// Timeouts. Everything runs under TCG on two shared cores in CI, where a Go
-// program takes a noticeable fraction of a second to start; these are upper
-// bounds for waits that normally end in well under a second, not expected
-// durations.
+// controlPort must be nitro.ControlPort: either difference overflows
+// uint32 (a compile error) unless they are equal.
+var _ = [nitro.ControlPort - controlPort]struct{}{}
+var _ = [controlPort - nitro.ControlPort]struct{}{}
+
+// How long things may take. Everything runs under TCG on two shared cores
+// in CI, where the same step takes several times longer when other work
+// loads the machine; waits therefore follow progress (internal/wait): they
+// fail when what they watch has not moved for a while, not after a fixed
+// time.
 const (
-	bootTimeout = 90 * time.Second // QEMU start to heartbeat
-	waitTimeout = 30 * time.Second // a service reaching a state
-	vmLifetime  = 8 * time.Minute  // Options.Timeout: a forgotten VM dies
+	// waitTimeout is how long a wait may see no change in what it watches
+	// (a service's state, its log, the guest's console) before it fails.
+	// Waits that see progress go on, up to wait.DefaultCap.
+	waitTimeout = wait.DefaultStall
+	// bootTimeout bounds a boot up to the heartbeat: the kernel prints
+	// nothing for a long while on a busy machine.
+	bootTimeout = 5 * time.Minute
+	// vmLifetime is Options.Timeout: a VM that a test forgot dies. Shared
+	// VMs serve many tests, so it is long enough for the whole suite on a
+	// machine ten times slower than ours.
+	vmLifetime = time.Hour
 )
 
 // guest describes an initramfs image. Text fields may use $HOSTCID, replaced
@@ -110,8 +126,7 @@ func boot(t testing.TB, name string, g guest) (_ *enclave, err error) {
 	if mem == 0 {
 		mem = 1024
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
-	defer cancel()
+	ctx := context.Background()
 	opts, err := enclavesim.Options{
 		Initrd:   initrd,
 		Kernel:   kernel.BootImage(),
@@ -146,21 +161,32 @@ func boot(t testing.TB, name string, g guest) (_ *enclave, err error) {
 	} else {
 		e.target = control.Target{Protocol: control.ProtocolHybrid, HybridPath: e.vm.HybridSocket(), VsockPort: controlPort}
 	}
-	hb, err := e.vm.Heartbeat(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w\nsimulator log:\n%s", name, err, e.simLog.String())
+	// The boot goes on as long as the console advances.
+	booting := e.consoleMoves()
+	err = booting.Until(ctx, "the heartbeat on port "+strconv.Itoa(int(nitro.HeartbeatPort)), func() (bool, string) {
+		if _, ok := e.vm.HeartbeatReceived(); ok || e.ended() {
+			return true, ""
+		}
+		return false, e.vm.ConsoleTail(1)
+	})
+	hb, ok := e.vm.HeartbeatReceived()
+	if !ok {
+		if err == nil {
+			err = fmt.Errorf("VM ended (%s) without a heartbeat", e.vm.Stop())
+		}
+		return nil, fmt.Errorf("%s: %w; console:\n%s\nsimulator log:\n%s", name, err, e.vm.ConsoleTail(20), e.simLog.String())
 	}
 	e.hb = hb.Sub(e.vm.Started())
 	// The control socket comes up after the heartbeat: wait for a Pong.
-	for {
+	err = booting.Until(ctx, fmt.Sprintf("init to answer a ping on vsock port %d", controlPort), func() (bool, string) {
 		r, err := e.try(wire.Request{Kind: wire.KindPing})
-		if err == nil && r.Kind == wire.KindPong {
-			break
-		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("%s: init never answered a ping on vsock port %d (last: %v, %+v); console:\n%s", name, controlPort, err, r, e.vm.ConsoleTail(40))
-		}
-		time.Sleep(100 * time.Millisecond)
+		return (err == nil && r.Kind == wire.KindPong) || e.ended(), fmt.Sprintf("%v, %+v", err, r)
+	})
+	if err == nil && e.ended() {
+		err = fmt.Errorf("VM ended (%s)", e.vm.Stop())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w; console:\n%s", name, err, e.vm.ConsoleTail(40))
 	}
 	e.booted = time.Since(start)
 	return e, nil
@@ -299,21 +325,20 @@ func (e *enclave) waitLog(t testing.TB, name, substr string) []string {
 	return lines
 }
 
-// eventually polls cond until it holds; on timeout it fails with the last
-// description cond gave of what it saw.
-func eventually(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
+// eventually polls cond until it holds. cond describes what it saw; as long
+// as that description changes the wait goes on (up to wait.DefaultCap), and
+// when it has not changed for stall the test fails with it. Pass waitTimeout
+// unless the thing waited for is known to show nothing for longer.
+func eventually(t testing.TB, stall time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, seen := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s; last seen: %s", timeout, what, seen)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	wait.Limits{Stall: stall}.For(t, what, cond)
+}
+
+// consoleMoves is a wait that also counts the guest's console advancing as
+// progress: for steps whose only sign of life is the guest printing
+// (booting, forking thousands of processes).
+func (e *enclave) consoleMoves() wait.Limits {
+	return wait.Limits{Progress: e.vm.ConsoleLines}
 }
 
 func containsLine(lines []string, substr string) bool {
@@ -360,9 +385,9 @@ func (e *enclave) initctlOK(t testing.TB, args ...string) string {
 // initctlTarget is how the host's initctl reaches this guest.
 func (e *enclave) initctlTarget() []string {
 	if e.target.Protocol == control.ProtocolVsock {
-		return []string{"-p", "vsock", "--vsock-cid", strconv.Itoa(int(e.target.VsockCID)), "--vsock-port", strconv.Itoa(int(controlPort))}
+		return []string{"-p", "vsock", "--vsock-cid", strconv.Itoa(int(e.target.VsockCID)), "--vsock-port", strconv.Itoa(controlPort)}
 	}
-	return []string{"--vsock-uds", e.target.HybridPath, "--vsock-port", strconv.Itoa(int(controlPort))}
+	return []string{"--vsock-uds", e.target.HybridPath, "--vsock-port", strconv.Itoa(controlPort)}
 }
 
 // kernelLine matches the kernel's own console lines ("[    1.234567] ...").
@@ -448,6 +473,16 @@ func sharedEnclave(t testing.TB, name string, g func() guest) *enclave {
 		name, e.hb.Round(time.Millisecond), e.booted.Round(time.Millisecond), e.vm.Route())
 	current = e
 	return e
+}
+
+// waitEnd waits for the guest to end by itself (a power-off, a reboot) and
+// says how it ended. The wait goes on while the console advances.
+func (e *enclave) waitEnd(t testing.TB) enclavesim.Exit {
+	t.Helper()
+	e.consoleMoves().For(t, "the "+e.name+" VM to end", func() (bool, string) {
+		return e.ended(), e.vm.ConsoleTail(1)
+	})
+	return e.vm.Stop()
 }
 
 // ended reports whether the VM has stopped running.

@@ -199,12 +199,15 @@ func (e *enclave) streamTo(t testing.TB, service string, port uint32) func() str
 	}()
 	e.do(t, wire.Request{Kind: wire.KindServiceLogsStream, Name: service, VsockCID: e.hostCID, VsockPort: port})
 	return func() string {
-		select {
-		case s := <-got:
-			return s
-		case <-time.After(time.Minute):
-			ln.Close()
-			return "(the stream did not end within a minute)"
-		}
+		var s string
+		eventually(t, waitTimeout, "the log stream of "+service+" to end", func() (bool, string) {
+			select {
+			case s = <-got:
+				return true, ""
+			default:
+				return false, ""
+			}
+		})
+		return s
 	}
 }

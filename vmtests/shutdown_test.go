@@ -1,10 +1,8 @@
 package vmtests
 
 import (
-	"context"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nitroinit/nitroinit/internal/enclavesim"
 	"github.com/nitroinit/nitroinit/internal/wire"
@@ -30,12 +28,7 @@ func TestShutdown(t *testing.T) {
 		e.do(t, wire.Request{Kind: wire.KindServiceEnable, Name: "halt"})
 		e.try(wire.Request{Kind: wire.KindServiceStart, Name: "halt"})
 
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		ex, err := e.vm.Wait(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
+		ex := e.waitEnd(t)
 		if ex.Kind != enclavesim.ExitPowerOff || ex.Code != 0 {
 			t.Errorf("VM ended with %s, want a power-off with QEMU status 0", ex)
 		}

@@ -176,6 +176,9 @@ func (v *simVM) Heartbeat(ctx context.Context) (time.Time, error) {
 // 1 MiB), QEMU's own stderr lines included.
 func (v *simVM) Console() string { return v.console.String() }
 
+// ConsoleLines is how many lines the console has printed so far.
+func (v *simVM) ConsoleLines() int64 { return v.console.Lines() }
+
 // ConsoleTail returns the last n lines of the console.
 func (v *simVM) ConsoleTail(n int) string { return v.console.Tail(n) }
 

@@ -1,7 +1,6 @@
 package vmtests
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"os"
@@ -9,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nitroinit/nitroinit/internal/enclavesim"
 	"github.com/nitroinit/nitroinit/internal/wire"
@@ -362,12 +360,7 @@ func TestReboot(t *testing.T) {
 		if out := e.initctlOK(t, "reboot"); !strings.Contains(out, "✓ System reboot initiated") {
 			t.Errorf("initctl reboot printed %q", out)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		ex, err := e.vm.Wait(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
+		ex := e.waitEnd(t)
 		if ex.Kind != enclavesim.ExitReboot {
 			t.Errorf("VM ended with %s, want a reboot", ex)
 		}

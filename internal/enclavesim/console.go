@@ -36,6 +36,7 @@ type Console struct {
 	partial []byte // the bytes after the last newline
 	buf     []byte
 	notify  chan struct{} // closed and replaced on every new line
+	lines   int64         // complete lines so far
 	marks   Markers
 }
 
@@ -117,8 +118,17 @@ func (c *Console) addLocked(line []byte) {
 	case c.marks.Panic == "" && strings.Contains(s, linePanic):
 		c.marks.Panic = strings.TrimSpace(s[strings.Index(s, linePanic):])
 	}
+	c.lines++
 	close(c.notify)
 	c.notify = make(chan struct{})
+}
+
+// Lines is how many complete lines the console has printed so far: a sign
+// of life for waits that follow the guest's progress (internal/wait).
+func (c *Console) Lines() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lines
 }
 
 // Changed returns a channel that is closed when the next line arrives.
