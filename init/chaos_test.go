@@ -149,13 +149,14 @@ func TestChaos(t *testing.T) {
 
 	h := startInit(t, files, "")
 	initPID := h.cmd.Process.Pid
-	h.eventually(60*time.Second, "the 35 restarting sleepers to run", func() bool {
+	h.waitFor("the 35 restarting sleepers to run", func() (bool, string) {
+		n := 0
 		for i := 0; i < 35; i++ {
-			if len(tagged(run, fmt.Sprintf("s%02d", i))) != 1 {
-				return false
+			if len(tagged(run, fmt.Sprintf("s%02d", i))) == 1 {
+				n++
 			}
 		}
-		return true
+		return n == 35, fmt.Sprintf("%d of 35 run", n)
 	})
 
 	var (
@@ -330,17 +331,14 @@ func TestChaos(t *testing.T) {
 		}
 		return true, ""
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for ok, why := settled(); !ok; ok, why = settled() {
-		if time.Now().After(deadline) {
-			t.Fatalf("services did not settle within 30s: %s", why)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	h.waitFor("the services to settle", settled)
 
 	// Invariant: no zombies. Exits still in flight are reaped within a
 	// moment; none may stay.
-	h.eventually(5*time.Second, "no zombie children of init", func() bool { return zombieChildren(initPID) == 0 })
+	h.waitFor("no zombie children of init", func() (bool, string) {
+		n := zombieChildren(initPID)
+		return n == 0, fmt.Sprintf("%d zombie children of init", n)
+	})
 
 	// Invariants: no duplicate instances, and init's state matches the
 	// processes: a running service has exactly its reported process, a

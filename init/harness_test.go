@@ -13,12 +13,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nitroinit/nitroinit/internal/control"
+	"github.com/nitroinit/nitroinit/internal/testbin"
+	"github.com/nitroinit/nitroinit/internal/wait"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
@@ -42,35 +43,13 @@ func TestMain(m *testing.M) {
 	bins.init = filepath.Join(dir, "init")
 	bins.svc = filepath.Join(dir, "svc")
 	bins.zombies = filepath.Join(dir, "zombies")
-	for out, pkg := range map[string]string{bins.init: ".", bins.svc: "../internal/testprog/svc", bins.zombies: "../internal/testprog/zombies"} {
-		cmd := exec.Command("go", "build", "-o", out, pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "building %s: %v\n%s", pkg, err, b)
-			os.Exit(1)
-		}
+	if _, err := testbin.Build(dir, "", "./init", "./internal/testprog/svc", "./internal/testprog/zombies"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// syncBuffer collects init's console output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 type harness struct {
@@ -80,7 +59,7 @@ type harness struct {
 	logDir  string
 	sock    string
 	cmd     *exec.Cmd
-	console *syncBuffer
+	console *wait.Buffer // init's console output
 	exited  chan struct{}
 	exitErr error
 }
@@ -95,7 +74,7 @@ func startInit(t *testing.T, services map[string]string, extra string) *harness 
 		svcDir:  filepath.Join(dir, "service"),
 		logDir:  filepath.Join(dir, "log"),
 		sock:    filepath.Join(dir, "run", "init.sock"),
-		console: &syncBuffer{},
+		console: &wait.Buffer{},
 		exited:  make(chan struct{}),
 	}
 	if err := os.MkdirAll(h.svcDir, 0o755); err != nil {
@@ -121,9 +100,8 @@ func startInit(t *testing.T, services map[string]string, extra string) *harness 
 	}()
 	t.Cleanup(func() {
 		h.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-h.exited:
-		case <-time.After(30 * time.Second):
+		// A shutdown that has stopped logging has stalled: kill it.
+		if h.exits() != nil {
 			h.cmd.Process.Kill()
 			<-h.exited
 		}
@@ -131,9 +109,9 @@ func startInit(t *testing.T, services map[string]string, extra string) *harness 
 			t.Logf("init console:\n%s", h.console.String())
 		}
 	})
-	h.eventually(10*time.Second, "control socket", func() bool {
+	h.waitFor("the control socket", func() (bool, string) {
 		_, err := h.try(wire.Request{Kind: wire.KindPing})
-		return err == nil
+		return err == nil, fmt.Sprint(err)
 	})
 	return h
 }
@@ -176,31 +154,55 @@ func (h *harness) status(name string) wire.ServiceStatus {
 	return *r.Status
 }
 
-// slack stretches every wait: the tests share two cores with whatever else
-// runs, and a slow machine must not turn into a failure. Waits end as soon
-// as the condition holds, so this costs nothing on a fast one.
-const slack = 4
-
-func (h *harness) eventually(timeout time.Duration, what string, cond func() bool) {
+// eventually waits until cond holds. cond has nothing to describe, so the
+// wait fails when it has not held for stall: give the time the step takes
+// on a quiet machine, times what a slower machine may need. Prefer waitFor
+// with a Check that describes what it sees, which fails only when that
+// stops changing.
+func (h *harness) eventually(stall time.Duration, what string, cond func() bool) {
 	h.t.Helper()
-	timeout *= slack
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			h.t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	wait.Limits{Stall: max(stall*slack, wait.DefaultStall)}.For(h.t, what, wait.Bool(cond))
 }
 
-func (h *harness) waitState(name, state string, timeout time.Duration) wire.ServiceStatus {
+// slack stretches the stall intervals of waits that cannot see progress:
+// the tests share two cores with whatever else runs.
+const slack = 10
+
+// waitFor waits until check holds, for as long as what it describes keeps
+// changing (internal/wait's defaults).
+func (h *harness) waitFor(what string, check wait.Check) {
+	h.t.Helper()
+	wait.For(h.t, what, check)
+}
+
+// waitState waits until the service is in state. The timeout is kept for
+// callers; the wait follows the service's state and restart count.
+func (h *harness) waitState(name, state string, _ time.Duration) wire.ServiceStatus {
 	h.t.Helper()
 	var st wire.ServiceStatus
-	h.eventually(timeout, name+" to be "+state, func() bool {
+	h.waitFor(name+" to be "+state, func() (bool, string) {
 		st = h.status(name)
-		return st.State == state
+		return st.State == state, fmt.Sprintf("state %q, error %q, restarts %d", st.State, st.Error, st.RestartCount)
 	})
 	return st
+}
+
+// exits waits for init to exit, for as long as its console grows, and
+// returns nil once it has; the error says what it printed last.
+func (h *harness) exits() error {
+	return wait.Limits{Progress: h.console.Len}.Until(context.Background(), "init to exit", func() (bool, string) {
+		select {
+		case <-h.exited:
+			return true, ""
+		default:
+			return false, lastLine(h.console.String())
+		}
+	})
+}
+
+func lastLine(s string) string {
+	s = strings.TrimRight(s, "\n")
+	return s[strings.LastIndexByte(s, '\n')+1:]
 }
 
 func (h *harness) readFile(name string) string {
@@ -217,13 +219,11 @@ func (h *harness) logFile(name string) string {
 func (h *harness) shutdown() {
 	h.t.Helper()
 	h.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-h.exited:
-		if h.exitErr != nil {
-			h.t.Fatalf("init exited with %v", h.exitErr)
-		}
-	case <-time.After(60 * time.Second):
-		h.t.Fatal("init did not exit after SIGTERM")
+	if err := h.exits(); err != nil {
+		h.t.Fatalf("after SIGTERM: %v", err)
+	}
+	if h.exitErr != nil {
+		h.t.Fatalf("init exited with %v", h.exitErr)
 	}
 }
 

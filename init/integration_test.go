@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -99,8 +100,9 @@ func TestRestartPolicies(t *testing.T) {
 	}, "")
 	restarted := []string{"always", "onfail-bad", "onsucc", "onabn-crash"}
 	for _, name := range restarted {
-		h.eventually(15*time.Second, name+" restarted twice", func() bool {
-			return h.status(name).RestartCount >= 2
+		h.waitFor(name+" restarted twice", func() (bool, string) {
+			st := h.status(name)
+			return st.RestartCount >= 2, fmt.Sprintf("state %q, restarts %d", st.State, st.RestartCount)
 		})
 	}
 	for _, name := range []string{"no", "onfail-ok", "onabn-exit"} {
@@ -229,7 +231,10 @@ func TestOrphanStorm(t *testing.T) {
 	}, "")
 	h.waitState("storm", "exited", 60*time.Second)
 	initPID := h.cmd.Process.Pid
-	h.eventually(60*time.Second, "no zombies left", func() bool { return zombieChildren(initPID) == 0 })
+	h.waitFor("no zombies left", func() (bool, string) {
+		n := zombieChildren(initPID)
+		return n == 0, fmt.Sprintf("%d zombie children of init", n)
+	})
 	if !strings.Contains(h.logFile("storm"), "forked 10000 children") {
 		t.Fatalf("storm did not fork 10000 children:\n%s", h.logFile("storm"))
 	}
