@@ -19,6 +19,8 @@ import (
 	"github.com/nitroinit/nitroinit/internal/control"
 	"github.com/nitroinit/nitroinit/internal/control/controltest"
 	"github.com/nitroinit/nitroinit/internal/hvsock"
+	"github.com/nitroinit/nitroinit/internal/testbin"
+	"github.com/nitroinit/nitroinit/internal/wait"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
@@ -31,13 +33,12 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	initctlBin = filepath.Join(dir, "initctl")
-	build := exec.Command("go", "build", "-o", initctlBin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building initctl: %v\n%s", err, out)
+	built, err := testbin.Build(dir, "", "./initctl")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	initctlBin = built[0]
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
@@ -343,7 +344,7 @@ func TestHybrid(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-	waitFor(t, "the stream to start", func() bool { return f.srv.ActiveStreams() == 1 })
+	wait.For(t, "the stream to start", wait.Bool(func() bool { return f.srv.ActiveStreams() == 1 }))
 	f.be.Publish("webapp", "streamed line 1")
 	f.be.Publish("webapp", "streamed line 2")
 	sc := bufio.NewScanner(stdout)
@@ -383,7 +384,7 @@ func TestLogsFollow(t *testing.T) {
 	if !sc.Scan() || sc.Text() != "[2026-01-01 10:00:01] ready" {
 		t.Fatalf("first line %q", sc.Text())
 	}
-	waitFor(t, "the subscription", func() bool { return f.be.OpenSubs("webapp") == 1 })
+	wait.For(t, "the subscription", wait.Bool(func() bool { return f.be.OpenSubs("webapp") == 1 }))
 	f.be.Publish("webapp", "new line")
 	if !sc.Scan() || sc.Text() != "new line" {
 		t.Fatalf("live line %q", sc.Text())
@@ -392,18 +393,7 @@ func TestLogsFollow(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("logs -f after Ctrl-C: %v", err)
 	}
-	waitFor(t, "the subscription to close", func() bool { return f.be.OpenSubs("webapp") == 0 })
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	wait.For(t, "the subscription to close", wait.Bool(func() bool { return f.be.OpenSubs("webapp") == 0 }))
 }
 
 func TestFormatting(t *testing.T) {

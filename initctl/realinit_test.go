@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,6 +12,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nitroinit/nitroinit/internal/testbin"
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 // TestAgainstRealInit runs the real init binary in supervisor mode with real
@@ -25,23 +29,19 @@ RestartSec = 1
 ServiceEnable = false
 `,
 	})
-	sock, exited, initPID := in.sock, in.exited, in.pid
+	sock, initPID := in.sock, in.pid
 
 	ctl := func(args ...string) result {
 		return initctl(t, nil, append([]string{"-s", sock}, args...)...)
 	}
-	eventually := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s", what)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	eventually("init to answer ping", func() bool { return ctl("ping").code == 0 })
-	eventually("ticker to log", func() bool { return strings.Contains(ctl("logs", "ticker").stdout, "tick 3") })
+	wait.For(t, "init to answer ping", func() (bool, string) {
+		r := ctl("ping")
+		return r.code == 0, r.stderr
+	})
+	wait.For(t, "ticker to log", func() (bool, string) {
+		out := ctl("logs", "ticker").stdout
+		return strings.Contains(out, "tick 3"), out
+	})
 
 	if r := ctl("list"); r.code != 0 || !regexpLine(r.stdout, `^ticker +enabled +active +always +\d+`) || !regexpLine(r.stdout, `^idle +disabled +inactive +no +0`) {
 		t.Errorf("list: %+v", r)
@@ -87,8 +87,9 @@ ServiceEnable = false
 	if r := ctl("ps", "stop", fmt.Sprint(pid)); r.code != 0 {
 		t.Errorf("ps stop: %+v", r)
 	}
-	eventually("ticker to be stopped", func() bool {
-		return strings.Contains(ctl("status", "ticker").stdout, "  Status: inactive")
+	wait.For(t, "ticker to be stopped", func() (bool, string) {
+		out := ctl("status", "ticker").stdout
+		return strings.Contains(out, "  Status: inactive"), out
 	})
 	time.Sleep(1500 * time.Millisecond) // longer than RestartSec
 	if r := ctl("status", "ticker"); !strings.Contains(r.stdout, "  Status: inactive") {
@@ -101,7 +102,10 @@ ServiceEnable = false
 	if r := ctl("enable", "--now", "idle"); r.code != 0 {
 		t.Errorf("enable --now: %+v", r)
 	}
-	eventually("idle to run", func() bool { return strings.Contains(ctl("status", "idle").stdout, "active (running)") })
+	wait.For(t, "idle to run", func() (bool, string) {
+		out := ctl("status", "idle").stdout
+		return strings.Contains(out, "active (running)"), out
+	})
 	if r := ctl("status", "nosuch"); r.code != 1 || !strings.Contains(r.stderr, "✗ Error: ") {
 		t.Errorf("status nosuch: %+v", r)
 	}
@@ -112,10 +116,8 @@ ServiceEnable = false
 	if r := ctl("shutdown"); r.code != 0 {
 		t.Errorf("shutdown: %+v", r)
 	}
-	select {
-	case <-exited:
-	case <-time.After(20 * time.Second):
-		t.Error("init did not exit after initctl shutdown")
+	if err := in.waitExit(); err != nil {
+		t.Errorf("after initctl shutdown: %v", err)
 	}
 }
 
@@ -128,10 +130,16 @@ var (
 
 // realInit is a running init and where to reach it.
 type realInit struct {
-	sock   string     // control socket
-	svcDir string     // service_dir
-	pid    int        // init's PID
-	exited chan error // receives once init has exited
+	sock    string        // control socket
+	svcDir  string        // service_dir
+	pid     int           // init's PID
+	exited  chan struct{} // closed once init has exited
+	console *wait.Buffer  // init's console output
+}
+
+// waitExit waits for init to exit, for as long as its console grows.
+func (in *realInit) waitExit() error {
+	return wait.Limits{Progress: in.console.Len}.Until(context.Background(), "init to exit", wait.Closed(in.exited))
 }
 
 // startInit runs the real init binary in supervisor mode with the given
@@ -141,11 +149,10 @@ type realInit struct {
 func startInit(t *testing.T, services map[string]string) *realInit {
 	t.Helper()
 	initOnce.Do(func() {
-		initBin = filepath.Join(filepath.Dir(initctlBin), "init")
-		build := exec.Command("go", "build", "-o", initBin, "../init")
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := build.CombinedOutput(); err != nil {
-			initBuildErr = fmt.Errorf("building init: %v\n%s", err, out)
+		var bins []string
+		bins, initBuildErr = testbin.Build(filepath.Dir(initctlBin), "", "./init")
+		if initBuildErr == nil {
+			initBin = bins[0]
 		}
 	})
 	if initBuildErr != nil {
@@ -166,30 +173,27 @@ func startInit(t *testing.T, services map[string]string) *realInit {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(initBin, "--config", cfg)
-	var console strings.Builder
-	cmd.Stdout, cmd.Stderr = &console, &console
+	in := &realInit{sock: sock, svcDir: svcDir, exited: make(chan struct{}), console: &wait.Buffer{}}
+	cmd.Stdout, cmd.Stderr = in.console, in.console
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	in.pid = cmd.Process.Pid
+	go func() { cmd.Wait(); close(in.exited) }()
 	t.Cleanup(func() {
 		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(20 * time.Second):
+		// A shutdown that has stopped logging has stalled: kill it.
+		if in.waitExit() != nil {
 			cmd.Process.Kill()
+			<-in.exited
 		}
 		if t.Failed() {
-			t.Logf("init console:\n%s", console.String())
+			t.Logf("init console:\n%s", in.console.String())
 		}
 	})
-	deadline := time.Now().Add(10 * time.Second)
-	for initctl(t, nil, "-s", sock, "ping").code != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("init did not answer ping within 10s; console:\n%s", console.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return &realInit{sock: sock, svcDir: svcDir, pid: cmd.Process.Pid, exited: exited}
+	wait.For(t, "init to answer ping", func() (bool, string) {
+		r := initctl(t, nil, "-s", sock, "ping")
+		return r.code == 0, r.stderr
+	})
+	return in
 }

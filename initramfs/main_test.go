@@ -5,13 +5,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/u-root/mkuimage/cpio"
 
 	"github.com/nitroinit/nitroinit/internal/enclavesim"
+	"github.com/nitroinit/nitroinit/internal/testbin"
 )
 
 // run executes the command line in-process and returns its output.
@@ -143,12 +143,8 @@ func TestDemo(t *testing.T) {
 		t.Skip("qemu-system-x86_64 not installed: run ci/install-deps.sh")
 	}
 	bin := t.TempDir()
-	for _, p := range []string{"init", "initctl", "internal/testprog/svc"} {
-		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", filepath.Join(bin, filepath.Base(p)), "../"+p)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Skipf("building %s: %v\n%s", p, err, out)
-		}
+	if _, err := testbin.Build(bin, "", "./init", "./initctl", "./internal/testprog/svc"); err != nil {
+		t.Fatal(err)
 	}
 	out, stderr, err := run(t, "demo", "--timeout", "5m",
 		"--init", filepath.Join(bin, "init"), "--initctl", filepath.Join(bin, "initctl"), "--svc", filepath.Join(bin, "svc"))

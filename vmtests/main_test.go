@@ -5,11 +5,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/nitroinit/nitroinit/internal/enclavesim"
+	"github.com/nitroinit/nitroinit/internal/testbin"
 )
 
 // bin holds the static guest binaries built once per test run. The guests
@@ -82,16 +82,8 @@ func buildBinaries() error {
 		return err
 	}
 	bin.dir = dir
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
-	cmd := exec.Command(goTool, "build", "-trimpath", "-ldflags", "-X main.version=vmtest", "-o", dir+"/",
-		"./init", "./initctl", "./internal/testprog/svc", "./internal/testprog/zombies")
-	cmd.Dir = ".." // the module root: this package is vmtests/
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("building the guest binaries (%s): %v\n%s", strings.Join(cmd.Args, " "), err, out)
+	if _, err := testbin.Build(dir, "-X main.version=vmtest", "./init", "./initctl", "./internal/testprog/svc", "./internal/testprog/zombies"); err != nil {
+		return fmt.Errorf("building the guest binaries: %w", err)
 	}
 	bin.init = filepath.Join(dir, "init")
 	bin.initctl = filepath.Join(dir, "initctl")
