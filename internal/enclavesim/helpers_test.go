@@ -1,19 +1,21 @@
 package enclavesim
 
 import (
-	"errors"
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nitroinit/nitroinit/initramfs/image"
+	"github.com/nitroinit/nitroinit/internal/testbin"
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
-// goBuild builds a static binary of pkg (a path relative to this package)
-// into dir, once per test binary run.
+// goBuild builds a static binary of pkg (a path relative to the module
+// root) into a directory shared by the test binary's run, once.
 var (
 	buildMu    sync.Mutex
 	buildCache = map[string]string{}
@@ -34,14 +36,12 @@ func goBuild(t testing.TB, pkg string) (string, error) {
 		}
 		buildDir = d
 	}
-	out := filepath.Join(buildDir, filepath.Base(pkg))
-	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-trimpath", "-o", out, pkg)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", errors.New(string(b))
+	out, err := testbin.Build(buildDir, "", pkg)
+	if err != nil {
+		return "", err
 	}
-	buildCache[pkg] = out
-	return out, nil
+	buildCache[pkg] = out[0]
+	return out[0], nil
 }
 
 func TestMain(m *testing.M) {
@@ -51,6 +51,19 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(code)
 }
+
+// guestCtx is a context for waiting on vm (its heartbeat, a dial, an
+// initctl run) that ends when the guest's console has not moved for
+// wait.DefaultStall.
+func guestCtx(t testing.TB, vm *VM, what string) context.Context {
+	ctx, cancel := wait.Limits{Progress: vm.ConsoleLines}.Context(context.Background(), what)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// vmLifetime is Options.Timeout for test VMs: long enough for a machine ten
+// times slower than ours, a bound for a guest that hangs.
+const vmLifetime = 30 * time.Minute
 
 // needSim skips when the simulator's outside parts are missing, and
 // returns the kernel.
@@ -73,7 +86,7 @@ func needSim(t testing.TB) Kernel {
 // kernel's modules.
 func guestImage(t testing.TB, k Kernel) string {
 	t.Helper()
-	bin, err := goBuild(t, "./simguest")
+	bin, err := goBuild(t, "./internal/enclavesim/simguest")
 	if err != nil {
 		t.Fatalf("building the test guest: %v", err)
 	}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/nitroinit/nitroinit/initramfs/image"
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 // realInitImage builds the project's init, initctl and test service, and an
@@ -25,15 +26,15 @@ import (
 // returns the image and the host's initctl binary.
 func realInitImage(t testing.TB, k Kernel, hostCID uint32) (img, initctl string) {
 	t.Helper()
-	initBin, err := goBuild(t, "../../init")
+	initBin, err := goBuild(t, "./init")
 	if err != nil {
 		t.Fatalf("building the project's init: %v", err)
 	}
-	initctl, err = goBuild(t, "../../initctl")
+	initctl, err = goBuild(t, "./initctl")
 	if err != nil {
 		t.Fatalf("building initctl: %v", err)
 	}
-	svc, err := goBuild(t, "../../internal/testprog/svc")
+	svc, err := goBuild(t, "./internal/testprog/svc")
 	if err != nil {
 		t.Fatalf("building the test service: %v", err)
 	}
@@ -111,9 +112,8 @@ func echoCheck(t *testing.T, c net.Conn, n int) {
 func TestBootRealInit(t *testing.T) {
 	k := needSim(t)
 	img, initctl := realInitImage(t, k, HostCIDFor(RouteVhostUser))
-	vm := startGuest(t, k, img, "", 3*time.Minute)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	vm := startGuest(t, k, img, "", vmLifetime)
+	ctx := guestCtx(t, vm, "the guest")
 	hb, err := vm.Heartbeat(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -128,16 +128,10 @@ func TestBootRealInit(t *testing.T) {
 	// The control listener opens just after the heartbeat; wait for the
 	// service to be running.
 	var out string
-	for {
+	wait.Limits{Progress: vm.ConsoleLines}.For(t, "initctl list to show sleeper running", func() (bool, string) {
 		out, err = ctl("list")
-		if err == nil && strings.Contains(out, "sleeper") && strings.Contains(out, "running") {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("initctl list never showed sleeper running: %v\n%s\nconsole:\n%s", err, out, vm.ConsoleTail(20))
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return err == nil && strings.Contains(out, "sleeper") && strings.Contains(out, "running"), fmt.Sprintf("%v\n%s\nconsole:\n%s", err, out, vm.ConsoleTail(5))
+	})
 	t.Logf("initctl list:\n%s", out)
 
 	// Data through a service of init's: the echo service listens on guest

@@ -356,6 +356,11 @@ func (vm *VM) ConsoleTail(n int) string { return vm.console.Tail(n) }
 // 1 MiB).
 func (vm *VM) Console() string { return vm.console.String() }
 
+// ConsoleLines is how many lines the console has printed so far: the
+// guest's sign of life for waits that follow progress rather than the
+// clock (internal/wait's Limits.Progress).
+func (vm *VM) ConsoleLines() int64 { return vm.console.Lines() }
+
 // WaitConsole waits until the console has printed s, the VM ends or ctx
 // ends.
 func (vm *VM) WaitConsole(ctx context.Context, s string) error {

@@ -64,12 +64,11 @@ func TestBootHeartbeatConnectionsPowerOff(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.want.String(), func(t *testing.T) {
-			vm := startGuest(t, k, initrd, "simguest_hostcid=3", 3*time.Minute)
+			vm := startGuest(t, k, initrd, "simguest_hostcid=3", vmLifetime)
 			if vm.HostCID() != 3 || vm.HybridSocket() == "" {
 				t.Fatalf("vhost-user route: host CID %d, hybrid socket %q", vm.HostCID(), vm.HybridSocket())
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			defer cancel()
+			ctx := guestCtx(t, vm, "the guest")
 			hb, err := vm.Heartbeat(ctx)
 			if err != nil {
 				t.Fatal(err)
@@ -132,9 +131,7 @@ func TestBootHeartbeatConnectionsPowerOff(t *testing.T) {
 func TestTimeoutKills(t *testing.T) {
 	k := needSim(t)
 	vm := startGuest(t, k, guestImage(t, k), "", 500*time.Millisecond)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	exit, err := vm.Wait(ctx)
+	exit, err := vm.Wait(guestCtx(t, vm, "the guest to be killed"))
 	if err != nil {
 		t.Fatal(err)
 	}

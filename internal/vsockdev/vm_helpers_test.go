@@ -20,6 +20,7 @@ import (
 
 	"github.com/nitroinit/nitroinit/internal/hvsock"
 	"github.com/nitroinit/nitroinit/internal/nitro"
+	"github.com/nitroinit/nitroinit/internal/wait"
 	"github.com/u-root/mkuimage/cpio"
 )
 
@@ -182,36 +183,18 @@ func buildInitramfs(tb testing.TB, k *kernelFiles, path string) {
 	}
 }
 
-// syncBuffer collects the guest console.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
-
 // testVM is a device plus a QEMU guest attached to it.
 type testVM struct {
 	dev        *Device
 	hybrid     string
-	console    *syncBuffer
+	console    *wait.Buffer
 	heartbeats chan time.Time
 	serveErr   chan error
 	cmd        *exec.Cmd
 	qemuDone   chan error
 	hbLn       net.Listener
 	cancel     context.CancelFunc
-	logs       *syncBuffer
+	logs       *wait.Buffer
 	// What startQEMU needs to boot the guest again.
 	kernel, initrd, vhostSock string
 }
@@ -231,8 +214,8 @@ func startVM(tb testing.TB, opt vmOptions) *testVM {
 	buildInitramfs(tb, k, initrd)
 	vm := &testVM{
 		hybrid:     filepath.Join(dir, "vsock.sock"),
-		console:    &syncBuffer{},
-		logs:       &syncBuffer{},
+		console:    &wait.Buffer{},
+		logs:       &wait.Buffer{},
 		heartbeats: make(chan time.Time, 16),
 		serveErr:   make(chan error, 1),
 		qemuDone:   make(chan error, 1),
@@ -315,9 +298,16 @@ func (vm *testVM) stopQEMU(tb testing.TB) {
 	if reply, err := vm.command("poweroff"); err != nil || reply != "ok" {
 		tb.Logf("poweroff command: %q %v", reply, err)
 	}
-	select {
-	case <-vm.qemuDone:
-	case <-time.After(20 * time.Second):
+	// A guest that stopped printing without powering off is killed.
+	stalled := wait.Limits{Progress: vm.console.Len}.Until(context.Background(), "QEMU to exit", func() (bool, string) {
+		select {
+		case <-vm.qemuDone:
+			return true, ""
+		default:
+			return false, ""
+		}
+	})
+	if stalled != nil {
 		vm.cmd.Process.Kill()
 		<-vm.qemuDone
 	}
@@ -343,31 +333,36 @@ func (vm *testVM) close(tb testing.TB) {
 	}
 }
 
-func (vm *testVM) waitHeartbeat(tb testing.TB, timeout time.Duration) {
+// waitHeartbeat waits for the guest's next heartbeat for as long as its
+// console advances. The duration is kept for callers and ignored.
+func (vm *testVM) waitHeartbeat(tb testing.TB, _ time.Duration) {
 	tb.Helper()
-	select {
-	case <-vm.heartbeats:
-	case <-time.After(timeout):
-		tb.Fatalf("no heartbeat on %s within %v\nconsole:\n%s\ndevice log:\n%s", hvsock.ListenPath(vm.hybrid, portHeartbeat), timeout, vm.console.String(), vm.logs.String())
+	err := wait.Limits{Progress: vm.console.Len}.Until(context.Background(), "a heartbeat on "+hvsock.ListenPath(vm.hybrid, portHeartbeat), func() (bool, string) {
+		select {
+		case <-vm.heartbeats:
+			return true, ""
+		default:
+			return false, ""
+		}
+	})
+	if err != nil {
+		tb.Fatalf("%v\nconsole:\n%s\ndevice log:\n%s", err, vm.console.String(), vm.logs.String())
 	}
 }
 
 // dial connects to a guest port, retrying while the guest is not listening
-// yet (the device answers such a CONNECT with a closed socket).
+// yet (the device answers such a CONNECT with a closed socket), for as long
+// as the guest's console advances.
 func (vm *testVM) dial(port uint32) (net.Conn, error) {
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	var c net.Conn
+	err := wait.Limits{Progress: vm.console.Len}.Until(context.Background(), fmt.Sprintf("guest port %d", port), func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		c, err := hvsock.Dial(ctx, vm.hybrid, port)
-		cancel()
-		if err == nil {
-			return c, nil
-		}
-		if time.Now().After(deadline) {
-			return nil, err
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		defer cancel()
+		var err error
+		c, err = hvsock.Dial(ctx, vm.hybrid, port)
+		return err == nil, fmt.Sprint(err)
+	})
+	return c, err
 }
 
 // command sends one line to the guest's command port and returns the reply.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nitroinit/nitroinit/internal/hvsock"
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 // echoCheck sends total bytes through an echo stream while reading the echo
@@ -311,13 +312,10 @@ func TestVM(t *testing.T) {
 		}
 		stuck.Close()
 		// Everything but the streams of this subtest drains away.
-		deadline := time.Now().Add(20 * time.Second)
-		for vm.dev.Stats().Active > 0 {
-			if time.Now().After(deadline) {
-				t.Fatalf("%d streams still open after their clients left", vm.dev.Stats().Active)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		wait.For(t, "the streams to close after their clients left", func() (bool, string) {
+			n := vm.dev.Stats().Active
+			return n == 0, fmt.Sprintf("%d streams open", n)
+		})
 	})
 
 	// The guest's side of the device goes away and comes back: an
@@ -392,13 +390,10 @@ func TestQEMUReplaced(t *testing.T) {
 	if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("stream of the killed guest: %v, want EOF or ECONNRESET", err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for vm.dev.Stats().Active != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d streams left after QEMU died", vm.dev.Stats().Active)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	wait.For(t, "the streams to close after QEMU died", func() (bool, string) {
+		n := vm.dev.Stats().Active
+		return n == 0, fmt.Sprintf("%d streams open", n)
+	})
 	vm.startQEMU(t)
 	vm.waitHeartbeat(t, 60*time.Second)
 	c2, err := vm.dial(portEcho)

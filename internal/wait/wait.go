@@ -180,3 +180,31 @@ func Closed(ch <-chan struct{}) Check {
 		}
 	}
 }
+
+// Context returns a context for an API that takes one (a dial, a request,
+// a VM's Heartbeat) that ends when l.Progress has not changed for l.Stall,
+// or when l.Cap has passed; its cause (context.Cause) is then an *Error
+// about what. Without l.Progress nothing counts as progress, and the
+// context ends after l.Stall. Call cancel when done.
+func (l Limits) Context(parent context.Context, what string) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(parent)
+	lim := l
+	lim.Progress = nil
+	go func() {
+		var mark int64
+		if l.Progress != nil {
+			mark = l.Progress()
+		}
+		err := lim.Until(ctx, what, func() (bool, string) {
+			if ctx.Err() != nil {
+				return true, ""
+			}
+			if l.Progress != nil {
+				mark = l.Progress()
+			}
+			return false, fmt.Sprint(mark)
+		})
+		cancel(err)
+	}()
+	return ctx, func() { cancel(context.Canceled) }
+}

@@ -101,3 +101,29 @@ func TestUntil(t *testing.T) {
 		})
 	}
 }
+
+func TestContext(t *testing.T) {
+	short := Limits{Stall: 30 * time.Millisecond, Poll: 5 * time.Millisecond}
+	// Nothing moves: the context ends, and says why.
+	ctx, cancel := short.Context(context.Background(), "the guest")
+	defer cancel()
+	<-ctx.Done()
+	if cause := context.Cause(ctx); !errors.Is(cause, ErrStalled) {
+		t.Errorf("cause %v, want ErrStalled", cause)
+	}
+	// Moving: it lives until the progress stops.
+	n := int64(0)
+	moving := short
+	moving.Progress = func() int64 {
+		if n < 20 {
+			n++
+		}
+		return n
+	}
+	ctx, cancel = moving.Context(context.Background(), "the guest")
+	defer cancel()
+	<-ctx.Done()
+	if cause := context.Cause(ctx); !errors.Is(cause, ErrStalled) || n != 20 {
+		t.Errorf("cause %v after %d changes, want ErrStalled after 20", cause, n)
+	}
+}
