@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/nitroinit/nitroinit/internal/enclavesim"
+	"github.com/nitroinit/nitroinit/internal/nitro"
 )
 
 // simFlags are the simulator options shared by boot and demo.
@@ -125,7 +126,7 @@ func describe(w io.Writer, vm *enclavesim.VM, img string) {
 	o := vm.Options()
 	fmt.Fprintf(w, "initramfs: booting %s\n", img)
 	fmt.Fprintf(w, "initramfs:   kernel %s, accel %s, vsock route %s, guest CID %d\n", o.Kernel, o.Accel, o.Route, vm.GuestCID())
-	fmt.Fprintf(w, "initramfs:   the guest's heartbeat must go to CID %d port %d\n", vm.HostCID(), enclavesim.HeartbeatPort)
+	fmt.Fprintf(w, "initramfs:   the guest's heartbeat must go to CID %d port %d\n", vm.HostCID(), nitro.HeartbeatPort)
 	fmt.Fprintf(w, "initramfs:   console log %s\n", enclavesim.ConsoleLog(vm.Dir()))
 	describeNSM(w, vm)
 	fmt.Fprintf(w, "initramfs: manage it from another terminal with:\n    %s list\n", shellJoin(initctlArgs(vm)))

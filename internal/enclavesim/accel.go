@@ -34,7 +34,7 @@ const (
 // without the right CPU features) hang or crawl.
 const probeTimeout = 20 * time.Second
 
-// DetectAccel chooses the accelerator for QEMU: VMTEST_ACCEL when set, else
+// detectAccel chooses the accelerator for QEMU: VMTEST_ACCEL when set, else
 // KVM when it really works, else TCG. It returns the choice and why.
 //
 // /dev/kvm existing proves little: some hosts (PVM, for one) expose a
@@ -43,8 +43,8 @@ const probeTimeout = 20 * time.Second
 // -accel kvm -cpu host until the kernel panics for want of a root file
 // system (panic=-1 makes that a reboot, -no-reboot an exit). That answer is
 // cached per host kernel, QEMU binary and kernel image in
-// CacheDir()/accel/, because the probe of a broken KVM takes probeTimeout.
-func DetectAccel(ctx context.Context, qemu []string, kernel string) (accel, why string) {
+// cacheDir()/accel/, because the probe of a broken KVM takes probeTimeout.
+func detectAccel(ctx context.Context, qemu []string, kernel string) (accel, why string) {
 	if a := os.Getenv("VMTEST_ACCEL"); a != "" {
 		return a, "VMTEST_ACCEL=" + a
 	}
@@ -55,7 +55,7 @@ func DetectAccel(ctx context.Context, qemu []string, kernel string) (accel, why 
 	if err != nil {
 		return AccelTCG, "cannot key the KVM probe cache: " + err.Error()
 	}
-	cache := filepath.Join(CacheDir(), "accel", key)
+	cache := filepath.Join(cacheDir(), "accel", key)
 	if b, err := os.ReadFile(cache); err == nil {
 		a, reason, _ := strings.Cut(strings.TrimSpace(string(b)), " ")
 		if a == AccelKVM || a == AccelTCG {
@@ -149,9 +149,9 @@ func lastLine(s string) string {
 	return s
 }
 
-// VhostVsockUsable reports why the host kernel's vhost-vsock cannot be used,
+// vhostVsockUsable reports why the host kernel's vhost-vsock cannot be used,
 // or nil when /dev/vhost-vsock opens read-write (what QEMU does).
-func VhostVsockUsable() error {
+func vhostVsockUsable() error {
 	fd, err := unix.Open("/dev/vhost-vsock", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {

@@ -13,14 +13,15 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nitroinit/nitroinit/internal/hvsock"
+	"github.com/nitroinit/nitroinit/internal/nitro"
 	"github.com/nitroinit/nitroinit/internal/nsm"
 	"github.com/nitroinit/nitroinit/internal/vsockdev"
 )
 
-// Backend is the host side of a VM's vsock: the device (on the vhost-user
-// route) and the parent's heartbeat listener. Start creates one; callers
-// that run QEMU themselves (vmtest) use StartBackend and MachineArgs.
-type Backend struct {
+// backend is the host side of a VM's vsock: the device (on the vhost-user
+// route) and the parent's heartbeat listener. Start creates one before
+// QEMU; a VM embeds it, so its exported methods are the VM's.
+type backend struct {
 	opts   Options
 	dev    *vsockdev.Device // nil on the vhost-vsock route
 	cancel context.CancelFunc
@@ -37,22 +38,22 @@ type Backend struct {
 	nsm *nsm.Module // the simulated NSM, when Options.NSM is set
 }
 
-// StartBackend starts the vsock device (vhost-user route) and the heartbeat
+// startBackend starts the vsock device (vhost-user route) and the heartbeat
 // listener for resolved options with Dir set. It must run before QEMU starts:
 // QEMU reads the device's configuration when it sets the device up.
-func StartBackend(o Options) (*Backend, error) {
+func startBackend(o Options) (*backend, error) {
 	if err := checkSocketPaths(o.Dir); err != nil {
 		return nil, err
 	}
-	b := &Backend{opts: o, hbDone: make(chan struct{}), served: make(chan error, 1)}
+	b := &backend{opts: o, hbDone: make(chan struct{}), served: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
 	var err error
 	switch o.Route {
 	case RouteVhostUser:
 		b.dev, err = vsockdev.New(vsockdev.Config{
-			VhostUserSocket: VhostUserSocket(o.Dir),
-			HybridSocket:    HybridSocket(o.Dir),
+			VhostUserSocket: vhostUserSocket(o.Dir),
+			HybridSocket:    hybridSocketPath(o.Dir),
 			GuestCID:        o.GuestCID,
 			Logf:            o.Logf,
 		})
@@ -71,7 +72,7 @@ func StartBackend(o Options) (*Backend, error) {
 		cancel()
 		return nil, fmt.Errorf("unknown vsock route %q", o.Route)
 	}
-	b.hbLn, err = b.ListenHost(HeartbeatPort)
+	b.hbLn, err = b.ListenHost(nitro.HeartbeatPort)
 	if err != nil {
 		b.Close()
 		return nil, fmt.Errorf("heartbeat listener: %w", err)
@@ -97,7 +98,7 @@ func recoverTo(logf func(string, ...any), what string) {
 
 // acceptHeartbeats answers every heartbeat like nitro-cli does: read 0xB7,
 // write 0xB7 back. The first good one is recorded.
-func (b *Backend) acceptHeartbeats() {
+func (b *backend) acceptHeartbeats() {
 	defer b.wg.Done()
 	defer recoverTo(b.opts.Logf, "heartbeat listener")
 	for {
@@ -109,11 +110,11 @@ func (b *Backend) acceptHeartbeats() {
 		c.SetDeadline(at.Add(10 * time.Second))
 		buf := make([]byte, 1)
 		_, err = c.Read(buf)
-		if err == nil && buf[0] != HeartbeatByte {
-			err = fmt.Errorf("heartbeat byte %#x, want %#x", buf[0], HeartbeatByte)
+		if err == nil && buf[0] != nitro.HeartbeatByte {
+			err = fmt.Errorf("heartbeat byte %#x, want %#x", buf[0], nitro.HeartbeatByte)
 		}
 		if err == nil {
-			_, err = c.Write([]byte{HeartbeatByte})
+			_, err = c.Write([]byte{nitro.HeartbeatByte})
 		}
 		c.Close()
 		if err != nil {
@@ -129,7 +130,7 @@ func (b *Backend) acceptHeartbeats() {
 
 // HeartbeatReceived returns the time of the first good heartbeat, or false
 // when none has arrived yet.
-func (b *Backend) HeartbeatReceived() (time.Time, bool) {
+func (b *backend) HeartbeatReceived() (time.Time, bool) {
 	select {
 	case <-b.hbDone:
 		return b.hbTime, true
@@ -140,26 +141,26 @@ func (b *Backend) HeartbeatReceived() (time.Time, bool) {
 
 // HostCID is the CID the guest must dial to reach the host (heartbeat
 // vsock.cid in init.yaml): 3 on the vhost-user route, 2 on vhost-vsock.
-func (b *Backend) HostCID() uint32 { return HostCIDFor(b.opts.Route) }
+func (b *backend) HostCID() uint32 { return HostCIDFor(b.opts.Route) }
 
 // GuestCID is the guest's CID.
-func (b *Backend) GuestCID() uint32 { return b.opts.GuestCID }
+func (b *backend) GuestCID() uint32 { return b.opts.GuestCID }
 
 // Route is the vsock route in use.
-func (b *Backend) Route() string { return b.opts.Route }
+func (b *backend) Route() string { return b.opts.Route }
 
 // HybridSocket is the hybrid vsock socket (`initctl --vsock-uds` takes it),
 // "" on the vhost-vsock route, where hosts use AF_VSOCK to GuestCID.
-func (b *Backend) HybridSocket() string {
+func (b *backend) HybridSocket() string {
 	if b.opts.Route == RouteVhostVsock {
 		return ""
 	}
-	return HybridSocket(b.opts.Dir)
+	return hybridSocketPath(b.opts.Dir)
 }
 
 // DialOnce connects to the guest's port once: through the hybrid socket, or
 // AF_VSOCK on the vhost-vsock route.
-func (b *Backend) DialOnce(ctx context.Context, port uint32) (net.Conn, error) {
+func (b *backend) DialOnce(ctx context.Context, port uint32) (net.Conn, error) {
 	if b.opts.Route == RouteVhostVsock {
 		c, err := vsock.Dial(b.opts.GuestCID, port, nil)
 		if err != nil {
@@ -167,12 +168,12 @@ func (b *Backend) DialOnce(ctx context.Context, port uint32) (net.Conn, error) {
 		}
 		return c, nil
 	}
-	return hvsock.Dial(ctx, HybridSocket(b.opts.Dir), port)
+	return hvsock.Dial(ctx, hybridSocketPath(b.opts.Dir), port)
 }
 
 // ListenHost listens for guest connections to the host's port: the Unix
 // socket P_port on the vhost-user route, AF_VSOCK on vhost-vsock.
-func (b *Backend) ListenHost(port uint32) (net.Listener, error) {
+func (b *backend) ListenHost(port uint32) (net.Listener, error) {
 	if b.opts.Route == RouteVhostVsock {
 		// Any CID: asking the local CID first can give the loopback's.
 		l, err := vsock.ListenContextID(unix.VMADDR_CID_ANY, port, nil)
@@ -181,7 +182,7 @@ func (b *Backend) ListenHost(port uint32) (net.Listener, error) {
 		}
 		return l, nil
 	}
-	p := hvsock.ListenPath(HybridSocket(b.opts.Dir), port)
+	p := hvsock.ListenPath(hybridSocketPath(b.opts.Dir), port)
 	l, err := net.Listen("unix", p)
 	if err != nil {
 		return nil, fmt.Errorf("host port %d: %w", port, err)
@@ -190,7 +191,7 @@ func (b *Backend) ListenHost(port uint32) (net.Listener, error) {
 }
 
 // Stats returns the device's counters (zero on the vhost-vsock route).
-func (b *Backend) Stats() vsockdev.Stats {
+func (b *backend) Stats() vsockdev.Stats {
 	if b.dev == nil {
 		return vsockdev.Stats{}
 	}
@@ -199,13 +200,13 @@ func (b *Backend) Stats() vsockdev.Stats {
 
 // Close stops the heartbeat listener and the device. Call it after QEMU has
 // exited: QEMU 7.2 does not survive its backend going away.
-func (b *Backend) Close() error {
+func (b *backend) Close() error {
 	var err error
 	b.closeOnce.Do(func() {
 		if b.hbLn != nil {
 			b.hbLn.Close()
 			if b.opts.Route == RouteVhostUser {
-				os.Remove(hvsock.ListenPath(HybridSocket(b.opts.Dir), HeartbeatPort))
+				os.Remove(hvsock.ListenPath(hybridSocketPath(b.opts.Dir), nitro.HeartbeatPort))
 			}
 		}
 		b.cancel()

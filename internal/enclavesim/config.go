@@ -6,20 +6,13 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/nitroinit/nitroinit/initramfs/image"
 	"github.com/nitroinit/nitroinit/internal/nitro"
 )
 
-// GuestModuleDir is where image builders put kernel modules
-// (initramfs/image.ModuleDir); InitYAML refers to them there.
-const GuestModuleDir = "/lib/modules"
-
-// ControlPort is the vsock port init's control socket listens on in
-// InitYAML's configuration (the reference's default).
-const ControlPort = nitro.ControlPort
-
 // InitYAML returns a minimal init.yaml for a simulator guest: the heartbeat
 // goes to hostCID (VM.HostCID, or HostCIDFor before the VM exists), the
-// given module files are loaded from GuestModuleDir in order (nsm becomes
+// given module files are loaded from image.ModuleDir in order (nsm becomes
 // nsm_driver_path), the control socket also listens on vsock port 9001 and
 // gives the host every permission class, and there is no root switch unless
 // rootSwitch.
@@ -27,7 +20,7 @@ func InitYAML(hostCID uint32, modules []string, rootSwitch bool) string {
 	var mods []string
 	nsm := "null"
 	for _, m := range modules {
-		p := path.Join(GuestModuleDir, filepath.Base(m))
+		p := path.Join(image.ModuleDir, filepath.Base(m))
 		if strings.HasPrefix(filepath.Base(m), "nsm.ko") {
 			nsm = p
 			continue
@@ -59,7 +52,7 @@ vsock:
   port: %d
 pivot_root: %t
 pivot_root_dir: /rootfs
-`, ControlPort, hostCID, modList, nsm, hostCID, HeartbeatPort, rootSwitch)
+`, nitro.ControlPort, hostCID, modList, nsm, hostCID, nitro.HeartbeatPort, rootSwitch)
 }
 
 // HostCIDFor is the CID a guest dials to reach the host on a route: 2 for

@@ -19,16 +19,16 @@ const (
 	linePanic    = "Kernel panic - not syncing"
 )
 
-// Console collects a VM's serial console as QEMU writes it: it splits the
+// serialConsole collects a VM's serial console as QEMU writes it: it splits the
 // output into lines, drops the serial \r, writes each line to a file and an
 // optional echo, keeps a bounded copy (the last 512 KiB to 1 MiB) for tails,
 // waits and assertions, and notes the kernel lines that say how the guest
-// ended (see Markers). Start uses one for QEMU's stdout; harnesses that run
+// ended (see markers). Start uses one for QEMU's stdout; harnesses that run
 // QEMU themselves (hugelgupf/vmtest's qemu.WithSerialOutput) pass one as the
 // serial output. It is safe for concurrent use: writers on several
 // goroutines (QEMU's stdout and stderr) are serialised, though a line one
 // writer has only half written may be completed by another's bytes.
-type Console struct {
+type serialConsole struct {
 	file io.Writer
 	echo io.Writer
 
@@ -37,12 +37,12 @@ type Console struct {
 	buf     []byte
 	notify  chan struct{} // closed and replaced on every new line
 	lines   int64         // complete lines so far
-	marks   Markers
+	marks   markers
 }
 
-// Markers are the kernel's last words about a guest's end, as seen on its
+// markers are the kernel's last words about a guest's end, as seen on its
 // console.
-type Markers struct {
+type markers struct {
 	// PowerOff: the kernel printed "reboot: Power down".
 	PowerOff bool
 	// Reboot: the kernel printed "reboot: Restarting system".
@@ -52,16 +52,16 @@ type Markers struct {
 	Panic string
 }
 
-// NewConsole returns a Console that writes the console's lines to file
+// newConsole returns a Console that writes the console's lines to file
 // (console.log; Close closes it when it is an io.Closer) and, when echo is
 // not nil, to echo as well (such as LineWriter(t.Logf) or os.Stderr).
-func NewConsole(file, echo io.Writer) *Console {
-	return &Console{file: file, echo: echo, notify: make(chan struct{})}
+func newConsole(file, echo io.Writer) *serialConsole {
+	return &serialConsole{file: file, echo: echo, notify: make(chan struct{})}
 }
 
 // Write takes console output in pieces of any size; each complete line is
 // recorded as it arrives. It never fails.
-func (c *Console) Write(p []byte) (int, error) {
+func (c *serialConsole) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.partial = append(c.partial, p...)
@@ -79,7 +79,7 @@ func (c *Console) Write(p []byte) (int, error) {
 // Close records a last line that had no newline (with one added) and closes
 // the file when it is an io.Closer. Call it once the console's writer has
 // exited: what is written afterwards goes to the kept copy only.
-func (c *Console) Close() error {
+func (c *serialConsole) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.partial) > 0 {
@@ -98,7 +98,7 @@ func (c *Console) Close() error {
 	return nil
 }
 
-func (c *Console) addLocked(line []byte) {
+func (c *serialConsole) addLocked(line []byte) {
 	// Serial consoles end lines with \r\n; keep \n only.
 	clean := bytes.ReplaceAll(line, []byte("\r"), nil)
 	c.file.Write(clean)
@@ -125,22 +125,22 @@ func (c *Console) addLocked(line []byte) {
 
 // Lines is how many complete lines the console has printed so far: a sign
 // of life for waits that follow the guest's progress (internal/wait).
-func (c *Console) Lines() int64 {
+func (c *serialConsole) Lines() int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.lines
 }
 
 // Changed returns a channel that is closed when the next line arrives.
-func (c *Console) Changed() <-chan struct{} {
+func (c *serialConsole) Changed() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.notify
 }
 
-// Markers says which of the kernel's end-of-guest lines the console has
+// markers says which of the kernel's end-of-guest lines the console has
 // shown so far.
-func (c *Console) Markers() Markers {
+func (c *serialConsole) Markers() markers {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.marks
@@ -148,7 +148,7 @@ func (c *Console) Markers() Markers {
 
 // String returns the kept console: every complete line so far, up to the
 // last 1 MiB.
-func (c *Console) String() string {
+func (c *serialConsole) String() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return string(c.buf)
@@ -156,7 +156,7 @@ func (c *Console) String() string {
 
 // Tail returns the last n lines of the kept console, without the final
 // newline.
-func (c *Console) Tail(n int) string {
+func (c *serialConsole) Tail(n int) string {
 	s := strings.TrimRight(c.String(), "\n")
 	for i := len(s) - 1; i >= 0; i-- {
 		if s[i] == '\n' {

@@ -29,14 +29,14 @@ func TestKernelCmdlineForMachines(t *testing.T) {
 
 func TestMicrovmMachineArgs(t *testing.T) {
 	o := Options{Route: RouteVhostUser, MemoryMB: 64, Dir: "/d", Machine: MachineMicrovm}
-	args := strings.Join(MachineArgs(o), " ")
+	args := strings.Join(machineArgs(o), " ")
 	for _, want := range []string{"-M microvm,memory-backend=mem,acpi=on", "vhost-user-vsock-device,chardev=vsock0"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("microvm args lack %q: %s", want, args)
 		}
 	}
 	o.Machine = ""
-	args = strings.Join(MachineArgs(o), " ")
+	args = strings.Join(machineArgs(o), " ")
 	if !strings.Contains(args, "-M q35,memory-backend=mem") || !strings.Contains(args, "vhost-user-vsock-pci") {
 		t.Errorf("default args: %s", args)
 	}

@@ -101,9 +101,9 @@ func TestHasPVHNote(t *testing.T) {
 		}{k.Vmlinux, true})
 	}
 	for _, tc := range tests {
-		got, err := HasPVHNote(tc.path)
+		got, err := hasPVHNote(tc.path)
 		if err != nil || got != tc.want {
-			t.Errorf("HasPVHNote(%s) = %v, %v; want %v", tc.path, got, err, tc.want)
+			t.Errorf("hasPVHNote(%s) = %v, %v; want %v", tc.path, got, err, tc.want)
 		}
 	}
 }
@@ -119,8 +119,9 @@ func TestCommandLine(t *testing.T) {
 		{"vhost-user tcg", func(o *Options) { o.Route, o.Accel = RouteVhostUser, AccelTCG },
 			[]string{"-accel tcg", "-chardev socket,id=vsock0,path=/d/vhost-user.sock", "-device vhost-user-vsock-pci,chardev=vsock0",
 				"-object memory-backend-memfd,id=mem,size=256M,share=on", "-m 256M", "-smp 2", "-no-reboot",
-				"-append console=ttyS0 panic=-1 no_timer_check quiet x=1", "-kernel /k", "-initrd /i.cpio"},
-			[]string{"vhost-vsock-pci", "-cpu"}},
+				"-append console=ttyS0 panic=-1 no_timer_check quiet x=1", "-kernel /k", "-initrd /i.cpio",
+				"-M q35,memory-backend=mem", "-nographic", "-chardev stdio,id=con,signal=off", "-serial chardev:con"},
+			[]string{"vhost-vsock-pci", "-cpu", "-display", "mon:stdio", "-serial\x00stdio", "-enable-kvm"}},
 		{"vhost-vsock kvm", func(o *Options) { o.Route, o.Accel = RouteVhostVsock, AccelKVM },
 			[]string{"-accel kvm", "-cpu host", "-device vhost-vsock-pci,guest-cid=16"},
 			[]string{"vhost-user-vsock-pci", "-accel tcg"}},
@@ -187,8 +188,8 @@ func TestResolveErrors(t *testing.T) {
 // TestVerdict checks how a VM's end is told from its console and QEMU's
 // exit: console output arriving as QEMU writes it (\r\n line ends, lines
 // split across writes, a last line without a newline) goes through a
-// Console, whose Markers, with QEMU's wait error, whether we were stopping
-// it and QEMU's last complaint, go to Classify. It boots nothing.
+// Console, whose markers, with QEMU's wait error, whether we were stopping
+// it and QEMU's last complaint, go to classify. It boots nothing.
 func TestVerdict(t *testing.T) {
 	exit1 := exec.Command("false").Run() // a real *exec.ExitError, status 1
 	if exit1 == nil {
@@ -282,7 +283,7 @@ func TestVerdict(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var file, echo strings.Builder
-			c := NewConsole(&file, &echo)
+			c := newConsole(&file, &echo)
 			for _, w := range tt.writes {
 				c.Write([]byte(w))
 			}
@@ -301,9 +302,9 @@ func TestVerdict(t *testing.T) {
 			if c.String() != want {
 				t.Errorf("kept console %q, want %q", c.String(), want)
 			}
-			e := Classify(tt.waitErr, c.Markers(), tt.stopping, tt.qemuSaid)
+			e := classify(tt.waitErr, c.Markers(), tt.stopping, tt.qemuSaid)
 			if e.Kind != tt.want || e.Code != tt.wantCode || e.Detail != tt.wantDetail {
-				t.Errorf("Classify = %s, status %d, %q; want %s, status %d, %q\nconsole:\n%s", e.Kind, e.Code, e.Detail, tt.want, tt.wantCode, tt.wantDetail, c.String())
+				t.Errorf("classify = %s, status %d, %q; want %s, status %d, %q\nconsole:\n%s", e.Kind, e.Code, e.Detail, tt.want, tt.wantCode, tt.wantDetail, c.String())
 			}
 		})
 	}
@@ -314,7 +315,7 @@ func TestVerdict(t *testing.T) {
 func TestConsole(t *testing.T) {
 	file := &closeRecorder{}
 	var echo strings.Builder
-	c := NewConsole(file, &echo)
+	c := newConsole(file, &echo)
 	changed := c.Changed()
 	c.Write([]byte("one\r\ntw"))
 	select {
@@ -342,8 +343,8 @@ func TestConsole(t *testing.T) {
 	if got := c.Tail(10); got != "one\ntwo\n[ 1.0] reboot: Power down\nthree" {
 		t.Errorf("Tail(10) = %q", got)
 	}
-	if m := c.Markers(); m != (Markers{PowerOff: true}) {
-		t.Errorf("Markers %+v, want power-off only", m)
+	if m := c.Markers(); m != (markers{PowerOff: true}) {
+		t.Errorf("markers %+v, want power-off only", m)
 	}
 	if file.String() != echo.String() || file.String() != "one\ntwo\n[ 1.0] reboot: Power down\nthree\n" {
 		t.Errorf("file %q echo %q: want the lines without \\r", file.String(), echo.String())
@@ -379,14 +380,14 @@ func TestDetectAccelOverrides(t *testing.T) {
 	t.Setenv("NITROINIT_CACHE", cache)
 
 	t.Setenv("VMTEST_ACCEL", "kvm")
-	if a, why := DetectAccel(context.Background(), []string{qemu}, kernel); a != AccelKVM || !strings.Contains(why, "VMTEST_ACCEL") {
+	if a, why := detectAccel(context.Background(), []string{qemu}, kernel); a != AccelKVM || !strings.Contains(why, "VMTEST_ACCEL") {
 		t.Errorf("VMTEST_ACCEL=kvm: got %s (%s)", a, why)
 	}
 	t.Setenv("VMTEST_ACCEL", "")
 
 	if err := kvmOpens(); err != nil {
 		// Without a usable /dev/kvm the answer is TCG, and says why.
-		if a, why := DetectAccel(context.Background(), []string{qemu}, kernel); a != AccelTCG || !strings.Contains(why, "/dev/kvm") {
+		if a, why := detectAccel(context.Background(), []string{qemu}, kernel); a != AccelTCG || !strings.Contains(why, "/dev/kvm") {
 			t.Errorf("no /dev/kvm: got %s (%s)", a, why)
 		}
 		return
@@ -398,7 +399,7 @@ func TestDetectAccelOverrides(t *testing.T) {
 	os.MkdirAll(filepath.Join(cache, "accel"), 0o755)
 	for _, want := range []string{AccelKVM, AccelTCG} {
 		os.WriteFile(filepath.Join(cache, "accel", key), []byte(want+" planted answer\n"), 0o644)
-		if a, why := DetectAccel(context.Background(), []string{qemu}, kernel); a != want || !strings.Contains(why, "planted answer (cached in") {
+		if a, why := detectAccel(context.Background(), []string{qemu}, kernel); a != want || !strings.Contains(why, "planted answer (cached in") {
 			t.Errorf("cached %s: got %s (%s)", want, a, why)
 		}
 	}

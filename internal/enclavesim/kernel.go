@@ -34,8 +34,8 @@ type Kernel struct {
 // moduleNames are the modules the simulator's guests need, in load order.
 var moduleNames = []string{"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport", "vsock_loopback", "nsm", "virtio_mmio"}
 
-// CacheDir is ${NITROINIT_CACHE:-$HOME/.cache/nitroinit}.
-func CacheDir() string {
+// cacheDir is ${NITROINIT_CACHE:-$HOME/.cache/nitroinit}.
+func cacheDir() string {
 	if d := os.Getenv("NITROINIT_CACHE"); d != "" {
 		return d
 	}
@@ -58,7 +58,7 @@ func FindKernel() (Kernel, error) {
 	if k := os.Getenv("NITROINIT_KERNEL"); k != "" {
 		return kernelFromEnv(k, os.Getenv("NITROINIT_MODULES_DIR"))
 	}
-	dir := filepath.Join(CacheDir(), "kernel", "current")
+	dir := filepath.Join(cacheDir(), "kernel", "current")
 	ver, err := os.ReadFile(filepath.Join(dir, "VERSION"))
 	if err != nil {
 		return Kernel{}, fmt.Errorf("%w: %s has no VERSION (%v): run ci/fetch-kernel.sh, or set NITROINIT_KERNEL (and NITROINIT_MODULES_DIR)", ErrNoKernel, dir, err)
@@ -90,7 +90,7 @@ func kernelFromEnv(image, modDir string) (Kernel, error) {
 		return Kernel{}, fmt.Errorf("%w: NITROINIT_KERNEL=%s: no such file", ErrNoKernel, image)
 	}
 	k := Kernel{Vmlinuz: image}
-	if ok, _ := HasPVHNote(image); ok {
+	if ok, _ := hasPVHNote(image); ok {
 		k.Vmlinux = image
 	}
 	if modDir != "" {
@@ -139,9 +139,9 @@ func (k Kernel) BootImage() string {
 // QEMU looks for in an ELF kernel.
 const xenElfnotePhys32Entry = 18
 
-// HasPVHNote reports whether path is an ELF kernel with a PVH entry note, so
+// hasPVHNote reports whether path is an ELF kernel with a PVH entry note, so
 // QEMU can boot it directly with -kernel.
-func HasPVHNote(path string) (bool, error) {
+func hasPVHNote(path string) (bool, error) {
 	f, err := elf.Open(path)
 	if err != nil {
 		var fe *elf.FormatError

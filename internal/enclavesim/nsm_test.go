@@ -38,7 +38,7 @@ func TestBackendNSM(t *testing.T) {
 			os.WriteFile(kernel, []byte("kernel"), 0o644)
 			os.WriteFile(initrd, []byte("initrd"), 0o644)
 			o := Options{Route: RouteVhostUser, Dir: dir, GuestCID: 16, Kernel: kernel, Initrd: initrd, Append: "x=1", NSM: &tc.opts}
-			b, err := StartBackend(o)
+			b, err := startBackend(o)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -75,7 +75,7 @@ func TestBackendNSM(t *testing.T) {
 					t.Errorf("pcrs.json %s = %s, want %s", k, pcrs[k], v)
 				}
 			}
-			c, err := net.Dial("unix", hvsock.ListenPath(HybridSocket(dir), nitro.NSMSimPort))
+			c, err := net.Dial("unix", hvsock.ListenPath(hybridSocketPath(dir), nitro.NSMSimPort))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -113,7 +113,7 @@ func TestBackendNSMFromEIF(t *testing.T) {
 		t.Fatal(err)
 	}
 	o := p.Apply(Options{Route: RouteVhostUser, Dir: dir, GuestCID: 16, NSM: &NSMOptions{ParentInstanceID: "i-1"}})
-	b, err := StartBackend(o)
+	b, err := startBackend(o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hugelgupf/vmtest/qemu"
+
 	"github.com/nitroinit/nitroinit/internal/nitro"
 )
 
@@ -30,13 +32,6 @@ import (
 const (
 	RouteVhostUser  = "vhost-user"
 	RouteVhostVsock = "vhost-vsock"
-)
-
-// HeartbeatPort is the vsock port the parent listens on for the enclave's
-// readiness heartbeat, and HeartbeatByte what both sides send.
-const (
-	HeartbeatPort = nitro.HeartbeatPort
-	HeartbeatByte = nitro.HeartbeatByte
 )
 
 // Options configure a VM. The zero value of each field means "choose for me"
@@ -65,7 +60,7 @@ type Options struct {
 	// Console receives the guest's serial console as it arrives (besides
 	// Dir/console.log and ConsoleTail).
 	Console io.Writer
-	// Accel is "tcg" or "kvm"; "" means DetectAccel. A QEMU command line
+	// Accel is "tcg" or "kvm"; "" means detectAccel. A QEMU command line
 	// that chooses an accelerator itself (-accel, -enable-kvm) wins.
 	Accel string
 	// Route is RouteVhostUser or RouteVhostVsock; "" means vhost-vsock when
@@ -133,12 +128,12 @@ func (o Options) Resolve(ctx context.Context) (Options, error) {
 	switch o.Route {
 	case "":
 		o.Route = RouteVhostUser
-		if VhostVsockUsable() == nil {
+		if vhostVsockUsable() == nil {
 			o.Route = RouteVhostVsock
 		}
 	case RouteVhostUser:
 	case RouteVhostVsock:
-		if err := VhostVsockUsable(); err != nil {
+		if err := vhostVsockUsable(); err != nil {
 			return o, fmt.Errorf("route %s: %w", RouteVhostVsock, err)
 		}
 	default:
@@ -151,7 +146,7 @@ func (o Options) Resolve(ctx context.Context) (Options, error) {
 		return o, err
 	}
 	if o.Accel == "" && !choosesAccel(qemu) {
-		accel, why := DetectAccel(ctx, qemu, o.Kernel)
+		accel, why := detectAccel(ctx, qemu, o.Kernel)
 		o.logf("accelerator %s: %s", accel, why)
 		o.Accel = accel
 	}
@@ -180,12 +175,12 @@ func choosesAccel(qemu []string) bool {
 	return false
 }
 
-// VhostUserSocket is where the vhost-user backend listens for QEMU in dir.
-func VhostUserSocket(dir string) string { return filepath.Join(dir, "vhost-user.sock") }
+// vhostUserSocket is where the vhost-user backend listens for QEMU in dir.
+func vhostUserSocket(dir string) string { return filepath.Join(dir, "vhost-user.sock") }
 
-// HybridSocket is the hybrid vsock socket in dir: `initctl --vsock-uds` and
+// hybridSocketPath is the hybrid vsock socket in dir: `initctl --vsock-uds` and
 // hvsock.Dial take it.
-func HybridSocket(dir string) string { return filepath.Join(dir, "vsock.sock") }
+func hybridSocketPath(dir string) string { return filepath.Join(dir, "vsock.sock") }
 
 // ConsoleLog is where the console is written in dir.
 func ConsoleLog(dir string) string { return filepath.Join(dir, "console.log") }
@@ -194,35 +189,44 @@ func ConsoleLog(dir string) string { return filepath.Join(dir, "console.log") }
 const maxSocketPath = 107
 
 // CommandLine returns QEMU's argv (argv[0] is the binary) for resolved
-// options, with sockets in o.Dir: the QEMU command, MachineArgs, no display,
-// and the kernel, initramfs and kernel command line.
+// options, with sockets in o.Dir, exactly as Start runs it: the QEMU
+// command, vmtest's -nographic, -kernel, -initrd and -append, and
+// machineArgs.
 func CommandLine(o Options) ([]string, error) {
 	if o.Route == "" || o.MemoryMB == 0 || o.Kernel == "" || o.Dir == "" {
 		return nil, fmt.Errorf("options not resolved (route %q, memory %d, kernel %q, dir %q): call Resolve and set Dir", o.Route, o.MemoryMB, o.Kernel, o.Dir)
 	}
-	args := append(strings.Fields(o.QEMU), MachineArgs(o)...)
-	return append(args,
-		"-display", "none",
-		"-kernel", o.Kernel,
-		"-initrd", o.Initrd,
-		"-append", kernelCmdline(o),
-	), nil
+	qo, err := qemu.OptionsFor(qemu.ArchAMD64, qemuFns(o)...)
+	if err != nil {
+		return nil, fmt.Errorf("QEMU options: %w", err)
+	}
+	return qo.Cmdline()
 }
 
-// MachineArgs returns the QEMU arguments for resolved options other than
-// the binary, the display and the boot files (-kernel, -initrd, -append):
-// no default devices or user config, -no-reboot, the q35 machine with o's
-// memory and vCPUs, the accelerator (none when o.Accel is "": the QEMU
-// command chooses), the serial console on QEMU's stdio, and the guest
-// memory backend and vsock device (vsockArgs). CommandLine uses them, and
-// so do harnesses that build the rest of QEMU's command line themselves
-// (hugelgupf/vmtest's qemu.ArbitraryArgs, next to its -nographic, -kernel,
-// -initrd and -append).
-func MachineArgs(o Options) []string {
+// qemuFns are the vmtest options that make o's QEMU: the command, kernel,
+// initramfs and kernel command line, and as arbitrary arguments
+// machineArgs (vmtest has no option for vsock or memory backends).
+func qemuFns(o Options, more ...qemu.Fn) []qemu.Fn {
+	return append([]qemu.Fn{
+		qemu.WithQEMUCommand(o.QEMU),
+		qemu.WithKernel(o.Kernel),
+		qemu.WithInitramfs(o.Initrd),
+		qemu.WithAppendKernel(kernelCmdline(o)),
+		qemu.ArbitraryArgs(machineArgs(o)...),
+	}, more...)
+}
+
+// machineArgs returns the QEMU arguments for resolved options other than
+// the binary, the display and the boot files (-kernel, -initrd, -append,
+// which vmtest adds): no default devices or user config, -no-reboot, the
+// q35 machine with o's memory and vCPUs, the accelerator (none when o.Accel
+// is "": the QEMU command chooses), the serial console on QEMU's stdio, and
+// the guest memory backend and vsock device (vsockArgs).
+func machineArgs(o Options) []string {
 	args := []string{
 		"-nodefaults", "-no-user-config",
 		// A guest reboot ends QEMU too; the console tells reboot from
-		// power-off (see Classify).
+		// power-off (see classify).
 		"-no-reboot",
 		"-M", machineArg(o.Machine),
 		"-m", strconv.Itoa(o.MemoryMB) + "M",
@@ -240,7 +244,8 @@ func MachineArgs(o Options) []string {
 	return append(args, vsockArgs(o)...)
 }
 
-// KernelCmdline is the simulator's kernel command line plus extra.
+// KernelCmdline is the simulator's own kernel command line plus extra (an
+// EIF built for the simulator stores it; see kernelCmdline for a VM's).
 func KernelCmdline(extra string) string {
 	// panic=-1 turns a kernel panic into an immediate reboot, which
 	// -no-reboot turns into QEMU's exit: a crashed guest never hangs a test.
@@ -256,7 +261,7 @@ func KernelCmdline(extra string) string {
 
 // vsockArgs returns the QEMU arguments for guest memory and the vsock
 // device: memory must be a shared memfd backend for vhost-user, since the
-// backend maps guest memory; -M q35,memory-backend=mem (MachineArgs) uses
+// backend maps guest memory; -M q35,memory-backend=mem (machineArgs) uses
 // it.
 func vsockArgs(o Options) []string {
 	mem := fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", o.MemoryMB)
@@ -266,14 +271,14 @@ func vsockArgs(o Options) []string {
 			"-device", fmt.Sprintf("%s,guest-cid=%d", vsockDevice(o.Machine, "vhost-vsock"), o.GuestCID)}
 	default:
 		return []string{"-object", mem,
-			"-chardev", "socket,id=vsock0,path=" + VhostUserSocket(o.Dir),
+			"-chardev", "socket,id=vsock0,path=" + vhostUserSocket(o.Dir),
 			"-device", vsockDevice(o.Machine, "vhost-user-vsock") + ",chardev=vsock0"}
 	}
 }
 
 // checkSocketPaths fails early when dir is too deep for Unix socket names.
 func checkSocketPaths(dir string) error {
-	longest := HybridSocket(dir) + "_4294967295"
+	longest := hybridSocketPath(dir) + "_4294967295"
 	if len(longest) > maxSocketPath {
 		return fmt.Errorf("directory %s is too deep for Unix socket names (%d bytes > %d): use a shorter Dir", dir, len(longest), maxSocketPath)
 	}

@@ -1,18 +1,21 @@
 package enclavesim
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/hugelgupf/vmtest/qemu"
+
+	"github.com/nitroinit/nitroinit/internal/nitro"
 )
 
 // ExitKind says how a VM ended.
@@ -76,25 +79,30 @@ func (e Exit) String() string {
 
 // VM is a running simulated enclave.
 type VM struct {
-	*Backend
+	*backend
 	opts    Options
-	args    []string
-	cmd     *exec.Cmd
-	console *Console
+	qemu    *qemu.VM
+	console *serialConsole
 	started time.Time
 	tempDir bool // Dir was created by Start and is removed by Stop
 
 	done     chan struct{} // closed when QEMU has exited and the console is drained
 	exit     Exit
-	stderr   bytes.Buffer
 	mu       sync.Mutex
-	stopping ExitKind // set before we kill QEMU: ExitStopped or ExitTimeout
+	stopping ExitKind // set before we signal QEMU: ExitStopped or ExitTimeout
 	stopOnce sync.Once
 }
 
 // Start boots a VM: resolves the options, starts the vsock backend and the
-// heartbeat listener, then QEMU. The VM runs until the guest powers off,
-// Options.Timeout passes or Stop is called; ctx only bounds the start.
+// heartbeat listener, then QEMU, through hugelgupf/vmtest's qemu package.
+// The VM runs until the guest powers off or reboots, Options.Timeout passes
+// or Stop is called; ctx only bounds the start.
+//
+// vmtest gives QEMU a pty as stdin and merges its stderr into the serial
+// console; it cannot put QEMU in a process group of its own, so a terminal's
+// Ctrl-C reaches QEMU too. If the caller dies without Stop, QEMU on the
+// vhost-user route exits with its backend; on the vhost-vsock route it runs
+// until the guest powers off or Options.Timeout.
 func Start(ctx context.Context, o Options) (*VM, error) {
 	o, err := o.Resolve(ctx)
 	if err != nil {
@@ -113,56 +121,56 @@ func Start(ctx context.Context, o Options) (*VM, error) {
 	}
 	o = vm.opts
 	fail := func(err error) (*VM, error) {
-		if vm.Backend != nil {
-			vm.Backend.Close()
+		if vm.backend != nil {
+			vm.backend.Close()
 		}
 		if vm.tempDir {
 			os.RemoveAll(o.Dir)
 		}
 		return nil, err
 	}
-	if vm.args, err = CommandLine(o); err != nil {
+	if _, err := CommandLine(o); err != nil {
 		return fail(err)
 	}
 	logFile, err := os.Create(ConsoleLog(o.Dir))
 	if err != nil {
 		return fail(fmt.Errorf("console log: %w", err))
 	}
-	vm.console = NewConsole(logFile, o.Console)
-	if vm.Backend, err = StartBackend(o); err != nil {
+	vm.console = newConsole(logFile, o.Console)
+	// The backend first: QEMU connects to the vhost-user device while it
+	// sets the device up.
+	if vm.backend, err = startBackend(o); err != nil {
 		vm.console.Close()
 		return fail(err)
 	}
-	cmd := exec.Command(vm.args[0], vm.args[1:]...)
-	cmd.Stdin = nil // /dev/null: the console is output only
-	stdout, err := cmd.StdoutPipe()
+	backend := vm.backend
+	fns := qemuFns(o,
+		// vm.qemu.Wait closes the serial outputs, which closes console.log.
+		qemu.WithSerialOutput(vm.console),
+		// The backend goes once QEMU has exited (QEMU 7.2 does not survive
+		// its vhost-user backend going first), before Wait returns: a
+		// caller that saw the VM end may boot the next one, which needs
+		// the machine-wide vsock ports on the vhost-vsock route.
+		qemu.WithTask(qemu.Cleanup(backend.Close)),
+	)
+	vm.started = time.Now()
+	vm.qemu, err = qemu.Start(qemu.ArchAMD64, fns...)
 	if err != nil {
 		vm.console.Close()
-		return fail(err)
+		return fail(fmt.Errorf("starting QEMU %s: %w (install qemu-system-x86 or set VMTEST_QEMU)", o.QEMU, err))
 	}
-	cmd.Stderr = &lockedWriter{mu: &vm.mu, w: &vm.stderr}
-	// Its own process group, so a terminal's Ctrl-C reaches us, and we stop
-	// QEMU in order (after which the backend may go).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	o.logf("enclavesim: %s", strings.Join(vm.args, " "))
-	vm.started = time.Now()
-	if err := cmd.Start(); err != nil {
-		vm.console.Close()
-		return fail(fmt.Errorf("starting QEMU %s: %w (install qemu-system-x86 or set VMTEST_QEMU)", vm.args[0], err))
-	}
-	vm.cmd = cmd
-	pumped := make(chan struct{})
-	go func() {
-		defer close(pumped)
-		defer recoverTo(o.Logf, "console reader")
-		io.Copy(vm.console, stdout)
-	}()
-	go vm.wait(pumped)
+	o.logf("enclavesim: %s", vm.qemu.CmdlineQuoted())
+	// Wait must run from the start, not only when a caller asks how the VM
+	// ended: it drains the pty that vmtest puts on QEMU's stdout, and
+	// without a reader that pty fills up and blocks the guest's console.
+	go vm.wait()
 	if o.Timeout > 0 {
 		go func() {
 			defer recoverTo(o.Logf, "timeout watcher")
+			t := time.NewTimer(o.Timeout)
+			defer t.Stop()
 			select {
-			case <-time.After(o.Timeout):
+			case <-t.C:
 				vm.kill(ExitTimeout)
 			case <-vm.done:
 			}
@@ -171,26 +179,41 @@ func Start(ctx context.Context, o Options) (*VM, error) {
 	return vm, nil
 }
 
-// wait collects QEMU's exit, drains the console and classifies the end.
-func (vm *VM) wait(pumped chan struct{}) {
+// wait collects QEMU's end through vmtest's Wait (which drains the console,
+// closes it and runs the backend's cleanup) and classifies it.
+func (vm *VM) wait() {
+	defer close(vm.done)
 	defer recoverTo(vm.opts.Logf, "QEMU waiter")
-	// Drain the console first: Wait closes the pipe, and the kernel's last
-	// line (the one that says power-off or reboot) may still be in it.
-	<-pumped
-	err := vm.cmd.Wait()
-	vm.console.Close()
+	err := vm.qemu.Wait()
 	vm.mu.Lock()
 	stopping := vm.stopping
-	stderr := lastLine(vm.stderr.String())
 	vm.mu.Unlock()
-	e := Classify(err, vm.console.Markers(), stopping, stderr)
+	e := classify(err, vm.console.Markers(), stopping, lastQEMULine(vm.console.String(), vm.opts.QEMU))
 	e.Uptime = time.Since(vm.started)
 	vm.exit = e
 	vm.opts.logf("enclavesim: VM ended: %s", e)
-	close(vm.done)
 }
 
-// Classify decides how a VM ended, once QEMU has exited and its console is
+// lastQEMULine is QEMU's last complaint in console: vmtest sends QEMU's
+// stderr to the serial outputs too, and QEMU starts its messages with its
+// program name ("qemu-system-x86_64: -device ...: ..."), the first word of
+// qemuCmd.
+func lastQEMULine(console, qemuCmd string) string {
+	f := strings.Fields(qemuCmd)
+	if len(f) == 0 {
+		return ""
+	}
+	prefix := filepath.Base(f[0]) + ":"
+	lines := strings.Split(console, "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.HasPrefix(lines[i], prefix) {
+			return strings.TrimSpace(lines[i])
+		}
+	}
+	return ""
+}
+
+// classify decides how a VM ended, once QEMU has exited and its console is
 // drained, from:
 //   - waitErr, what waiting for QEMU returned (exec.Cmd.Wait, or
 //     hugelgupf/vmtest's VM.Wait): nil for status 0, an *exec.ExitError
@@ -204,7 +227,7 @@ func (vm *VM) wait(pumped chan struct{}) {
 // still powered off. Power-off and reboot count only when QEMU exited 0.
 // The Exit has Kind, Code (QEMU's status, -1 after a signal or when waitErr
 // is not an *exec.ExitError) and Detail; the caller sets Uptime.
-func Classify(waitErr error, m Markers, stopping ExitKind, qemuSaid string) Exit {
+func classify(waitErr error, m markers, stopping ExitKind, qemuSaid string) Exit {
 	e := Exit{Kind: ExitFailed}
 	var ee *exec.ExitError
 	switch {
@@ -234,7 +257,7 @@ func Classify(waitErr error, m Markers, stopping ExitKind, qemuSaid string) Exit
 }
 
 // Args is QEMU's argv as started.
-func (vm *VM) Args() []string { return append([]string(nil), vm.args...) }
+func (vm *VM) Args() []string { return vm.qemu.Cmdline() }
 
 // Dir is the directory with the sockets and console.log.
 func (vm *VM) Dir() string { return vm.opts.Dir }
@@ -259,7 +282,7 @@ func (vm *VM) Heartbeat(ctx context.Context) (time.Time, error) {
 		}
 		return time.Time{}, fmt.Errorf("VM ended (%s) without a heartbeat; console:\n%s", vm.exit, vm.ConsoleTail(20))
 	case <-ctx.Done():
-		return time.Time{}, fmt.Errorf("no heartbeat on port %d: %w; console:\n%s", HeartbeatPort, ctx.Err(), vm.ConsoleTail(20))
+		return time.Time{}, fmt.Errorf("no heartbeat on port %d: %w; console:\n%s", nitro.HeartbeatPort, ctx.Err(), vm.ConsoleTail(20))
 	}
 }
 
@@ -291,35 +314,35 @@ func (vm *VM) Dial(ctx context.Context, port uint32) (net.Conn, error) {
 func (vm *VM) Wait(ctx context.Context) (Exit, error) {
 	select {
 	case <-vm.done:
-		vm.Backend.Close()
+		vm.backend.Close()
 		return vm.exit, nil
 	case <-ctx.Done():
 		return Exit{}, fmt.Errorf("VM still running: %w", ctx.Err())
 	}
 }
 
-// kill notes why QEMU is ending and ends it (Terminate).
+// kill notes why QEMU is ending and ends it (terminate).
 func (vm *VM) kill(why ExitKind) {
 	vm.mu.Lock()
 	if vm.stopping == 0 {
 		vm.stopping = why
 	}
 	vm.mu.Unlock()
-	Terminate(vm.cmd.Process, vm.done)
+	terminate(vm.qemu, vm.done)
 }
 
-// A Signaler is a running QEMU: *os.Process, or hugelgupf/vmtest's *qemu.VM.
-type Signaler interface {
+// A signaler is a running QEMU: *os.Process, or hugelgupf/vmtest's *qemu.VM.
+type signaler interface {
 	Signal(os.Signal) error
 	Kill() error
 }
 
-// Terminate ends a QEMU the way Stop does and returns once done (closed when
+// terminate ends a QEMU the way Stop does and returns once done (closed when
 // the caller has seen QEMU exit) is closed: SIGTERM, on which QEMU stops the
 // guest and exits, then SIGKILL if it is still there two seconds later.
 // Nothing is sent when done is already closed. Callers note that they were
-// stopping QEMU before calling it, for Classify.
-func Terminate(p Signaler, done <-chan struct{}) {
+// stopping QEMU before calling it, for classify.
+func terminate(p signaler, done <-chan struct{}) {
 	select {
 	case <-done:
 		return
@@ -340,7 +363,7 @@ func Terminate(p Signaler, done <-chan struct{}) {
 func (vm *VM) Stop() Exit {
 	vm.stopOnce.Do(func() {
 		vm.kill(ExitStopped)
-		vm.Backend.Close()
+		vm.backend.Close()
 		if vm.tempDir {
 			os.RemoveAll(vm.opts.Dir)
 		}
@@ -379,15 +402,4 @@ func (vm *VM) WaitConsole(ctx context.Context, s string) error {
 		case <-vm.console.Changed():
 		}
 	}
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
