@@ -139,7 +139,7 @@ type realInit struct {
 
 // waitExit waits for init to exit, for as long as its console grows.
 func (in *realInit) waitExit() error {
-	return wait.Limits{Progress: in.console.Len}.Until(context.Background(), "init to exit", wait.Closed(in.exited))
+	return wait.Limits{Progress: in.console.Len}.Until(context.Background(), "init to exit", wait.Receive(in.exited, nil))
 }
 
 // startInit runs the real init binary in supervisor mode with the given

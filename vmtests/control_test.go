@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nitroinit/nitroinit/internal/control"
+	"github.com/nitroinit/nitroinit/internal/wait"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
@@ -433,15 +434,8 @@ func (e *enclave) follow(t *testing.T, n int, match string, args ...string) []st
 		done <- cmd.Wait()
 	}()
 	var waitErr error
-	eventually(t, waitTimeout, "initctl "+strings.Join(args, " ")+" to exit after Ctrl-C", func() (bool, string) {
-		select {
-		case waitErr = <-done:
-			exited = true
-			return true, ""
-		default:
-			return false, stderr.String()
-		}
-	})
+	eventually(t, waitTimeout, "initctl "+strings.Join(args, " ")+" to exit after Ctrl-C", wait.Receive(done, &waitErr))
+	exited = true
 	if waitErr != nil {
 		t.Errorf("initctl %s after Ctrl-C: %v, want exit 0; stderr: %s", strings.Join(args, " "), waitErr, stderr.String())
 	}

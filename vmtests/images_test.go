@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nitroinit/nitroinit/internal/wait"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
@@ -200,14 +201,7 @@ func (e *enclave) streamTo(t testing.TB, service string, port uint32) func() str
 	e.do(t, wire.Request{Kind: wire.KindServiceLogsStream, Name: service, VsockCID: e.hostCID, VsockPort: port})
 	return func() string {
 		var s string
-		eventually(t, waitTimeout, "the log stream of "+service+" to end", func() (bool, string) {
-			select {
-			case s = <-got:
-				return true, ""
-			default:
-				return false, ""
-			}
-		})
+		eventually(t, waitTimeout, "the log stream of "+service+" to end", wait.Receive(got, &s))
 		return s
 	}
 }

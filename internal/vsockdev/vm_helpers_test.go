@@ -299,14 +299,7 @@ func (vm *testVM) stopQEMU(tb testing.TB) {
 		tb.Logf("poweroff command: %q %v", reply, err)
 	}
 	// A guest that stopped printing without powering off is killed.
-	stalled := wait.Limits{Progress: vm.console.Len}.Until(context.Background(), "QEMU to exit", func() (bool, string) {
-		select {
-		case <-vm.qemuDone:
-			return true, ""
-		default:
-			return false, ""
-		}
-	})
+	stalled := wait.Limits{Progress: vm.console.Len}.Until(context.Background(), "QEMU to exit", wait.Receive(vm.qemuDone, nil))
 	if stalled != nil {
 		vm.cmd.Process.Kill()
 		<-vm.qemuDone
@@ -337,14 +330,7 @@ func (vm *testVM) close(tb testing.TB) {
 // console advances. The duration is kept for callers and ignored.
 func (vm *testVM) waitHeartbeat(tb testing.TB, _ time.Duration) {
 	tb.Helper()
-	err := wait.Limits{Progress: vm.console.Len}.Until(context.Background(), "a heartbeat on "+hvsock.ListenPath(vm.hybrid, portHeartbeat), func() (bool, string) {
-		select {
-		case <-vm.heartbeats:
-			return true, ""
-		default:
-			return false, ""
-		}
-	})
+	err := wait.Limits{Progress: vm.console.Len}.Until(context.Background(), "a heartbeat on "+hvsock.ListenPath(vm.hybrid, portHeartbeat), wait.Receive(vm.heartbeats, nil))
 	if err != nil {
 		tb.Fatalf("%v\nconsole:\n%s\ndevice log:\n%s", err, vm.console.String(), vm.logs.String())
 	}

@@ -169,11 +169,15 @@ func Bool(cond func() bool) Check {
 	return func() (bool, string) { return cond(), "" }
 }
 
-// Closed is a Check that holds once ch is closed.
-func Closed(ch <-chan struct{}) Check {
+// Receive is a Check that holds once a value arrives on ch or ch is
+// closed; the value goes to *v when v is not nil.
+func Receive[T any](ch <-chan T, v *T) Check {
 	return func() (bool, string) {
 		select {
-		case <-ch:
+		case x := <-ch:
+			if v != nil {
+				*v = x
+			}
 			return true, ""
 		default:
 			return false, ""

@@ -74,7 +74,7 @@ func TestUntil(t *testing.T) {
 			check: func() Check {
 				ch := make(chan struct{})
 				close(ch)
-				return Closed(ch)
+				return Receive(ch, nil)
 			},
 		},
 	}
