@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mdlayher/vsock"
@@ -27,10 +28,12 @@ type backend struct {
 	cancel context.CancelFunc
 	served chan error // Serve's result
 
-	hbLn   net.Listener
-	hbOnce sync.Once
-	hbDone chan struct{} // closed at the first good heartbeat
-	hbTime time.Time
+	hbLn    net.Listener
+	hbOnce  sync.Once
+	hbDone  chan struct{} // closed at the first good heartbeat
+	hbTime  time.Time
+	hbCount atomic.Int64 // good heartbeats so far
+	ownDev  bool         // dev is the caller's (Options.Device): not served or closed here
 
 	closeOnce sync.Once
 	wg        sync.WaitGroup
@@ -49,14 +52,16 @@ func startBackend(o Options) (*backend, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
 	var err error
-	switch o.Route {
-	case RouteVhostUser:
-		b.dev, err = vsockdev.New(vsockdev.Config{
-			VhostUserSocket: vhostUserSocket(o.Dir),
-			HybridSocket:    hybridSocketPath(o.Dir),
-			GuestCID:        o.GuestCID,
-			Logf:            o.Logf,
-		})
+	switch {
+	case o.Device != nil && o.Route != RouteVhostUser:
+		cancel()
+		return nil, fmt.Errorf("Options.Device needs the %s route, not %s", RouteVhostUser, o.Route)
+	case o.Device != nil:
+		b.dev, b.ownDev = o.Device, true
+	case o.Route == RouteVhostUser:
+		cfg := DeviceConfig(o.Dir)
+		cfg.GuestCID, cfg.Logf = o.GuestCID, o.Logf
+		b.dev, err = vsockdev.New(cfg)
 		if err != nil {
 			cancel()
 			return nil, fmt.Errorf("vsock device in %s: %w", o.Dir, err)
@@ -67,7 +72,7 @@ func startBackend(o Options) (*backend, error) {
 			defer recoverTo(o.Logf, "vsock device")
 			b.served <- b.dev.Serve(ctx)
 		}()
-	case RouteVhostVsock:
+	case o.Route == RouteVhostVsock:
 	default:
 		cancel()
 		return nil, fmt.Errorf("unknown vsock route %q", o.Route)
@@ -125,6 +130,7 @@ func (b *backend) acceptHeartbeats() {
 			b.hbTime = at
 			close(b.hbDone)
 		})
+		b.hbCount.Add(1)
 	}
 }
 
@@ -138,6 +144,11 @@ func (b *backend) HeartbeatReceived() (time.Time, bool) {
 		return time.Time{}, false
 	}
 }
+
+// Heartbeats is how many good heartbeats the listener has answered: a
+// guest that reboots (Options.Reboot) or reloads its vsock driver sends
+// another.
+func (b *backend) Heartbeats() int { return int(b.hbCount.Load()) }
 
 // HostCID is the CID the guest must dial to reach the host (heartbeat
 // vsock.cid in init.yaml): 3 on the vhost-user route, 2 on vhost-vsock.
@@ -210,7 +221,7 @@ func (b *backend) Close() error {
 			}
 		}
 		b.cancel()
-		if b.dev != nil {
+		if b.dev != nil && !b.ownDev {
 			err = b.dev.Close()
 		}
 		b.wg.Wait()

@@ -26,6 +26,7 @@ import (
 	"github.com/hugelgupf/vmtest/qemu"
 
 	"github.com/nitroinit/nitroinit/internal/nitro"
+	"github.com/nitroinit/nitroinit/internal/vsockdev"
 )
 
 // vsock routes.
@@ -69,6 +70,16 @@ type Options struct {
 	Route string
 	// Timeout kills QEMU that long after start; 0 means no limit.
 	Timeout time.Duration
+	// Reboot lets a guest reboot inside the VM instead of ending it (QEMU
+	// without -no-reboot), on the same vsock device: for tests of the
+	// device across guest reboots. A kernel panic then reboots the guest
+	// too, so a guest that keeps panicking runs until Timeout or Stop.
+	Reboot bool
+	// Device, when not nil, is the userspace vsock device to attach
+	// instead of a new one (vhost-user route only). The caller made it
+	// with DeviceConfig(Dir), serves it and closes it; it outlives the VM,
+	// so a test can boot one QEMU after another on it.
+	Device *vsockdev.Device
 	// Logf receives the simulator's diagnostics; nil discards them.
 	Logf func(format string, args ...any)
 	// Cmdline, when set, replaces the simulator's own kernel command line
@@ -175,6 +186,12 @@ func choosesAccel(qemu []string) bool {
 	return false
 }
 
+// DeviceConfig is the configuration of the vsock device a VM in dir
+// attaches to (its vhost-user and hybrid sockets), for Options.Device.
+func DeviceConfig(dir string) vsockdev.Config {
+	return vsockdev.Config{VhostUserSocket: vhostUserSocket(dir), HybridSocket: hybridSocketPath(dir)}
+}
+
 // vhostUserSocket is where the vhost-user backend listens for QEMU in dir.
 func vhostUserSocket(dir string) string { return filepath.Join(dir, "vhost-user.sock") }
 
@@ -218,19 +235,21 @@ func qemuFns(o Options, more ...qemu.Fn) []qemu.Fn {
 
 // machineArgs returns the QEMU arguments for resolved options other than
 // the binary, the display and the boot files (-kernel, -initrd, -append,
-// which vmtest adds): no default devices or user config, -no-reboot, the
-// q35 machine with o's memory and vCPUs, the accelerator (none when o.Accel
+// which vmtest adds): no default devices or user config, -no-reboot
+// (unless o.Reboot), the q35 machine with o's memory and vCPUs, the accelerator (none when o.Accel
 // is "": the QEMU command chooses), the serial console on QEMU's stdio, and
 // the guest memory backend and vsock device (vsockArgs).
 func machineArgs(o Options) []string {
 	args := []string{
 		"-nodefaults", "-no-user-config",
-		// A guest reboot ends QEMU too; the console tells reboot from
-		// power-off (see classify).
-		"-no-reboot",
 		"-M", machineArg(o.Machine),
 		"-m", strconv.Itoa(o.MemoryMB) + "M",
 		"-smp", strconv.Itoa(o.CPUs),
+	}
+	if !o.Reboot {
+		// A guest reboot ends QEMU too; the console tells reboot from
+		// power-off (see classify).
+		args = append(args, "-no-reboot")
 	}
 	switch o.Accel {
 	case AccelKVM:

@@ -5,66 +5,14 @@ import (
 	"io"
 	"net"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 )
 
-// The benchmarks share one VM per test binary; it is booted by the first
-// benchmark that needs it and powered off by TestMain.
-var bench struct {
-	once sync.Once
-	vm   *testVM
-	err  string
-}
-
-func benchVM(b *testing.B) *testVM {
-	b.Helper()
-	requireVM(b)
-	bench.once.Do(func() {
-		done := make(chan struct{})
-		// startVM reports through b; run it where a Fatal only ends this
-		// goroutine.
-		go func() {
-			defer close(done)
-			bench.err = "VM start failed (see log above)"
-			vm := startVM(b, vmOptions{})
-			select {
-			case <-vm.heartbeats:
-			case <-time.After(60 * time.Second):
-				bench.err = "no heartbeat from the benchmark VM:\n" + vm.console.String()
-				bench.vm = vm
-				return
-			}
-			bench.vm, bench.err = vm, ""
-		}()
-		<-done
-	})
-	if bench.err != "" {
-		b.Fatal(bench.err)
-	}
-	return bench.vm
-}
-
-func shutdownBenchVM() {
-	vm := bench.vm
-	if vm == nil {
-		return
-	}
-	if vm.cmd != nil {
-		vm.command("poweroff")
-		select {
-		case <-vm.qemuDone:
-		case <-time.After(20 * time.Second):
-			vm.cmd.Process.Kill()
-			<-vm.qemuDone
-		}
-	}
-	vm.hbLn.Close()
-	vm.cancel()
-	<-vm.serveErr
-	vm.dev.Close()
-}
+// The host side of the benchmarks: a Unix socket peer for each of the
+// guest's test ports, as the baseline every benchmark compares against.
+// BenchmarkDeviceRoundTrip uses them here, and the VM benchmarks
+// (vm_bench_test.go, package vsockdev_test) through export_test.go.
 
 // unixPeer serves the guest's test protocol on a plain Unix socket on the
 // host: the baseline every benchmark compares against.
@@ -166,52 +114,11 @@ func roundTrips(b *testing.B, c net.Conn) time.Duration {
 	return time.Since(start)
 }
 
-// runBoth times the traffic through the device (the benchmark's own
-// ns/op) and the same traffic over a host Unix socket, and reports both
-// and their ratio.
-func runBoth(b *testing.B, port uint32, serve func(net.Conn), traffic func(*testing.B, net.Conn) time.Duration, perOpBytes int) {
-	vm := benchVM(b)
-	c, err := vm.dial(port)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Minute))
-	if perOpBytes > 0 {
-		b.SetBytes(int64(perOpBytes))
-	}
-	b.ResetTimer()
-	dev := traffic(b, c)
-	b.StopTimer()
-	u := unixPeer(b, serve)
-	defer u.Close()
-	base := traffic(b, u)
-	perOp := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(b.N) }
-	if perOpBytes > 0 {
-		mbps := func(d time.Duration) float64 { return float64(b.N) * float64(perOpBytes) / d.Seconds() / 1e6 }
-		b.ReportMetric(mbps(dev), "vsock-MB/s")
-		b.ReportMetric(mbps(base), "unix-MB/s")
-	} else {
-		b.ReportMetric(perOp(dev)/1e3, "vsock-us/rtt")
-		b.ReportMetric(perOp(base)/1e3, "unix-us/rtt")
-	}
-	// How many times slower than a host Unix socket the device is.
-	b.ReportMetric(perOp(dev)/perOp(base), "x-unix-time")
-}
+// pattern matches the guest's source pattern (testdata/guest).
+func pattern(i uint64) byte { return byte(i*7 + i>>11) }
 
-// BenchmarkHostToGuest: host writes 1 MiB per op into the guest's discard
-// port.
-func BenchmarkHostToGuest(b *testing.B) {
-	runBoth(b, portDiscard, hostDiscard, sendAll, benchChunk)
-}
-
-// BenchmarkGuestToHost: the guest's source port writes 1 MiB per op to the
-// host.
-func BenchmarkGuestToHost(b *testing.B) {
-	runBoth(b, portSource, hostSource, receiveAll, benchChunk)
-}
-
-// BenchmarkRoundTrip: one 64-byte message echoed by the guest per op.
-func BenchmarkRoundTrip(b *testing.B) {
-	runBoth(b, portEcho, hostEcho, roundTrips, 0)
+func le64(n uint64) []byte {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], n)
+	return b[:]
 }

@@ -1,4 +1,4 @@
-package vsockdev
+package vsockdev_test
 
 import (
 	"bufio"
@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nitroinit/nitroinit/internal/hvsock"
+	"github.com/nitroinit/nitroinit/internal/vsockdev"
 	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
@@ -115,8 +116,8 @@ func TestVM(t *testing.T) {
 			t.Fatalf("handshake reply %q, %v", ok, err)
 		}
 		var port uint32
-		if _, err := fmt.Sscanf(ok, "OK %d\n", &port); err != nil || port < firstHostPort {
-			t.Fatalf("reply %q: want a host port >= %d (%v)", ok, firstHostPort, err)
+		if _, err := fmt.Sscanf(ok, "OK %d\n", &port); err != nil || port < vsockdev.FirstHostPort {
+			t.Fatalf("reply %q: want a host port >= %d (%v)", ok, vsockdev.FirstHostPort, err)
 		}
 		got, err := r.ReadString('\n')
 		if err != nil || got != "early bytes\n" {
@@ -382,9 +383,7 @@ func TestQEMUReplaced(t *testing.T) {
 	if _, err := io.ReadFull(c, make([]byte, 1<<20)); err != nil {
 		t.Fatalf("echo before the kill: %v", err)
 	}
-	vm.cmd.Process.Kill()
-	<-vm.qemuDone
-	vm.cmd = nil
+	vm.killQEMU()
 	// Closed by the device: EOF, or ECONNRESET because the device closed
 	// with our unread data in its socket.
 	if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
@@ -426,7 +425,7 @@ func TestQEMUReplaced(t *testing.T) {
 // driver, with a bad request, or without a request (connect timeout).
 func TestHybridBeforeGuest(t *testing.T) {
 	dir := t.TempDir()
-	dev, err := New(Config{VhostUserSocket: dir + "/vu.sock", HybridSocket: dir + "/h.sock", ConnectTimeout: 500 * time.Millisecond})
+	dev, err := vsockdev.New(vsockdev.Config{VhostUserSocket: dir + "/vu.sock", HybridSocket: dir + "/h.sock", ConnectTimeout: 500 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -471,7 +470,7 @@ func TestHybridBeforeGuest(t *testing.T) {
 // never sends its CONNECT line.
 func TestCloseDropsPendingHandshake(t *testing.T) {
 	dir := t.TempDir()
-	dev, err := New(Config{VhostUserSocket: dir + "/vu.sock", HybridSocket: dir + "/h.sock", ConnectTimeout: time.Minute})
+	dev, err := vsockdev.New(vsockdev.Config{VhostUserSocket: dir + "/vu.sock", HybridSocket: dir + "/h.sock", ConnectTimeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -61,11 +61,11 @@ func main() {
 	select {}
 }
 
-// load loads a module from /modules in whatever form the test copied it
+// load loads a module from /lib/modules in whatever form the test copied it
 // (.ko, or compressed for the kernel to decompress); a module that is not
 // there is built into the kernel.
 func load(name string) error {
-	matches, _ := filepath.Glob(filepath.Join("/modules", name+".ko*"))
+	matches, _ := filepath.Glob(filepath.Join("/lib/modules", name+".ko*"))
 	if len(matches) == 0 {
 		return nil
 	}
