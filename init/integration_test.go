@@ -35,7 +35,14 @@ After = ["cache"]`,
 	})
 	// A simple service counts as started once its exec succeeded, so the
 	// order of the processes' own writes is not the start order: compare
-	// the start lines init wrote to each log.
+	// the start lines init wrote to each log (init writes them while the
+	// processes run, so wait for them).
+	for _, n := range []string{"aaa", "db", "web"} {
+		h.waitFor(n+"'s start line in its log", func() (bool, string) {
+			l := h.logFile(n)
+			return strings.Contains(l, "init: started"), l
+		})
+	}
 	aaa := logTime(t, h.logFile("aaa"), "init: started")
 	db := logTime(t, h.logFile("db"), "init: started")
 	web := logTime(t, h.logFile("web"), "init: started")
@@ -48,6 +55,10 @@ After = ["cache"]`,
 	}
 	// The notify service's readiness came before db started: db's log shows
 	// its start after cache's "ready" line.
+	h.waitFor("cache's ready line in its log", func() (bool, string) {
+		l := h.logFile("cache")
+		return strings.Contains(l, "init: ready"), l
+	})
 	ready := logTime(t, h.logFile("cache"), "init: ready")
 	dbStart := logTime(t, h.logFile("db"), "init: started")
 	if dbStart.Before(ready) {

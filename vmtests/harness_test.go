@@ -146,8 +146,10 @@ func boot(t testing.TB, name string, g guest) (_ *enclave, err error) {
 	} else {
 		e.target = control.Target{Protocol: control.ProtocolHybrid, HybridPath: e.vm.HybridSocket(), VsockPort: controlPort}
 	}
-	// The boot goes on as long as the console advances.
+	// The boot goes on as long as the console advances; the kernel's own
+	// part of it prints nothing.
 	booting := e.consoleMoves()
+	booting.Stall = wait.BootStall
 	err = booting.Until(ctx, "the heartbeat on port "+strconv.Itoa(int(nitro.HeartbeatPort)), func() (bool, string) {
 		if _, ok := e.vm.HeartbeatReceived(); ok || e.ended() {
 			return true, ""

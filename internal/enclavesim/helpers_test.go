@@ -54,9 +54,9 @@ func TestMain(m *testing.M) {
 
 // guestCtx is a context for waiting on vm (its heartbeat, a dial, an
 // initctl run) that ends when the guest's console has not moved for
-// wait.DefaultStall.
+// wait.BootStall (the kernel boots without a word).
 func guestCtx(t testing.TB, vm *VM, what string) context.Context {
-	ctx, cancel := wait.Limits{Progress: vm.ConsoleLines}.Context(context.Background(), what)
+	ctx, cancel := wait.Limits{Stall: wait.BootStall, Progress: vm.ConsoleLines}.Context(context.Background(), what)
 	t.Cleanup(cancel)
 	return ctx
 }

@@ -2,6 +2,7 @@ package reap
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 // The tests fork real processes. Run in a subprocess that is a subreaper, so
@@ -66,13 +69,10 @@ func TestOrphansAreReaped(t *testing.T) {
 	}
 	// The shell itself is a child started with os/exec: its status goes
 	// to the reaper as an orphan too, which is what we want to count.
-	deadline := time.Now().Add(30 * time.Second)
-	for r.Orphans()-before < n+1 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if got := r.Orphans() - before; got < n+1 {
-		t.Fatalf("reaped %d orphans, want %d", got, n+1)
-	}
+	wait.For(t, "every orphan reaped", func() (bool, string) {
+		got := r.Orphans() - before
+		return got >= n+1, fmt.Sprintf("reaped %d orphans, want %d", got, n+1)
+	})
 	if z := zombies(t); z != 0 {
 		t.Fatalf("%d zombies left", z)
 	}

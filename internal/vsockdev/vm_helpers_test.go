@@ -220,7 +220,8 @@ func (vm *testVM) waitHeartbeat(tb testing.TB, _ time.Duration) {
 }
 
 func (vm *testVM) heartbeat() error {
-	err := wait.Limits{Progress: vm.console.Len}.Until(context.Background(), "a heartbeat on "+hvsock.ListenPath(vm.hybrid, nitro.HeartbeatPort), func() (bool, string) {
+	// A boot or reboot shows nothing while the kernel starts.
+	err := wait.Limits{Stall: wait.BootStall, Progress: vm.console.Len}.Until(context.Background(), "a heartbeat on "+hvsock.ListenPath(vm.hybrid, nitro.HeartbeatPort), func() (bool, string) {
 		n := vm.vm.Heartbeats()
 		return n > vm.beats, fmt.Sprintf("%d heartbeats", n)
 	})

@@ -30,6 +30,12 @@ const (
 	DefaultPoll  = 100 * time.Millisecond
 )
 
+// BootStall is the stall interval for a guest kernel's boot, up to the
+// first thing its init prints or sends: the kernel runs with "quiet", so
+// its console shows nothing for seconds on a quiet machine, over a minute
+// beside other work under TCG.
+const BootStall = 5 * time.Minute
+
 // firstPoll is the first interval between checks; it doubles up to
 // Limits.Poll, so a condition that holds almost at once costs little time
 // and one that takes long costs few checks.
