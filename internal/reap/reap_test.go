@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nitroinit/nitroinit/internal/testbin"
 	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
@@ -56,19 +57,27 @@ func TestStartRoutesExitStatus(t *testing.T) {
 
 func TestOrphansAreReaped(t *testing.T) {
 	const n = 300
+	// Built before the reaper runs: it would reap go build's children.
+	bins, err := testbin.Build(t.TempDir(), "", "./internal/testprog/zombies")
+	if err != nil {
+		t.Fatal(err)
+	}
 	r := New(t.Logf)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go r.Run(ctx)
 	before := r.Orphans()
-	// A shell starts n sleepers in the background and exits at once: the
-	// sleepers become our orphans and exit together a second later.
-	sh := exec.Command("sh", "-c", "i=0; while [ $i -lt "+strconv.Itoa(n)+" ]; do sleep 1 & i=$((i+1)); done")
+	// internal/testprog/zombies forks n children blocked on a pipe and
+	// exits: they become our orphans and exit together when it has gone,
+	// however slowly the machine forks. (A shell's "sleep 1 &" loop was
+	// load-dependent: on a busy machine the first sleepers exited while
+	// the shell still ran, and the shell reaped them.)
+	sh := exec.Command(bins[0], "-n", strconv.Itoa(n))
 	if err := sh.Start(); err != nil {
-		t.Skip("no sh:", err)
+		t.Fatal(err)
 	}
-	// The shell itself is a child started with os/exec: its status goes
-	// to the reaper as an orphan too, which is what we want to count.
+	// zombies itself is a child started with os/exec: its status goes to
+	// the reaper as an orphan too, which is what we want to count.
 	wait.For(t, "every orphan reaped", func() (bool, string) {
 		got := r.Orphans() - before
 		return got >= n+1, fmt.Sprintf("reaped %d orphans, want %d", got, n+1)
