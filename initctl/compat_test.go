@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 // answer is what an initctl command printed and how it exited: out is its
@@ -63,13 +65,10 @@ func TestReferenceCompat(t *testing.T) {
 	}
 	pid := func(i int) string { return fmt.Sprint(sleepers[i]) }
 	waitActive := func(name string) {
-		deadline := time.Now().Add(10 * time.Second)
-		for !strings.Contains(initctl(t, nil, "-s", in.sock, "status", name).stdout, "active (running)") {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s did not start", name)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		wait.For(t, name+" to start", func() (bool, string) {
+			out := initctl(t, nil, "-s", in.sock, "status", name).stdout
+			return strings.Contains(out, "active (running)"), out
+		})
 	}
 	waitActive("web")
 	waitActive("worker")

@@ -8,9 +8,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nitroinit/nitroinit/internal/enclavesim"
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 // TestAppImage builds an image with the initramfs command as a user would
@@ -98,7 +98,8 @@ func TestAppImage(t *testing.T) {
 	if out, err := initctl("shutdown"); err != nil {
 		t.Fatalf("initctl shutdown: %v\n%s", err, out)
 	}
-	wctx, wcancel := context.WithTimeout(ctx, 2*time.Minute)
+	// The power-off goes on while the console advances.
+	wctx, wcancel := wait.Limits{Progress: vm.ConsoleLines}.Context(ctx, "the power-off")
 	defer wcancel()
 	if ex, err := vm.Wait(wctx); err != nil || ex.Kind != enclavesim.ExitPowerOff {
 		t.Errorf("VM ended with %v (%v), want a power-off", ex, err)

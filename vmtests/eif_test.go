@@ -15,6 +15,7 @@ import (
 	"github.com/nitroinit/nitroinit/internal/eif"
 	"github.com/nitroinit/nitroinit/internal/enclavesim"
 	"github.com/nitroinit/nitroinit/internal/oci/ocitest"
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 // eifGuest is an EIF built the way a user builds one: a container image
@@ -194,7 +195,11 @@ func bootEIF(t *testing.T, machine string) (*eifVM, func(args ...string) (string
 		t.Fatal(err)
 	}
 	v := &eifVM{vm: vm, opts: opts}
-	if _, err := vm.Heartbeat(ctx); err != nil {
+	// The boot goes on while the console advances (the kernel's part of it
+	// prints nothing).
+	hbctx, hbcancel := wait.Limits{Stall: wait.BootStall, Progress: vm.ConsoleLines}.Context(context.Background(), "the heartbeat")
+	defer hbcancel()
+	if _, err := vm.Heartbeat(hbctx); err != nil {
 		v.stop(t)
 		t.Fatalf("no heartbeat on %s: %v\nconsole:\n%s", machine, err, vm.ConsoleTail(60))
 	}

@@ -45,8 +45,8 @@ const (
 	// Waits that see progress go on, up to wait.DefaultCap.
 	waitTimeout = wait.DefaultStall
 	// bootTimeout bounds a boot up to the heartbeat: the kernel prints
-	// nothing for a long while on a busy machine.
-	bootTimeout = 5 * time.Minute
+	// nothing for a long while on a busy machine (wait.BootStall).
+	bootTimeout = wait.BootStall
 	// vmLifetime is Options.Timeout: a VM that a test forgot dies. Shared
 	// VMs serve many tests, so it is long enough for the whole suite on a
 	// machine ten times slower than ours.
