@@ -2,7 +2,9 @@
 # demo.sh: see nitroinit work in one command. Builds init, initctl and the
 # example service program, builds an enclave image, boots it in the enclave
 # simulator (QEMU + our userspace vsock device), manages it with initctl from
-# the host through the hybrid vsock socket, and shuts it down.
+# the host through the hybrid vsock socket, shows an attestation document from
+# the simulated /dev/nsm, and shuts it down; then goes from a container image
+# to an EIF, prints its PCRs and boots it.
 #
 # Needs: what `make deps` installs (QEMU, the test kernel); ci/go provides Go.
 # Extra arguments go to `initramfs demo` (for example --keep, -v, --accel tcg).
@@ -29,4 +31,7 @@ done
 "$GO" build -trimpath -o bin/svc ./internal/testprog/svc
 "$GO" build -trimpath -o bin/nsmcheck ./internal/testprog/nsmcheck
 
-exec bin/initramfs demo --init bin/init --initctl bin/initctl --svc bin/svc --nsmcheck bin/nsmcheck "$@"
+bin/initramfs demo --init bin/init --initctl bin/initctl --svc bin/svc --nsmcheck bin/nsmcheck "$@"
+echo
+echo "==> From a container image to a booted EIF"
+exec bin/initramfs demo-eif --init bin/init --initctl bin/initctl --svc bin/svc "$@"
