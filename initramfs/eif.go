@@ -187,8 +187,9 @@ func treeFiles(entries []oci.Entry) []image.TreeFile {
 }
 
 // split divides a spec into the EIF's two ramdisks: the boot part (init,
-// initctl, their configuration, modules, /dev/console) and the app part
-// (/rootfs, /cmd, /env, services, other files).
+// initctl, their configuration, modules, /dev/console, and --nsm's marker,
+// which init reads before it switches roots) and the app part (/rootfs,
+// /cmd, /env, services, other files).
 func split(spec image.Spec) (boot, app image.Spec) {
 	boot = image.Spec{
 		Init: spec.Init, Initctl: spec.Initctl, Config: spec.Config, InitctlConfig: spec.InitctlConfig,
@@ -196,9 +197,10 @@ func split(spec image.Spec) (boot, app image.Spec) {
 	}
 	app = image.Spec{AppOnly: true, Services: spec.Services, Rootfs: spec.Rootfs, Tree: spec.Tree}
 	for _, f := range spec.Files {
-		if f.Dst == image.ConfigPath || f.Dst == image.InitctlConfigPath {
+		switch f.Dst {
+		case image.ConfigPath, image.InitctlConfigPath, nitro.NSMSimMarker:
 			boot.Files = append(boot.Files, f)
-		} else {
+		default:
 			app.Files = append(app.Files, f)
 		}
 	}

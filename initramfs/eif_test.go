@@ -14,6 +14,7 @@ import (
 
 	"github.com/u-root/mkuimage/cpio"
 
+	"github.com/nitroinit/nitroinit/initramfs/image"
 	"github.com/nitroinit/nitroinit/internal/eif"
 	"github.com/nitroinit/nitroinit/internal/nitro"
 	"github.com/nitroinit/nitroinit/internal/oci/ocitest"
@@ -395,4 +396,33 @@ func fixEIFCRC(b []byte) {
 	crc.Write(b[:nitro.EIFHeaderSize-4])
 	crc.Write(b[nitro.EIFHeaderSize:])
 	binary.BigEndian.PutUint32(b[nitro.EIFHeaderSize-4:], crc.Sum32())
+}
+
+// split puts what init reads before the root switch (its configuration and
+// --nsm's marker) into the boot ramdisk, and the app's files into the app
+// ramdisk.
+func TestSplit(t *testing.T) {
+	spec := image.Spec{Files: []image.File{
+		{Data: []byte("c"), Dst: image.ConfigPath},
+		{Data: []byte("i"), Dst: image.InitctlConfigPath},
+		{Data: []byte("m"), Dst: nitro.NSMSimMarker},
+		{Data: []byte("a"), Dst: nitro.CmdPath},
+		{Data: []byte("x"), Dst: "/rootfs/bin/x"},
+	}}
+	boot, app := split(spec)
+	where := map[string]string{}
+	for _, f := range boot.Files {
+		where[f.Dst] = "boot"
+	}
+	for _, f := range app.Files {
+		where[f.Dst] = "app"
+	}
+	for dst, want := range map[string]string{
+		image.ConfigPath: "boot", image.InitctlConfigPath: "boot", nitro.NSMSimMarker: "boot",
+		nitro.CmdPath: "app", "/rootfs/bin/x": "app",
+	} {
+		if where[dst] != want {
+			t.Errorf("%s in the %q ramdisk, want %s", dst, where[dst], want)
+		}
+	}
 }
