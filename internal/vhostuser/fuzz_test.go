@@ -9,16 +9,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// fuzzBackend takes every chain QEMU's rings offer when started, as a
+// fuzzDevice takes every chain QEMU's rings offer when started, as a
 // device would, so that ring addresses and descriptors from the fuzzed
 // memory are walked.
-type fuzzBackend struct{ chains int }
+type fuzzDevice struct{ chains int }
 
-func (b *fuzzBackend) Features() uint64 { return 0 }
-func (b *fuzzBackend) Config() []byte   { return []byte{16, 0, 0, 0, 0, 0, 0, 0} }
-func (b *fuzzBackend) NumQueues() int   { return 2 }
-func (b *fuzzBackend) Stop()            {}
-func (b *fuzzBackend) Start(qs []*Queue) {
+func (b *fuzzDevice) Features() uint64 { return 0 }
+func (b *fuzzDevice) Config() []byte   { return []byte{16, 0, 0, 0, 0, 0, 0, 0} }
+func (b *fuzzDevice) NumQueues() int   { return 2 }
+func (b *fuzzDevice) Stop()            {}
+func (b *fuzzDevice) Start(qs []*Queue) {
 	var c Chain
 	for _, q := range qs {
 		for range 2 * int(q.Size()) {
@@ -192,7 +192,7 @@ func FuzzServerMessages(f *testing.F) {
 		}
 		unix.Close(memfd)
 		unix.Shutdown(fds[0], unix.SHUT_WR)
-		s := &Server{backend: &fuzzBackend{}, logf: func(string, ...any) {}}
+		s := &Server{dev: &fuzzDevice{}, logf: func(string, ...any) {}}
 		s.serveConn(back)
 		back.Close()
 		front.Close()

@@ -22,7 +22,7 @@ type mappedRegion struct {
 	mapping []byte // what munmap needs; nil when data is not ours to unmap
 }
 
-// Memory is the guest's RAM as seen by the backend. Descriptor addresses
+// Memory is the guest's RAM as seen by this process. Descriptor addresses
 // are guest-physical; ring addresses from SET_VRING_ADDR are QEMU virtual
 // addresses. Both are translated here, and every translation checks that
 // the whole range lies inside one region, because the guest controls the

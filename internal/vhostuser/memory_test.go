@@ -62,7 +62,7 @@ func TestMapMemory(t *testing.T) {
 			}
 		})
 	}
-	// Writes through the backend's mapping reach the shared file.
+	// Writes through the server's mapping reach the shared file.
 	b, _ := m.Slice(0x1_0000_0000, 6)
 	copy(b, "SECOND")
 	if got := string(own[0x1800 : 0x1800+6]); got != "SECOND" {

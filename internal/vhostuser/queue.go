@@ -31,7 +31,7 @@ const MaxQueueSize = 32768
 // Chain is one descriptor chain taken from a queue: the buffers the device
 // may read (driver to device) followed by the buffers it may write. The
 // slices point straight into guest memory and are valid only until the
-// backend's Stop returns.
+// device's Stop returns.
 type Chain struct {
 	Head     uint16
 	Readable [][]byte
@@ -68,7 +68,7 @@ func (c *Chain) reset() {
 var ErrRingBroken = errors.New("virtqueue is broken")
 
 // Queue is a split virtqueue shared with the guest. It is used by one
-// goroutine at a time (the backend's worker); only Notify may be called
+// goroutine at a time (the device's worker); only Notify may be called
 // from elsewhere.
 type Queue struct {
 	// Index is the queue number (0 = rx, 1 = tx for vsock).

@@ -77,19 +77,21 @@ const (
 	maxFds     = 8
 )
 
-// Backend is the device behind the protocol.
-type Backend interface {
+// Device is the virtio device behind the protocol: the Server speaks
+// vhost-user (it is the "back-end" of the vhost-user specification) and
+// hands the Device its queues.
+type Device interface {
 	// Features returns the device-specific virtio feature bits offered to
 	// the driver; VERSION_1 is always added.
 	Features() uint64
 	// Config returns the device's configuration space.
 	Config() []byte
-	// NumQueues is how many virtqueues the back end serves.
+	// NumQueues is how many virtqueues the device has.
 	NumQueues() int
-	// Start hands the backend its queues, all enabled and mapped. The
-	// backend may use them from its own goroutine until Stop.
+	// Start hands the device its queues, all enabled and mapped. The
+	// device may use them from its own goroutine until Stop.
 	Start(queues []*Queue)
-	// Stop must return only once the backend no longer touches the queues
+	// Stop must return only once the device no longer touches the queues
 	// or any guest memory: the memory may be unmapped right after. It is
 	// called when the driver stops a ring, the memory table changes, or
 	// QEMU goes away.
@@ -98,10 +100,10 @@ type Backend interface {
 
 // Server accepts QEMU connections on a Unix socket, one at a time.
 type Server struct {
-	backend Backend
-	logf    func(string, ...any)
-	ln      *net.UnixListener
-	path    string
+	dev  Device
+	logf func(string, ...any)
+	ln   *net.UnixListener
+	path string
 
 	mu     sync.Mutex
 	cur    *net.UnixConn
@@ -110,7 +112,7 @@ type Server struct {
 
 // Listen creates the vhost-user socket at path. QEMU's
 // -chardev socket,path=<path> connects to it.
-func Listen(path string, b Backend, logf func(string, ...any)) (*Server, error) {
+func Listen(path string, d Device, logf func(string, ...any)) (*Server, error) {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
@@ -124,14 +126,14 @@ func Listen(path string, b Backend, logf func(string, ...any)) (*Server, error) 
 		return nil, fmt.Errorf("vhost-user socket %s: %w", path, err)
 	}
 	ln.SetUnlinkOnClose(true)
-	return &Server{backend: b, logf: logf, ln: ln, path: path}, nil
+	return &Server{dev: d, logf: logf, ln: ln, path: path}, nil
 }
 
 // Path is the socket's path.
 func (s *Server) Path() string { return s.path }
 
 // Serve handles QEMU connections until ctx ends or Close is called. When a
-// QEMU disconnects, the backend is stopped, everything QEMU handed over is
+// QEMU disconnects, the device is stopped, everything QEMU handed over is
 // released, and the next connection is accepted.
 func (s *Server) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { s.Close() })
@@ -224,7 +226,7 @@ type session struct {
 
 func (s *Server) serveConn(c *net.UnixConn) error {
 	ss := &session{s: s, c: c, oob: make([]byte, unix.CmsgSpace(4*maxFds)), payload: make([]byte, maxPayload)}
-	for i := 0; i < s.backend.NumQueues(); i++ {
+	for i := 0; i < s.dev.NumQueues(); i++ {
 		ss.vrings = append(ss.vrings, &vring{kickCh: make(chan struct{}, 1), call: newEventFD(), errFd: -1})
 	}
 	defer ss.teardown()
@@ -338,7 +340,7 @@ func (ss *session) handle(req, flags uint32, p []byte, fds []int) error {
 	var err error
 	switch req {
 	case reqGetFeatures:
-		return ss.replyU64(req, ss.s.backend.Features()|FeatureVersion1|featureProtocol)
+		return ss.replyU64(req, ss.s.dev.Features()|FeatureVersion1|featureProtocol)
 	case reqGetProtocolFeatures:
 		return ss.replyU64(req, offeredProto)
 	case reqGetQueueNum:
@@ -559,7 +561,7 @@ func (ss *session) getConfig(p []byte) error {
 	size := binary.LittleEndian.Uint32(p[4:])
 	out := make([]byte, len(p))
 	copy(out, p[:12])
-	cfg := ss.s.backend.Config()
+	cfg := ss.s.dev.Config()
 	if 12+uint64(size) > uint64(len(out)) {
 		size = uint32(len(out) - 12)
 	}
@@ -582,7 +584,7 @@ func (ss *session) ready() bool {
 	return true
 }
 
-// update starts the backend when all queues became ready.
+// update starts the device when all queues became ready.
 func (ss *session) update() error {
 	if ss.started || !ss.ready() {
 		return nil
@@ -598,7 +600,7 @@ func (ss *session) update() error {
 	}
 	ss.queues = qs
 	ss.started = true
-	ss.s.backend.Start(qs)
+	ss.s.dev.Start(qs)
 	return nil
 }
 
@@ -616,13 +618,13 @@ func newQueueNoFault(index int, mem *Memory, size uint16, desc, avail, used uint
 	return newQueue(index, mem, size, desc, avail, used, mem.SliceUser, kick, call)
 }
 
-// stop takes the queues back from the backend and remembers where each
+// stop takes the queues back from the device and remembers where each
 // ring stopped.
 func (ss *session) stop() {
 	if !ss.started {
 		return
 	}
-	ss.s.backend.Stop()
+	ss.s.dev.Stop()
 	for i, q := range ss.queues {
 		ss.vrings[i].base = q.lastAvail
 	}

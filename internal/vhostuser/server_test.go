@@ -15,31 +15,31 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// recBackend records Start and Stop; the test goroutine uses the queues
-// in between, as a backend's worker would.
-type recBackend struct {
+// recDevice records Start and Stop; the test goroutine uses the queues
+// in between, as a device's worker would.
+type recDevice struct {
 	mu    sync.Mutex // held by the test while it uses the queues
 	start chan []*vhostuser.Queue
 	stop  chan struct{}
 }
 
-func (b *recBackend) Features() uint64 { return 1 << 1 }
-func (b *recBackend) Config() []byte   { return []byte{16, 0, 0, 0, 0, 0, 0, 0} }
-func (b *recBackend) NumQueues() int   { return 2 }
-func (b *recBackend) Start(qs []*vhostuser.Queue) {
+func (b *recDevice) Features() uint64 { return 1 << 1 }
+func (b *recDevice) Config() []byte   { return []byte{16, 0, 0, 0, 0, 0, 0, 0} }
+func (b *recDevice) NumQueues() int   { return 2 }
+func (b *recDevice) Start(qs []*vhostuser.Queue) {
 	b.start <- qs
 }
-func (b *recBackend) Stop() {
-	// Like a real backend, return only once the queues are no longer in
+func (b *recDevice) Stop() {
+	// Like a real device, return only once the queues are no longer in
 	// use.
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.stop <- struct{}{}
 }
 
-func serve(t *testing.T) (*recBackend, string, *vhostuser.Server) {
+func serve(t *testing.T) (*recDevice, string, *vhostuser.Server) {
 	t.Helper()
-	b := &recBackend{start: make(chan []*vhostuser.Queue, 16), stop: make(chan struct{}, 16)}
+	b := &recDevice{start: make(chan []*vhostuser.Queue, 16), stop: make(chan struct{}, 16)}
 	path := filepath.Join(t.TempDir(), "vu.sock")
 	s, err := vhostuser.Listen(path, b, t.Logf)
 	if err != nil {
@@ -77,23 +77,23 @@ func setup(t *testing.T, path string) *frontend.Frontend {
 	return f
 }
 
-func waitStart(t *testing.T, b *recBackend) []*vhostuser.Queue {
+func waitStart(t *testing.T, b *recDevice) []*vhostuser.Queue {
 	t.Helper()
 	select {
 	case qs := <-b.start:
 		return qs
 	case <-time.After(5 * time.Second):
-		t.Fatal("backend not started")
+		t.Fatal("device not started")
 	}
 	return nil
 }
 
-func waitStop(t *testing.T, b *recBackend) {
+func waitStop(t *testing.T, b *recDevice) {
 	t.Helper()
 	select {
 	case <-b.stop:
 	case <-time.After(5 * time.Second):
-		t.Fatal("backend not stopped")
+		t.Fatal("device not stopped")
 	}
 }
 
@@ -153,7 +153,7 @@ func TestFlow(t *testing.T) {
 	if used := tx.Collect(time.Second); len(used) != 3 {
 		t.Fatalf("%d used elements, want 3", len(used))
 	}
-	// Driver stop: disable, GET_VRING_BASE stops the backend first and
+	// Driver stop: disable, GET_VRING_BASE stops the device first and
 	// reports where the ring stopped.
 	base, err := f.StopRing(tx)
 	waitStop(t, b)
@@ -174,7 +174,7 @@ func TestFlow(t *testing.T) {
 	if restartedAt != 0 {
 		t.Fatalf("restarted ring at %d, want 0", restartedAt)
 	}
-	// QEMU goes away: the backend is stopped.
+	// QEMU goes away: the device is stopped.
 	f.Close()
 	waitStop(t, b)
 }
@@ -254,14 +254,14 @@ func TestNoLeaks(t *testing.T) {
 	}
 }
 
-func waitStopOrNot(b *recBackend) {
+func waitStopOrNot(b *recDevice) {
 	select {
 	case <-b.stop:
 	case <-time.After(100 * time.Millisecond):
 	}
 }
 
-func waitStartOrNot(b *recBackend) {
+func waitStartOrNot(b *recDevice) {
 	select {
 	case <-b.start:
 	case <-time.After(100 * time.Millisecond):

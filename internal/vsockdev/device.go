@@ -34,7 +34,7 @@ const (
 
 // Config describes a device.
 type Config struct {
-	// VhostUserSocket is the path of the vhost-user socket the backend
+	// VhostUserSocket is the path of the vhost-user socket the device
 	// listens on; QEMU's -chardev socket,path= connects to it.
 	VhostUserSocket string
 	// HybridSocket is the hybrid vsock socket P: host clients connect to it
@@ -157,7 +157,7 @@ func New(cfg Config) (*Device, error) {
 	}
 	hl.SetUnlinkOnClose(true)
 	d.hybrid = hl
-	vu, err := vhostuser.Listen(cfg.VhostUserSocket, backend{d}, d.logf)
+	vu, err := vhostuser.Listen(cfg.VhostUserSocket, vhostDevice{d}, d.logf)
 	if err != nil {
 		hl.Close()
 		return nil, fmt.Errorf("vsockdev: %w", err)

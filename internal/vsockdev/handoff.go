@@ -19,19 +19,20 @@ type handOffReq struct {
 	done  chan struct{}
 }
 
-// backend adapts the device to vhostuser.Backend.
-type backend struct{ d *Device }
+// vhostDevice adapts the Device to vhostuser.Device: the vhost-user
+// server hands it the queues, and it passes them to the event loop.
+type vhostDevice struct{ d *Device }
 
-func (b backend) Features() uint64 { return 0 }
-func (b backend) NumQueues() int   { return 2 }
-func (b backend) Config() []byte {
+func (b vhostDevice) Features() uint64 { return 0 }
+func (b vhostDevice) NumQueues() int   { return 2 }
+func (b vhostDevice) Config() []byte {
 	cfg := make([]byte, 8)
 	binary.LittleEndian.PutUint64(cfg, uint64(b.d.cfg.GuestCID))
 	return cfg
 }
 
-func (b backend) Start(qs []*vhostuser.Queue) { b.d.giveQueues(qs) }
-func (b backend) Stop()                       { b.d.giveQueues(nil) }
+func (b vhostDevice) Start(qs []*vhostuser.Queue) { b.d.giveQueues(qs) }
+func (b vhostDevice) Stop()                       { b.d.giveQueues(nil) }
 
 // giveQueues hands qs to the loop, or takes the queues back when qs is
 // nil, and returns once the loop has switched: after a stop the loop no
