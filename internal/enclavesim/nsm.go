@@ -35,11 +35,11 @@ type NSMOptions struct {
 func NSMDir(dir string) string { return filepath.Join(dir, "nsm") }
 
 // NSM returns the simulated NSM, nil when Options.NSM was nil.
-func (b *backend) NSM() *nsm.Module { return b.nsm }
+func (b *hostSide) NSM() *nsm.Module { return b.nsm }
 
 // startNSM measures the image, writes <Dir>/nsm/pcrs.json and root.pem, and
 // serves the NSM until ctx ends.
-func (b *backend) startNSM(ctx context.Context) error {
+func (b *hostSide) startNSM(ctx context.Context) error {
 	o := b.opts
 	pcrs := map[int]nsm.PCR{}
 	if !o.NSM.Debug {

@@ -17,10 +17,10 @@ import (
 	"github.com/nitroinit/nitroinit/internal/nsm/frame"
 )
 
-// The backend measures the image, writes pcrs.json and root.pem, and
+// The host side measures the image, writes pcrs.json and root.pem, and
 // answers NSM requests on the host port a guest reaches at 3:9100. No VM:
 // the test connects to the port's Unix socket as the vsock device would.
-func TestBackendNSM(t *testing.T) {
+func TestHostSideNSM(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		opts NSMOptions
@@ -38,7 +38,7 @@ func TestBackendNSM(t *testing.T) {
 			os.WriteFile(kernel, []byte("kernel"), 0o644)
 			os.WriteFile(initrd, []byte("initrd"), 0o644)
 			o := Options{Route: RouteVhostUser, Dir: dir, GuestCID: 16, Kernel: kernel, Initrd: initrd, Append: "x=1", NSM: &tc.opts}
-			b, err := startBackend(o)
+			b, err := startHostSide(o)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -102,7 +102,7 @@ func TestBackendNSM(t *testing.T) {
 }
 
 // An EIF's own measurements are what the simulated NSM reports.
-func TestBackendNSMFromEIF(t *testing.T) {
+func TestHostSideNSMFromEIF(t *testing.T) {
 	dir, err := os.MkdirTemp("", "esnsm")
 	if err != nil {
 		t.Fatal(err)
@@ -113,7 +113,7 @@ func TestBackendNSMFromEIF(t *testing.T) {
 		t.Fatal(err)
 	}
 	o := p.Apply(Options{Route: RouteVhostUser, Dir: dir, GuestCID: 16, NSM: &NSMOptions{ParentInstanceID: "i-1"}})
-	b, err := startBackend(o)
+	b, err := startHostSide(o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -192,7 +192,7 @@ func DeviceConfig(dir string) vsockdev.Config {
 	return vsockdev.Config{VhostUserSocket: vhostUserSocket(dir), HybridSocket: hybridSocketPath(dir)}
 }
 
-// vhostUserSocket is where the vhost-user backend listens for QEMU in dir.
+// vhostUserSocket is where the vhost-user device listens for QEMU in dir.
 func vhostUserSocket(dir string) string { return filepath.Join(dir, "vhost-user.sock") }
 
 // hybridSocketPath is the hybrid vsock socket in dir: `initctl --vsock-uds` and

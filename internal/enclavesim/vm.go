@@ -79,7 +79,7 @@ func (e Exit) String() string {
 
 // VM is a running simulated enclave.
 type VM struct {
-	*backend
+	*hostSide
 	opts    Options
 	qemu    *qemu.VM
 	console *serialConsole
@@ -93,7 +93,7 @@ type VM struct {
 	stopOnce sync.Once
 }
 
-// Start boots a VM: resolves the options, starts the vsock backend and the
+// Start boots a VM: resolves the options, starts the vsock host side and the
 // heartbeat listener, then QEMU, through hugelgupf/vmtest's qemu package.
 // The VM runs until the guest powers off or reboots, Options.Timeout passes
 // or Stop is called; ctx only bounds the start.
@@ -101,7 +101,7 @@ type VM struct {
 // vmtest gives QEMU a pty as stdin and merges its stderr into the serial
 // console; it cannot put QEMU in a process group of its own, so a terminal's
 // Ctrl-C reaches QEMU too. If the caller dies without Stop, QEMU on the
-// vhost-user route exits with its backend; on the vhost-vsock route it runs
+// vhost-user route exits with its vhost-user device; on the vhost-vsock route it runs
 // until the guest powers off or Options.Timeout.
 func Start(ctx context.Context, o Options) (*VM, error) {
 	o, err := o.Resolve(ctx)
@@ -121,8 +121,8 @@ func Start(ctx context.Context, o Options) (*VM, error) {
 	}
 	o = vm.opts
 	fail := func(err error) (*VM, error) {
-		if vm.backend != nil {
-			vm.backend.Close()
+		if vm.hostSide != nil {
+			vm.hostSide.Close()
 		}
 		if vm.tempDir {
 			os.RemoveAll(o.Dir)
@@ -137,21 +137,21 @@ func Start(ctx context.Context, o Options) (*VM, error) {
 		return fail(fmt.Errorf("console log: %w", err))
 	}
 	vm.console = newConsole(logFile, o.Console)
-	// The backend first: QEMU connects to the vhost-user device while it
+	// The host side first: QEMU connects to the vhost-user device while it
 	// sets the device up.
-	if vm.backend, err = startBackend(o); err != nil {
+	if vm.hostSide, err = startHostSide(o); err != nil {
 		vm.console.Close()
 		return fail(err)
 	}
-	backend := vm.backend
+	host := vm.hostSide
 	fns := qemuFns(o,
 		// vm.qemu.Wait closes the serial outputs, which closes console.log.
 		qemu.WithSerialOutput(vm.console),
-		// The backend goes once QEMU has exited (QEMU 7.2 does not survive
-		// its vhost-user backend going first), before Wait returns: a
+		// The host side goes once QEMU has exited (QEMU 7.2 does not survive
+		// its vhost-user device going first), before Wait returns: a
 		// caller that saw the VM end may boot the next one, which needs
 		// the machine-wide vsock ports on the vhost-vsock route.
-		qemu.WithTask(qemu.Cleanup(backend.Close)),
+		qemu.WithTask(qemu.Cleanup(host.Close)),
 	)
 	vm.started = time.Now()
 	vm.qemu, err = qemu.Start(qemu.ArchAMD64, fns...)
@@ -180,7 +180,7 @@ func Start(ctx context.Context, o Options) (*VM, error) {
 }
 
 // wait collects QEMU's end through vmtest's Wait (which drains the console,
-// closes it and runs the backend's cleanup) and classifies it.
+// closes it and runs the host side's cleanup) and classifies it.
 func (vm *VM) wait() {
 	defer close(vm.done)
 	defer recoverTo(vm.opts.Logf, "QEMU waiter")
@@ -314,7 +314,7 @@ func (vm *VM) Dial(ctx context.Context, port uint32) (net.Conn, error) {
 func (vm *VM) Wait(ctx context.Context) (Exit, error) {
 	select {
 	case <-vm.done:
-		vm.backend.Close()
+		vm.hostSide.Close()
 		return vm.exit, nil
 	case <-ctx.Done():
 		return Exit{}, fmt.Errorf("VM still running: %w", ctx.Err())
@@ -357,13 +357,13 @@ func terminate(p signaler, done <-chan struct{}) {
 	}
 }
 
-// Stop ends the VM if it is still running, closes the backend and removes a
+// Stop ends the VM if it is still running, closes the host side and removes a
 // temporary Dir. It returns how the VM ended. It is safe to call more than
 // once and after Wait.
 func (vm *VM) Stop() Exit {
 	vm.stopOnce.Do(func() {
 		vm.kill(ExitStopped)
-		vm.backend.Close()
+		vm.hostSide.Close()
 		if vm.tempDir {
 			os.RemoveAll(vm.opts.Dir)
 		}

@@ -19,10 +19,10 @@ import (
 	"github.com/nitroinit/nitroinit/internal/vsockdev"
 )
 
-// backend is the host side of a VM's vsock: the device (on the vhost-user
+// hostSide is the host side of a VM's vsock: the device (on the vhost-user
 // route) and the parent's heartbeat listener. Start creates one before
 // QEMU; a VM embeds it, so its exported methods are the VM's.
-type backend struct {
+type hostSide struct {
 	opts   Options
 	dev    *vsockdev.Device // nil on the vhost-vsock route
 	cancel context.CancelFunc
@@ -41,14 +41,14 @@ type backend struct {
 	nsm *nsm.Module // the simulated NSM, when Options.NSM is set
 }
 
-// startBackend starts the vsock device (vhost-user route) and the heartbeat
+// startHostSide starts the vsock device (vhost-user route) and the heartbeat
 // listener for resolved options with Dir set. It must run before QEMU starts:
 // QEMU reads the device's configuration when it sets the device up.
-func startBackend(o Options) (*backend, error) {
+func startHostSide(o Options) (*hostSide, error) {
 	if err := checkSocketPaths(o.Dir); err != nil {
 		return nil, err
 	}
-	b := &backend{opts: o, hbDone: make(chan struct{}), served: make(chan error, 1)}
+	b := &hostSide{opts: o, hbDone: make(chan struct{}), served: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
 	var err error
@@ -103,7 +103,7 @@ func recoverTo(logf func(string, ...any), what string) {
 
 // acceptHeartbeats answers every heartbeat like nitro-cli does: read 0xB7,
 // write 0xB7 back. The first good one is recorded.
-func (b *backend) acceptHeartbeats() {
+func (b *hostSide) acceptHeartbeats() {
 	defer b.wg.Done()
 	defer recoverTo(b.opts.Logf, "heartbeat listener")
 	for {
@@ -136,7 +136,7 @@ func (b *backend) acceptHeartbeats() {
 
 // HeartbeatReceived returns the time of the first good heartbeat, or false
 // when none has arrived yet.
-func (b *backend) HeartbeatReceived() (time.Time, bool) {
+func (b *hostSide) HeartbeatReceived() (time.Time, bool) {
 	select {
 	case <-b.hbDone:
 		return b.hbTime, true
@@ -148,21 +148,21 @@ func (b *backend) HeartbeatReceived() (time.Time, bool) {
 // Heartbeats is how many good heartbeats the listener has answered: a
 // guest that reboots (Options.Reboot) or reloads its vsock driver sends
 // another.
-func (b *backend) Heartbeats() int { return int(b.hbCount.Load()) }
+func (b *hostSide) Heartbeats() int { return int(b.hbCount.Load()) }
 
 // HostCID is the CID the guest must dial to reach the host (heartbeat
 // vsock.cid in init.yaml): 3 on the vhost-user route, 2 on vhost-vsock.
-func (b *backend) HostCID() uint32 { return HostCIDFor(b.opts.Route) }
+func (b *hostSide) HostCID() uint32 { return HostCIDFor(b.opts.Route) }
 
 // GuestCID is the guest's CID.
-func (b *backend) GuestCID() uint32 { return b.opts.GuestCID }
+func (b *hostSide) GuestCID() uint32 { return b.opts.GuestCID }
 
 // Route is the vsock route in use.
-func (b *backend) Route() string { return b.opts.Route }
+func (b *hostSide) Route() string { return b.opts.Route }
 
 // HybridSocket is the hybrid vsock socket (`initctl --vsock-uds` takes it),
 // "" on the vhost-vsock route, where hosts use AF_VSOCK to GuestCID.
-func (b *backend) HybridSocket() string {
+func (b *hostSide) HybridSocket() string {
 	if b.opts.Route == RouteVhostVsock {
 		return ""
 	}
@@ -171,7 +171,7 @@ func (b *backend) HybridSocket() string {
 
 // DialOnce connects to the guest's port once: through the hybrid socket, or
 // AF_VSOCK on the vhost-vsock route.
-func (b *backend) DialOnce(ctx context.Context, port uint32) (net.Conn, error) {
+func (b *hostSide) DialOnce(ctx context.Context, port uint32) (net.Conn, error) {
 	if b.opts.Route == RouteVhostVsock {
 		c, err := vsock.Dial(b.opts.GuestCID, port, nil)
 		if err != nil {
@@ -184,7 +184,7 @@ func (b *backend) DialOnce(ctx context.Context, port uint32) (net.Conn, error) {
 
 // ListenHost listens for guest connections to the host's port: the Unix
 // socket P_port on the vhost-user route, AF_VSOCK on vhost-vsock.
-func (b *backend) ListenHost(port uint32) (net.Listener, error) {
+func (b *hostSide) ListenHost(port uint32) (net.Listener, error) {
 	if b.opts.Route == RouteVhostVsock {
 		// Any CID: asking the local CID first can give the loopback's.
 		l, err := vsock.ListenContextID(unix.VMADDR_CID_ANY, port, nil)
@@ -202,7 +202,7 @@ func (b *backend) ListenHost(port uint32) (net.Listener, error) {
 }
 
 // Stats returns the device's counters (zero on the vhost-vsock route).
-func (b *backend) Stats() vsockdev.Stats {
+func (b *hostSide) Stats() vsockdev.Stats {
 	if b.dev == nil {
 		return vsockdev.Stats{}
 	}
@@ -210,8 +210,8 @@ func (b *backend) Stats() vsockdev.Stats {
 }
 
 // Close stops the heartbeat listener and the device. Call it after QEMU has
-// exited: QEMU 7.2 does not survive its backend going away.
-func (b *backend) Close() error {
+// exited: QEMU 7.2 does not survive its vhost-user device going away.
+func (b *hostSide) Close() error {
 	var err error
 	b.closeOnce.Do(func() {
 		if b.hbLn != nil {
