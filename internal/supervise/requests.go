@@ -15,8 +15,9 @@ import (
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
-// The methods in this file implement control.Backend. They run on the
-// caller's goroutine and reach service state through call.
+// The methods in this file answer the control requests (they implement
+// control.Backend). They run on the caller's goroutine and reach service
+// state through call.
 
 var _ control.Backend = (*Supervisor)(nil)
 
