@@ -48,17 +48,8 @@ func cgroupGuest(t testing.TB) func() guest {
 	return func() guest {
 		return guest{
 			memoryMB: 512,
-			config: moduleYAML() + `
-vsock:
-  cid: $HOSTCID
-  port: 9000
-  timeout: 60s
-pivot_root: false
-control:
-  vsock_enabled: true
-  vsock_port: 9001
-`,
-			files: []image.File{{Src: hogProgram(t), Dst: "/bin/hog", Mode: 0o755}},
+			config:   guestYAML("", ""),
+			files:    []image.File{{Src: hogProgram(t), Dst: "/bin/hog", Mode: 0o755}},
 			services: map[string]string{
 				// Runs throughout: an OOM elsewhere must not touch it.
 				"steady.service": "ExecStart = \"/bin/svc sleep steady\"\nRestart = \"always\"",

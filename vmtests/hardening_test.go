@@ -35,18 +35,7 @@ const bigLogLines = 440000
 func TestHardeningLogsFloodInSmallEnclave(t *testing.T) {
 	e := soloBoot(t, "hardening", guest{
 		memoryMB: 512,
-		config: moduleYAML() + `
-vsock:
-  cid: $HOSTCID
-  port: 9000
-  timeout: 60s
-pivot_root: false
-max_log_size: 12582912
-max_log_files: 5
-control:
-  vsock_enabled: true
-  vsock_port: 9001
-`,
+		config:   guestYAML("max_log_size: 12582912\nmax_log_files: 5\n", ""),
 		services: map[string]string{
 			"big.service":   fmt.Sprintf("ExecStart = \"/bin/svc count %d\"\nRestart = \"no\"", bigLogLines),
 			"keep1.service": `ExecStart = "/bin/svc sleep keep1"`,

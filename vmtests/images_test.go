@@ -33,18 +33,7 @@ func mainGuest() guest {
 	return guest{
 		append:   "nomodules xyzzy",
 		memoryMB: 3072, // the zombie storm: 10 000 processes need their kernel stacks and page tables
-		config: moduleYAML() + `
-vsock:
-  cid: $HOSTCID
-  port: 9000
-  timeout: 60s
-pivot_root: false
-control:
-  vsock_enabled: true
-  vsock_port: 9001
-  io_timeout: 2s
-  max_connections: 16
-`,
+		config:   guestYAML("", "  io_timeout: 2s\n  max_connections: 16\n"),
 		services: map[string]string{
 			// Boot: they write through the /dev links and into /dev/shm.
 			"devstdout.service": `ExecStart = "/bin/svc append /dev/stdout written-via-dev-stdout"`,

@@ -160,16 +160,7 @@ func TestNetwork(t *testing.T) {
 
 	fwd := "/usr/bin/initctl forward "
 	g := guest{
-		config: moduleYAML() + `
-vsock:
-  cid: $HOSTCID
-  port: 9000
-  timeout: 60s
-pivot_root: false
-control:
-  vsock_enabled: true
-  vsock_port: 9001
-`,
+		config: guestYAML("", ""),
 		files: []image.File{
 			{Src: bb, Dst: "/bin/busybox", Mode: 0o755},
 			{Src: index, Dst: "/www/index.html", Mode: 0o644},

@@ -1,0 +1,25 @@
+package vmtests
+
+import (
+	"fmt"
+
+	"github.com/nitroinit/nitroinit/internal/nitro"
+)
+
+// guestYAML is the init.yaml most guests boot with: the kernel's modules,
+// the heartbeat to the host ($HOSTCID, filled in at boot), no root switch,
+// and the control port open on vsock. top is added at the top level (after
+// pivot_root) and control under control:, each as whole YAML lines with
+// their indentation, or "".
+func guestYAML(top, control string) string {
+	return moduleYAML() + fmt.Sprintf(`
+vsock:
+  cid: $HOSTCID
+  port: %d
+  timeout: 60s
+pivot_root: false
+%scontrol:
+  vsock_enabled: true
+  vsock_port: %d
+%s`, nitro.HeartbeatPort, top, nitro.ControlPort, control)
+}
