@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -69,50 +67,28 @@ go build -o bin/svc ./internal/testprog/svc); ci/demo.sh does all of it.`,
 }
 
 func runDemo(ctx context.Context, out, errw io.Writer, sf simFlags, initBin, ctlBin, svc, nsmcheck string, keep bool) error {
-	for _, b := range []struct{ flag, path, how string }{
+	if err := checkBinaries([]demoBinary{
 		{"--init", initBin, "make build"},
 		{"--initctl", ctlBin, "make build"},
 		{"--svc", svc, "go build -o bin/svc ./internal/testprog/svc"},
-	} {
-		if _, err := os.Stat(b.path); err != nil {
-			return fmt.Errorf("%s %s: %w (build it with: %s)", b.flag, b.path, err, b.how)
-		}
+	}); err != nil {
+		return err
 	}
-	step := func(format string, args ...any) { fmt.Fprintf(out, "\n==> "+format+"\n", args...) }
-
-	work, err := os.MkdirTemp("", "nitrodemo")
+	d, err := newDemo(out, errw, sf, "nitrodemo", keep)
 	if err != nil {
 		return err
 	}
-	if keep {
-		defer fmt.Fprintf(errw, "initramfs: work directory kept: %s\n", work)
-	} else {
-		defer os.RemoveAll(work)
-	}
-
-	// The route decides which CID the guest's heartbeat goes to, so resolve
-	// the simulator options before writing init.yaml.
-	o := sf.options(errw)
-	if o.Dir == "" {
-		o.Dir = filepath.Join(work, "sim")
-	}
-	o.Initrd = filepath.Join(work, "enclave.cpio")
-	k, err := enclavesim.FindKernel()
-	if err != nil {
+	defer d.Close()
+	k := d.k
+	d.step("Resolving the simulator (kernel %s)", k.Version)
+	if err := d.resolve(ctx, "enclave.cpio"); err != nil {
 		return err
 	}
-	step("Resolving the simulator (kernel %s)", k.Version)
-	if err := os.WriteFile(o.Initrd, nil, 0o644); err != nil { // Resolve checks it exists
-		return err
-	}
-	o, err = o.Resolve(ctx)
-	if err != nil {
-		return err
-	}
+	o := d.o
 	fmt.Fprintf(out, "    accel %s, vsock route %s, guest CID %d, heartbeat to CID %d\n", o.Accel, o.Route, o.GuestCID, enclavesim.HostCIDFor(o.Route))
 
-	step("Building the image %s", o.Initrd)
-	cfg := filepath.Join(work, "init.yaml")
+	d.step("Building the image %s", o.Initrd)
+	cfg := filepath.Join(d.work, "init.yaml")
 	if err := os.WriteFile(cfg, []byte(enclavesim.InitYAML(enclavesim.HostCIDFor(o.Route), k.Modules, false)), 0o644); err != nil {
 		return err
 	}
@@ -121,7 +97,7 @@ func runDemo(ctx context.Context, out, errw io.Writer, sf simFlags, initBin, ctl
 		Files: []image.File{{Src: svc, Dst: "/usr/bin/svc"}},
 	}
 	for _, name := range []string{"greeter.service", "worker.service"} {
-		p := filepath.Join(work, name)
+		p := filepath.Join(d.work, name)
 		if err := os.WriteFile(p, []byte(demoServices[name]), 0o644); err != nil {
 			return err
 		}
@@ -139,47 +115,19 @@ func runDemo(ctx context.Context, out, errw io.Writer, sf simFlags, initBin, ctl
 	}
 	fmt.Fprintf(out, "    /init, /usr/bin/initctl, /usr/bin/svc, /etc/init.yaml, /service/greeter.service, /service/worker.service, %d modules\n", len(k.Modules))
 
-	step("Booting (the guest console is shown with a 'guest|' prefix)")
-	o.Console = prefixWriter(out, "    guest| ")
-	vm, err := enclavesim.Start(ctx, o)
-	if err != nil {
+	d.step("Booting (the guest console is shown with a 'guest|' prefix)")
+	if err := d.boot(ctx, o, ctlBin); err != nil {
 		return err
 	}
-	defer vm.Stop()
-	hb, err := vm.Heartbeat(ctx)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "    heartbeat received %s after QEMU started\n", hb.Sub(vm.Started()).Round(time.Millisecond))
+	run := func(args ...string) error { return d.run(ctx, args...) }
 
-	initctl := initctlArgs(vm)
-	initctl[0] = ctlBin
-	run := func(args ...string) error {
-		full := append(append([]string{}, initctl...), args...)
-		fmt.Fprintf(out, "\n$ %s\n", shellJoin(append([]string{"initctl"}, full[1:]...)))
-		c := exec.CommandContext(ctx, full[0], full[1:]...)
-		var buf bytes.Buffer
-		c.Stdout, c.Stderr = &buf, &buf
-		err := c.Run()
-		out.Write(buf.Bytes())
-		if err != nil {
-			return fmt.Errorf("initctl %s: %w", strings.Join(args, " "), err)
-		}
-		return nil
-	}
-
-	step("Managing the enclave from the host with initctl")
+	d.step("Managing the enclave from the host with initctl")
 	// The control socket opens a moment after the heartbeat: retry ping.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		c := exec.CommandContext(ctx, initctl[0], append(initctl[1:], "ping")...)
-		if c.Run() == nil {
-			break
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("init's control socket did not answer within 30s; console:\n%s", vm.ConsoleTail(20))
-		}
-		time.Sleep(200 * time.Millisecond)
+	if err := d.until(ctx, 30*time.Second, 200*time.Millisecond, func() (bool, string) {
+		_, err := d.output(ctx, "ping")
+		return err == nil, "init's control socket did not answer"
+	}); err != nil {
+		return err
 	}
 	for _, args := range [][]string{{"ping"}, {"list"}, {"ps", "list"}, {"status", "worker"}, {"logs", "-n", "3", "greeter"}} {
 		if err := run(args...); err != nil {
@@ -188,28 +136,17 @@ func runDemo(ctx context.Context, out, errw io.Writer, sf simFlags, initBin, ctl
 	}
 
 	if withNSM {
-		step("Asking the simulated /dev/nsm for an attestation document (github.com/hf/nsm in the guest)")
-		if err := demoAttestation(out, vm, run); err != nil {
+		d.step("Asking the simulated /dev/nsm for an attestation document (github.com/hf/nsm in the guest)")
+		if err := demoAttestation(out, d.vm, run); err != nil {
 			return err
 		}
 	}
 
-	step("Shutting down")
+	d.step("Shutting down")
 	if err := run("shutdown"); err != nil {
 		return err
 	}
-	wctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	exit, err := vm.Wait(wctx)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "    VM ended: %s\n", exit)
-	if exit.Kind != enclavesim.ExitPowerOff {
-		return &exitError{code: 1, err: fmt.Errorf("the enclave did not power off cleanly: %s", exit)}
-	}
-	fmt.Fprintln(out, "\nDemo done: the enclave booted, answered initctl over hybrid vsock and powered off.")
-	return nil
+	return d.waitPowerOff(ctx, "Demo done: the enclave booted, answered initctl over hybrid vsock and powered off.")
 }
 
 // prefixWriter prefixes every line written to w.

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -108,46 +107,28 @@ func writeDemoImage(dir, app string) (string, error) {
 
 func runDemoEIF(ctx context.Context, cmd *cobra.Command, sf simFlags, initBin, ctlBin, svc, from string, keep bool) error {
 	out, errw := cmd.OutOrStdout(), cmd.ErrOrStderr()
-	for _, b := range []struct{ flag, path string }{{"--init", initBin}, {"--initctl", ctlBin}, {"--svc", svc}} {
-		if _, err := os.Stat(b.path); err != nil {
-			return fmt.Errorf("%s %s: %w (make build; go build -o bin/svc ./internal/testprog/svc)", b.flag, b.path, err)
-		}
+	const how = "make build; go build -o bin/svc ./internal/testprog/svc"
+	if err := checkBinaries([]demoBinary{{"--init", initBin, how}, {"--initctl", ctlBin, how}, {"--svc", svc, how}}); err != nil {
+		return err
 	}
-	step := func(format string, args ...any) { fmt.Fprintf(out, "\n==> "+format+"\n", args...) }
-	work, err := os.MkdirTemp("", "nitrodemo-eif")
+	d, err := newDemo(out, errw, sf, "nitrodemo-eif", keep)
 	if err != nil {
 		return err
 	}
-	if keep {
-		defer fmt.Fprintf(errw, "initramfs: work directory kept: %s\n", work)
-	} else {
-		defer os.RemoveAll(work)
-	}
-	o := sf.options(errw)
-	if o.Dir == "" {
-		o.Dir = filepath.Join(work, "sim")
-	}
-	k, err := enclavesim.FindKernel()
-	if err != nil {
+	defer d.Close()
+	if err := d.resolve(ctx, "placeholder"); err != nil {
 		return err
 	}
-	placeholder := filepath.Join(work, "placeholder")
-	if err := os.WriteFile(placeholder, nil, 0o644); err != nil {
-		return err
-	}
-	o.Initrd = placeholder
-	if o, err = o.Resolve(ctx); err != nil {
-		return err
-	}
+	o, k := d.o, d.k
 
 	if from == "" {
-		step("Writing a container image (OCI layout, /bin/app = %s)", svc)
-		if from, err = writeDemoImage(filepath.Join(work, "image"), svc); err != nil {
+		d.step("Writing a container image (OCI layout, /bin/app = %s)", svc)
+		if from, err = writeDemoImage(filepath.Join(d.work, "image"), svc); err != nil {
 			return err
 		}
 	}
-	eifPath := filepath.Join(work, "app.eif")
-	step("Building %s from %s", eifPath, from)
+	eifPath := filepath.Join(d.work, "app.eif")
+	d.step("Building %s from %s", eifPath, from)
 	ef := eifFlags{format: formatEIF, fromImage: from, cmdline: enclavesim.KernelCmdline("")}
 	spec := image.Spec{Init: initBin, Initctl: ctlBin, Modules: k.Modules}
 	if err := ef.apply(&spec); err != nil {
@@ -161,67 +142,27 @@ func runDemoEIF(ctx context.Context, cmd *cobra.Command, sf simFlags, initBin, c
 		return err
 	}
 
-	step("Booting the EIF (its kernel, its measured command line, its ramdisks concatenated)")
+	d.step("Booting the EIF (its kernel, its measured command line, its ramdisks concatenated)")
 	o.Initrd, o.Kernel = eifPath, ""
 	o, cleanup, err := prepareEIF(out, o)
 	if err != nil {
 		return err
 	}
 	defer cleanup()
-	o.Console = prefixWriter(out, "    guest| ")
-	vm, err := enclavesim.Start(ctx, o)
-	if err != nil {
+	if err := d.boot(ctx, o, ctlBin); err != nil {
 		return err
 	}
-	defer vm.Stop()
-	hb, err := vm.Heartbeat(ctx)
-	if err != nil {
+	d.step("Managing the enclave from the host with initctl")
+	if err := d.until(ctx, 60*time.Second, 300*time.Millisecond, func() (bool, string) {
+		s, err := d.output(ctx, "logs", "app")
+		return err == nil && strings.Contains(s, "cwd:"), fmt.Sprintf("the app's output did not show (initctl logs app: %v: %s)", err, s)
+	}); err != nil {
 		return err
-	}
-	fmt.Fprintf(out, "    heartbeat received %s after QEMU started\n", hb.Sub(vm.Started()).Round(time.Millisecond))
-
-	initctl := initctlArgs(vm)
-	if initctl[0], err = filepath.Abs(ctlBin); err != nil {
-		return err
-	}
-	run := func(args ...string) (string, error) {
-		full := append(append([]string{}, initctl...), args...)
-		c := exec.CommandContext(ctx, full[0], full[1:]...)
-		var buf bytes.Buffer
-		c.Stdout, c.Stderr = &buf, &buf
-		err := c.Run()
-		return buf.String(), err
-	}
-	step("Managing the enclave from the host with initctl")
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		s, err := run("logs", "app")
-		if err == nil && strings.Contains(s, "cwd:") {
-			break
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("the app's output did not show within 60s (initctl logs app: %v: %s); console:\n%s", err, s, vm.ConsoleTail(20))
-		}
-		time.Sleep(300 * time.Millisecond)
 	}
 	for _, args := range [][]string{{"list"}, {"logs", "app"}, {"shutdown"}} {
-		fmt.Fprintf(out, "\n$ %s\n", shellJoin(append([]string{"initctl"}, append(initctl[1:], args...)...)))
-		s, err := run(args...)
-		out.Write([]byte(s))
-		if err != nil {
-			return fmt.Errorf("initctl %s: %w", strings.Join(args, " "), err)
+		if err := d.run(ctx, args...); err != nil {
+			return err
 		}
 	}
-	wctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	exit, err := vm.Wait(wctx)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "    VM ended: %s\n", exit)
-	if exit.Kind != enclavesim.ExitPowerOff {
-		return &exitError{code: 1, err: fmt.Errorf("the enclave did not power off cleanly: %s", exit)}
-	}
-	fmt.Fprintln(out, "\nDemo done: image -> EIF -> enclave; the PCRs above are what a KMS policy pins (docs/images.md).")
-	return nil
+	return d.waitPowerOff(ctx, "Demo done: image -> EIF -> enclave; the PCRs above are what a KMS policy pins (docs/images.md).")
 }

@@ -133,6 +133,19 @@ func TestShellJoin(t *testing.T) {
 // TestDemo runs the README's first command end to end: build, boot, initctl
 // from the host, shutdown, power-off.
 func TestDemo(t *testing.T) {
+	out, _ := runDemoCommand(t, "demo")
+	for _, want := range []string{"heartbeat received", "greeter", "running", "/usr/bin/svc sleep", "VM ended: power-off", "Demo done"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q", want)
+		}
+	}
+}
+
+// runDemoCommand runs one of the demos (demo, demo-eif) with freshly built
+// init, initctl and svc, and returns its output; it skips where no VM can
+// boot and fails if the demo does.
+func runDemoCommand(t *testing.T, name string) (stdout, stderr string) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("boots a VM; skipped with -short")
 	}
@@ -146,17 +159,13 @@ func TestDemo(t *testing.T) {
 	if _, err := testbin.Build(bin, "", "./init", "./initctl", "./internal/testprog/svc"); err != nil {
 		t.Fatal(err)
 	}
-	out, stderr, err := run(t, "demo", "--timeout", "5m",
+	out, stderr, err := run(t, name, "--timeout", "5m",
 		"--init", filepath.Join(bin, "init"), "--initctl", filepath.Join(bin, "initctl"), "--svc", filepath.Join(bin, "svc"))
-	t.Logf("demo output:\n%s%s", out, stderr)
+	t.Logf("%s output:\n%s%s", name, out, stderr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"heartbeat received", "greeter", "running", "/usr/bin/svc sleep", "VM ended: power-off", "Demo done"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("demo output lacks %q", want)
-		}
-	}
+	return out, stderr
 }
 
 // TestBuildServicesWithRootfs: with --rootfs, --service files go where init
