@@ -108,17 +108,23 @@ type scatter struct {
 
 func newScatter(bufs [][]byte) scatter { return scatter{bufs: bufs} }
 
+// advance moves k bytes on in the current buffer, and to the next buffer
+// at its end.
+func (s *scatter) advance(k int) {
+	s.off += k
+	if s.off == len(s.bufs[s.i]) {
+		s.i++
+		s.off = 0
+	}
+}
+
 // skip advances n bytes; it returns how many it could.
 func (s *scatter) skip(n int) int {
 	done := 0
 	for done < n && s.i < len(s.bufs) {
 		k := min(n-done, len(s.bufs[s.i])-s.off)
 		done += k
-		s.off += k
-		if s.off == len(s.bufs[s.i]) {
-			s.i++
-			s.off = 0
-		}
+		s.advance(k)
 	}
 	return done
 }
@@ -129,11 +135,7 @@ func (s *scatter) read(p []byte) int {
 	for done < len(p) && s.i < len(s.bufs) {
 		k := copy(p[done:], s.bufs[s.i][s.off:])
 		done += k
-		s.off += k
-		if s.off == len(s.bufs[s.i]) {
-			s.i++
-			s.off = 0
-		}
+		s.advance(k)
 	}
 	return done
 }
@@ -145,11 +147,7 @@ func (s *scatter) appendTo(dst []byte, n int) ([]byte, int) {
 		k := min(n-done, len(s.bufs[s.i])-s.off)
 		dst = append(dst, s.bufs[s.i][s.off:s.off+k]...)
 		done += k
-		s.off += k
-		if s.off == len(s.bufs[s.i]) {
-			s.i++
-			s.off = 0
-		}
+		s.advance(k)
 	}
 	return dst, done
 }
@@ -160,11 +158,7 @@ func (s *scatter) write(p []byte) int {
 	for done < len(p) && s.i < len(s.bufs) {
 		k := copy(s.bufs[s.i][s.off:], p[done:])
 		done += k
-		s.off += k
-		if s.off == len(s.bufs[s.i]) {
-			s.i++
-			s.off = 0
-		}
+		s.advance(k)
 	}
 	return done
 }
