@@ -256,11 +256,7 @@ func cliSupervisorctl(e *env) ([]float64, error) {
 	if err != nil {
 		return nil, err
 	}
-	conf, _, err := supervisordConf(dir, map[string][]string{"web": {e.svc, "sleep"}}, nil)
-	if err != nil {
-		return nil, err
-	}
-	cmd, out, err := startCmd(nil, "supervisord", "-c", conf)
+	conf, cmd, out, err := startSupervisord(dir, map[string][]string{"web": {e.svc, "sleep"}}, nil)
 	if err != nil {
 		return nil, err
 	}

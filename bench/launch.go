@@ -94,6 +94,16 @@ func runScript(argv []string) string {
 	return "#!/bin/sh\nexec " + strings.Join(q, " ") + "\n"
 }
 
+// startSupervisord writes a supervisord configuration for programs
+// (supervisordConf) in dir and starts supervisord on it in the foreground.
+func startSupervisord(dir string, programs map[string][]string, environ []string) (conf string, cmd *exec.Cmd, out *tail, err error) {
+	if conf, _, err = supervisordConf(dir, programs, environ); err != nil {
+		return "", nil, nil, err
+	}
+	cmd, out, err = startCmd(nil, "supervisord", "-c", conf)
+	return conf, cmd, out, err
+}
+
 // supervisordConf writes a supervisord configuration with one program per
 // entry and returns its path and control socket. startsecs=0 counts a
 // program as started as soon as it is spawned, as init does for simple

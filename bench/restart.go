@@ -114,11 +114,7 @@ func restartSupervisord(e *env) ([]float64, error) {
 		return nil, err
 	}
 	counter := filepath.Join(dir, "starts")
-	conf, _, err := supervisordConf(dir, map[string][]string{"crasher": {e.self}}, []string{crashCounterEnv + "=" + counter})
-	if err != nil {
-		return nil, err
-	}
-	cmd, out, err := startCmd(nil, "supervisord", "-c", conf)
+	_, cmd, out, err := startSupervisord(dir, map[string][]string{"crasher": {e.self}}, []string{crashCounterEnv + "=" + counter})
 	if err != nil {
 		return nil, err
 	}

@@ -108,11 +108,7 @@ func supervisors() []supervisor {
 			name:  "supervisord",
 			needs: []string{"supervisord"},
 			start: func(e *env, dir string, services map[string][]string) (*running, error) {
-				conf, _, err := supervisordConf(dir, services, nil)
-				if err != nil {
-					return nil, err
-				}
-				cmd, out, err := startCmd(nil, "supervisord", "-c", conf)
+				_, cmd, out, err := startSupervisord(dir, services, nil)
 				if err != nil {
 					return nil, err
 				}
