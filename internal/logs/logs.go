@@ -236,6 +236,17 @@ func (l *Log) reportPanic(p any) {
 // writeBatch stores lines that arrived together, under one lock and with one
 // timestamp, then flushes the buffer to the file.
 func (l *Log) writeBatch(lines [][]byte) {
+	l.store(func(now time.Time) {
+		for _, line := range lines {
+			l.writeLine(now, line)
+		}
+	})
+}
+
+// store runs write, which stores lines with writeLine, under the lock and
+// with one timestamp, unless the log is closed: the file is reopened
+// first if it had to be closed, and flushed after.
+func (l *Log) store(write func(now time.Time)) {
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -243,9 +254,7 @@ func (l *Log) writeBatch(lines [][]byte) {
 		return
 	}
 	l.reopenLocked()
-	for _, line := range lines {
-		l.writeLine(now, line)
-	}
+	write(now)
 	l.flushLocked()
 }
 
@@ -254,21 +263,15 @@ func (l *Log) writeBatch(lines [][]byte) {
 func (l *Log) Printf(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	msg = strings.TrimSuffix(msg, "\n")
-	now := time.Now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closed {
-		return
-	}
-	l.reopenLocked()
-	for _, line := range strings.Split(msg, "\n") {
-		for len(line) > l.cfg.MaxLine {
-			l.writeLine(now, []byte(line[:l.cfg.MaxLine]))
-			line = line[l.cfg.MaxLine:]
+	l.store(func(now time.Time) {
+		for _, line := range strings.Split(msg, "\n") {
+			for len(line) > l.cfg.MaxLine {
+				l.writeLine(now, []byte(line[:l.cfg.MaxLine]))
+				line = line[l.cfg.MaxLine:]
+			}
+			l.writeLine(now, []byte(line))
 		}
-		l.writeLine(now, []byte(line))
-	}
-	l.flushLocked()
+	})
 }
 
 // writeLine stores one line; l.mu is held.
