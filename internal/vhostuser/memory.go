@@ -1,6 +1,7 @@
 package vhostuser
 
 import (
+	"errors"
 	"fmt"
 
 	"golang.org/x/sys/unix"
@@ -117,31 +118,50 @@ func (m *Memory) Unmap() {
 
 // Slice returns the guest memory at guest-physical addr, length n bytes.
 func (m *Memory) Slice(addr, n uint64) ([]byte, error) {
-	for i := range m.regions {
-		r := &m.regions[i]
-		if addr >= r.GuestPhysAddr && addr-r.GuestPhysAddr < r.Size {
-			off := addr - r.GuestPhysAddr
-			if n > r.Size-off {
-				return nil, fmt.Errorf("guest range %#x+%#x crosses the end of its memory region (%#x+%#x)", addr, n, r.GuestPhysAddr, r.Size)
-			}
-			return r.data[off : off+n : off+n], nil
-		}
+	b, r, err := m.slice(addr, n, false)
+	switch {
+	case r == nil:
+		return nil, fmt.Errorf("guest address %#x (length %#x) is outside guest memory", addr, n)
+	case err != nil:
+		return nil, fmt.Errorf("guest range %#x+%#x crosses the end of its memory region (%#x+%#x)", addr, n, r.GuestPhysAddr, r.Size)
 	}
-	return nil, fmt.Errorf("guest address %#x (length %#x) is outside guest memory", addr, n)
+	return b, nil
 }
 
 // SliceUser is Slice for an address in QEMU's address space, as ring
 // addresses in SET_VRING_ADDR are given.
 func (m *Memory) SliceUser(uaddr, n uint64) ([]byte, error) {
+	b, r, err := m.slice(uaddr, n, true)
+	switch {
+	case r == nil:
+		return nil, fmt.Errorf("QEMU address %#x (length %#x) is outside every memory region", uaddr, n)
+	case err != nil:
+		return nil, fmt.Errorf("QEMU address range %#x+%#x crosses the end of its memory region", uaddr, n)
+	}
+	return b, nil
+}
+
+// errCrosses is slice's answer for a range that starts in a region and
+// runs past its end.
+var errCrosses = errors.New("range crosses the end of its memory region")
+
+// slice returns n bytes at addr, a guest-physical address or, with user,
+// one in QEMU's address space, and the region holding addr (nil if none
+// does).
+func (m *Memory) slice(addr, n uint64, user bool) ([]byte, *mappedRegion, error) {
 	for i := range m.regions {
 		r := &m.regions[i]
-		if uaddr >= r.UserAddr && uaddr-r.UserAddr < r.Size {
-			off := uaddr - r.UserAddr
+		start := r.GuestPhysAddr
+		if user {
+			start = r.UserAddr
+		}
+		if addr >= start && addr-start < r.Size {
+			off := addr - start
 			if n > r.Size-off {
-				return nil, fmt.Errorf("QEMU address range %#x+%#x crosses the end of its memory region", uaddr, n)
+				return nil, r, errCrosses
 			}
-			return r.data[off : off+n : off+n], nil
+			return r.data[off : off+n : off+n], r, nil
 		}
 	}
-	return nil, fmt.Errorf("QEMU address %#x (length %#x) is outside every memory region", uaddr, n)
+	return nil, nil, nil
 }
