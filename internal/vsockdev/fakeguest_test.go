@@ -173,6 +173,37 @@ func (g *fakeGuest) expectNothing(d time.Duration) {
 
 // connectOut opens a guest->host stream to P_port (listening here) and
 // returns the host side.
+// restartRings starts and enables every ring again, as a driver does after
+// a reset, and posts fresh receive buffers.
+func (g *fakeGuest) restartRings() {
+	g.t.Helper()
+	for _, r := range g.f.Rings {
+		if err := g.f.StartRing(r); err != nil {
+			g.t.Fatal(err)
+		}
+	}
+	for _, r := range g.f.Rings {
+		if err := g.f.Do(frontend.SetVringEnable, frontend.State(uint32(r.Index), 1)); err != nil {
+			g.t.Fatal(err)
+		}
+	}
+	g.rxBufs = map[uint32][]byte{}
+	g.postRx(32)
+}
+
+// streamWorks connects the guest's guestPort to the host's hostPort and
+// checks that msg sent by the guest reaches the host (when says after what).
+func (g *fakeGuest) streamWorks(guestPort, hostPort uint32, msg, when string) {
+	g.t.Helper()
+	hc := g.connectOut(guestPort, hostPort, 1<<20)
+	g.send(header{DstCID: 3, SrcPort: guestPort, DstPort: hostPort, Op: opRW, BufAlloc: 1 << 20}, []byte(msg))
+	hc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b := make([]byte, len(msg))
+	if _, err := io.ReadFull(hc, b); err != nil || string(b) != msg {
+		g.t.Fatalf("%s: %q %v", when, b, err)
+	}
+}
+
 func (g *fakeGuest) connectOut(guestPort, hostPort uint32, bufAlloc uint32) net.Conn {
 	g.t.Helper()
 	ln, err := net.Listen("unix", hvsock.ListenPath(g.hybrid, hostPort))
@@ -494,26 +525,9 @@ func TestFakeGuestBrokenRingAndReset(t *testing.T) {
 	if n, err := hc.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
 		t.Fatalf("host side of a reset stream: %d %v, want EOF", n, err)
 	}
-	for _, r := range g.f.Rings {
-		if err := g.f.StartRing(r); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, r := range g.f.Rings {
-		if err := g.f.Do(frontend.SetVringEnable, frontend.State(uint32(r.Index), 1)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	g.rxBufs = map[uint32][]byte{}
-	g.postRx(32)
+	g.restartRings()
 	// Works again.
-	hc2 := g.connectOut(8201, 1303, 1<<20)
-	g.send(header{DstCID: 3, SrcPort: 8201, DstPort: 1303, Op: opRW, BufAlloc: 1 << 20}, []byte("again"))
-	hc2.SetReadDeadline(time.Now().Add(5 * time.Second))
-	b := make([]byte, 5)
-	if _, err := io.ReadFull(hc2, b); err != nil || string(b) != "again" {
-		t.Fatalf("after reset: %q %v", b, err)
-	}
+	g.streamWorks(8201, 1303, "again", "after reset")
 	if s := g.dev.Stats(); s.Resets == 0 {
 		t.Errorf("reset not counted: %+v", s)
 	}
@@ -656,25 +670,8 @@ func TestFakeGuestMemoryFault(t *testing.T) {
 	if err := g.f.SetMemTable(); err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range g.f.Rings {
-		if err := g.f.StartRing(r); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, r := range g.f.Rings {
-		if err := g.f.Do(frontend.SetVringEnable, frontend.State(uint32(r.Index), 1)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	g.rxBufs = map[uint32][]byte{}
-	g.postRx(32)
-	hc2 := g.connectOut(8301, 1401, 1<<20)
-	g.send(header{DstCID: 3, SrcPort: 8301, DstPort: 1401, Op: opRW, BufAlloc: 1 << 20}, []byte("alive"))
-	hc2.SetReadDeadline(time.Now().Add(5 * time.Second))
-	b := make([]byte, 5)
-	if _, err := io.ReadFull(hc2, b); err != nil || string(b) != "alive" {
-		t.Fatalf("after the fault: %q %v", b, err)
-	}
+	g.restartRings()
+	g.streamWorks(8301, 1401, "alive", "after the fault")
 }
 
 // BenchmarkDeviceRoundTrip measures what the device itself adds to a

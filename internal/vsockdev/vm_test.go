@@ -70,6 +70,36 @@ func echoCheck(c net.Conn, total int, seed uint64) error {
 	return <-werr
 }
 
+// concurrentEcho runs conns echo exchanges with the guest at once, the
+// i-th of size(i) bytes from seed(i), each within deadline.
+func concurrentEcho(t *testing.T, vm *testVM, conns int, deadline time.Duration, sizeSeed func(i int) (size int, seed uint64)) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	for i := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := vm.dial(portEcho)
+			if err != nil {
+				errs <- fmt.Errorf("conn %d: %w", i, err)
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(deadline))
+			size, seed := sizeSeed(i)
+			if err := echoCheck(c, size, seed); err != nil {
+				errs <- fmt.Errorf("conn %d: %w", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
 // TestVM boots one guest and runs the end-to-end checks against it in
 // order; the reboot check comes last but one, the final echo proves the
 // device survived it.
@@ -179,59 +209,14 @@ func TestVM(t *testing.T) {
 	})
 
 	t.Run("Concurrent200", func(t *testing.T) {
-		const conns = 200
-		var wg sync.WaitGroup
-		errs := make(chan error, conns)
-		for i := range conns {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				c, err := vm.dial(portEcho)
-				if err != nil {
-					errs <- fmt.Errorf("conn %d: %w", i, err)
-					return
-				}
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(2 * time.Minute))
-				if err := echoCheck(c, 4096+i*13, uint64(100+i)); err != nil {
-					errs <- fmt.Errorf("conn %d: %w", i, err)
-				}
-			}()
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Error(err)
-		}
+		concurrentEcho(t, vm, 200, 2*time.Minute, func(i int) (int, uint64) { return 4096 + i*13, uint64(100 + i) })
 	})
 
 	t.Run("ConcurrentLarge", func(t *testing.T) {
 		// Several big full-duplex streams at once: credit and turn-taking
 		// must keep every one of them moving.
-		const conns, size = 12, 6 << 20
-		var wg sync.WaitGroup
-		errs := make(chan error, conns)
-		for i := range conns {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				c, err := vm.dial(portEcho)
-				if err != nil {
-					errs <- fmt.Errorf("conn %d: %w", i, err)
-					return
-				}
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(3 * time.Minute))
-				if err := echoCheck(c, size+i*4099, uint64(1000+i)); err != nil {
-					errs <- fmt.Errorf("conn %d: %w", i, err)
-				}
-			}()
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Error(err)
-		}
+		const size = 6 << 20
+		concurrentEcho(t, vm, 12, 3*time.Minute, func(i int) (int, uint64) { return size + i*4099, uint64(1000 + i) })
 	})
 
 	t.Run("GuestDialsHost", func(t *testing.T) {
