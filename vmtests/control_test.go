@@ -24,14 +24,7 @@ import (
 // its exit code and, through the control protocol, what init did.
 func TestControl(t *testing.T) {
 	e := mainVM(t)
-	pidOf := func(t *testing.T, name string) int {
-		t.Helper()
-		st := e.waitState(t, name, "running")
-		if st.PID == nil {
-			t.Fatalf("%s running without a PID: %+v", name, st)
-		}
-		return *st.PID
-	}
+	pidOf := e.runningPID
 	ensureRunning := func(t *testing.T, name string) int {
 		t.Helper()
 		if st := e.status(t, name); st.State != "running" {

@@ -132,14 +132,7 @@ func TestRootSwitch(t *testing.T) {
 			}
 		}
 	}
-	pidOf := func(t *testing.T, name string) int {
-		t.Helper()
-		st := e.waitState(t, name, "running")
-		if st.PID == nil {
-			t.Fatalf("%s running without a PID: %+v", name, st)
-		}
-		return *st.PID
-	}
+	pidOf := e.runningPID
 
 	t.Run("switched_root_and_runtime_configuration", func(t *testing.T) {
 		e.explain(t)

@@ -2,6 +2,7 @@ package vmtests
 
 import (
 	"fmt"
+	"testing"
 
 	"github.com/nitroinit/nitroinit/internal/nitro"
 )
@@ -22,4 +23,14 @@ pivot_root: false
   vsock_enabled: true
   vsock_port: %d
 %s`, nitro.HeartbeatPort, top, nitro.ControlPort, control)
+}
+
+// runningPID waits until the service runs and returns its main PID.
+func (e *enclave) runningPID(t testing.TB, name string) int {
+	t.Helper()
+	st := e.waitState(t, name, "running")
+	if st.PID == nil {
+		t.Fatalf("%s running without a PID: %+v", name, st)
+	}
+	return *st.PID
 }
