@@ -210,6 +210,15 @@ func tagged(kind string, body any) ([]byte, error) {
 // also be written {"Ping":null}, as the reference accepts. An unknown
 // variant yields *UnknownRequestError.
 func (r *Request) UnmarshalJSON(data []byte) error {
+	if req, ok := decodeCommon(data); ok {
+		*r = req
+		return nil
+	}
+	return r.unmarshalGeneral(data)
+}
+
+// unmarshalGeneral decodes any request shape.
+func (r *Request) unmarshalGeneral(data []byte) error {
 	kind, body, err := splitVariant(data)
 	if err != nil {
 		return err
