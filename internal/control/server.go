@@ -93,6 +93,8 @@ type Server struct {
 	streams   map[streamKey]*stream
 	wg        sync.WaitGroup
 
+	statuses statusCache // encoded status answers, see statusAnswer
+
 	// refusals summarises refused and turned-away connections in the
 	// log instead of one line each.
 	refusals *logs.Throttle
@@ -448,6 +450,12 @@ func (s *Server) handle(c net.Conn, t Transport, sl *slots) {
 		s.follow(c, req)
 	case wire.KindServiceLogs:
 		s.logs(c, req)
+	case wire.KindServiceStatus:
+		if b := s.statusAnswer(req.Name); b != nil {
+			s.writeBytes(c, b)
+			return
+		}
+		s.write(c, s.dispatch(req, peer))
 	default:
 		s.write(c, s.dispatch(req, peer))
 	}
@@ -496,13 +504,18 @@ func describe(p Peer) string {
 // write sends one response, with no trailing newline, as the reference
 // does. A chunked deadline lets big responses reach slow readers.
 func (s *Server) write(c net.Conn, r wire.Response) error {
+	return s.writeBytes(c, encode(r))
+}
+
+// encode encodes one response.
+func encode(r wire.Response) []byte {
 	// MarshalJSON directly: json.Marshal would re-scan and compact its
 	// output, a second pass over every response.
 	b, err := r.MarshalJSON()
 	if err != nil {
 		b, _ = json.Marshal(wire.Errorf("internal error encoding the response: %v", err))
 	}
-	return s.writeBytes(c, b)
+	return b
 }
 
 // logs answers ServiceLogs as the reference does, one JSON value, but

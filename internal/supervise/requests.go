@@ -116,18 +116,32 @@ func (s *Supervisor) Services() []wire.ServiceInfo {
 
 // ServiceStatus describes one service.
 func (s *Supervisor) ServiceStatus(name string) (wire.ServiceStatus, error) {
+	st, _, _, err := s.ServiceStatusAt(name)
+	return st, err
+}
+
+// ServiceStatusAt is ServiceStatus with the version of the snapshot it
+// was read from: two answers with the same version and live false are
+// equal, so the control server may reuse an answer's encoding. live is
+// true when the answer carries what was read at this call (cgroup
+// figures, a failing log).
+func (s *Supervisor) ServiceStatusAt(name string) (st wire.ServiceStatus, version uint64, live bool, err error) {
 	sn := s.snapshot()
 	st, ok := sn.status[name]
 	if !ok {
-		return st, notFound(name)
+		return st, sn.version, false, notFound(name)
 	}
 	if p := sn.groups[name]; p != "" {
 		addStatusStats(p, &st)
+		live = true
 	}
 	if l := sn.logs[name]; l != nil {
-		st.State, st.Error = withLogError(st.State, st.Error, l.Err())
+		if lerr := l.Err(); lerr != nil {
+			st.State, st.Error = withLogError(st.State, st.Error, lerr)
+			live = true
+		}
 	}
-	return st, nil
+	return st, sn.version, live, nil
 }
 
 // statusInfo builds the status of one service; the loop calls it.

@@ -1,0 +1,66 @@
+package control
+
+import (
+	"sync"
+
+	"github.com/nitroinit/nitroinit/internal/wire"
+)
+
+// VersionedStatus is implemented by backends (the supervisor) that can say
+// when a service's status is unchanged, so that its encoded answer can be
+// reused: status is the most frequent request.
+type VersionedStatus interface {
+	// ServiceStatusAt is ServiceStatus with a version: two answers with
+	// the same version and live false are equal. live marks an answer
+	// that carries figures read at this call, which is never reused.
+	ServiceStatusAt(name string) (st wire.ServiceStatus, version uint64, live bool, err error)
+}
+
+// maxCachedStatuses bounds the encoded status answers kept: one per
+// service asked about, and services come and go with reloads, so the
+// cache is emptied when it is full rather than grown.
+const maxCachedStatuses = 256
+
+// statusCache holds the encoded ServiceStatus answer of each service at
+// the version it was encoded for.
+type statusCache struct {
+	mu sync.Mutex
+	m  map[string]cachedStatus
+}
+
+type cachedStatus struct {
+	version uint64
+	b       []byte // shared and never modified
+}
+
+// statusAnswer returns the encoded answer to ServiceStatus for name, or
+// nil when the backend cannot version its statuses.
+func (s *Server) statusAnswer(name string) []byte {
+	vb, ok := s.cfg.Backend.(VersionedStatus)
+	if !ok {
+		return nil
+	}
+	st, version, live, err := vb.ServiceStatusAt(name)
+	if err != nil {
+		return encode(wire.Errorf("%v", err))
+	}
+	c := &s.statuses
+	if !live {
+		c.mu.Lock()
+		e, hit := c.m[name]
+		c.mu.Unlock()
+		if hit && e.version == version {
+			return e.b
+		}
+	}
+	b := encode(wire.Response{Kind: wire.KindServiceStatus, Status: &st})
+	if !live {
+		c.mu.Lock()
+		if c.m == nil || len(c.m) >= maxCachedStatuses {
+			c.m = make(map[string]cachedStatus)
+		}
+		c.m[name] = cachedStatus{version, b}
+		c.mu.Unlock()
+	}
+	return b
+}

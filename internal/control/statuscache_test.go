@@ -1,0 +1,86 @@
+package control_test
+
+import (
+	"bytes"
+	"sync"
+	"testing"
+
+	. "github.com/nitroinit/nitroinit/internal/control"
+	"github.com/nitroinit/nitroinit/internal/control/controltest"
+	"github.com/nitroinit/nitroinit/internal/wire"
+)
+
+// versioned adds ServiceStatusAt to the test backend, with a version and
+// a live flag the test sets, and counts the statuses it builds.
+type versioned struct {
+	*controltest.Backend
+	mu      sync.Mutex
+	version uint64
+	live    bool
+	restart int // put into RestartCount, to tell answers apart
+}
+
+func (v *versioned) ServiceStatusAt(name string) (wire.ServiceStatus, uint64, bool, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	st, err := v.Backend.ServiceStatus(name)
+	st.RestartCount = v.restart
+	return st, v.version, v.live, err
+}
+
+func (v *versioned) set(version uint64, live bool, restart int) {
+	v.mu.Lock()
+	v.version, v.live, v.restart = version, live, restart
+	v.mu.Unlock()
+}
+
+// TestStatusCache checks that a cached status answer is byte for byte the
+// fresh encoding, is reused only at the same version, and never when the
+// answer carries live figures.
+func TestStatusCache(t *testing.T) {
+	be := &versioned{Backend: controltest.New()}
+	ts := startServer(t, func(c *Config) { c.Backend = be })
+	req, _ := wire.Request{Kind: wire.KindServiceStatus, Name: "webapp"}.MarshalJSON()
+	fresh := func() []byte {
+		st, _, _, err := be.ServiceStatusAt("webapp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := wire.Response{Kind: wire.KindServiceStatus, Status: &st}.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for _, step := range []struct {
+		name     string
+		version  uint64
+		live     bool
+		restart  int
+		wantSame bool // the backend's change is not seen: the cached answer stands
+	}{
+		{"first", 1, false, 1, false},
+		{"same version", 1, false, 2, true},
+		{"new version", 2, false, 3, false},
+		{"live", 2, true, 4, false},
+		{"live again", 2, true, 5, false},
+	} {
+		before := raw(t, ts.path, req)
+		be.set(step.version, step.live, step.restart)
+		got := raw(t, ts.path, req)
+		if step.wantSame {
+			if !bytes.Equal(got, before) {
+				t.Errorf("%s: answer changed at the same version:\n%s\n%s", step.name, before, got)
+			}
+			continue
+		}
+		if want := fresh(); !bytes.Equal(got, want) {
+			t.Errorf("%s: got\n%s\nwant\n%s", step.name, got, want)
+		}
+	}
+	// An unknown service is an error, as without the cache.
+	bad, _ := wire.Request{Kind: wire.KindServiceStatus, Name: "nosuch"}.MarshalJSON()
+	if r := decodeResp(t, raw(t, ts.path, bad)); r.Kind != wire.KindError {
+		t.Errorf("status of an unknown service: %+v, want an Error", r)
+	}
+}
