@@ -35,29 +35,45 @@ func identify(c net.Conn, t Transport) (Peer, error) {
 	if err != nil {
 		return p, fmt.Errorf("SO_PEERCRED: %w", err)
 	}
-	var cred *unix.Ucred
-	var groups []uint32
-	var credErr, groupErr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-		if credErr == nil && cred.Uid != 0 {
-			groups, groupErr = peerGroups(int(fd))
-		}
-	}); err != nil {
+	// One value for what the callback finds: each variable it captured
+	// would be a heap allocation of its own, per connection.
+	var r peerCred
+	if err := raw.Control(r.read); err != nil {
 		return p, fmt.Errorf("SO_PEERCRED: %w", err)
 	}
-	if credErr != nil {
-		return p, fmt.Errorf("SO_PEERCRED: %w", credErr)
+	if r.credErr != nil {
+		return p, fmt.Errorf("SO_PEERCRED: %w", r.credErr)
 	}
-	p.UID, p.GID, p.PID = cred.Uid, cred.Gid, cred.Pid
+	p.UID, p.GID, p.PID = r.cred.Uid, r.cred.Gid, r.cred.Pid
 	// SO_PEERCRED carries only the primary group; the supplementary ones
 	// come from SO_PEERGROUPS, which like SO_PEERCRED the kernel records at
 	// connect time (reading /proc/<pid> later could read a recycled PID).
 	// Without it the peer simply has no supplementary groups: fail closed.
-	if groupErr == nil {
-		p.Groups = groups
+	if r.groupErr == nil {
+		p.Groups = r.groups
 	}
 	return p, nil
+}
+
+// peerCred is what identify reads from a Unix socket.
+type peerCred struct {
+	cred              unix.Ucred
+	groups            []uint32
+	credErr, groupErr error
+}
+
+// read reads SO_PEERCRED and, for a peer other than root, SO_PEERGROUPS.
+func (r *peerCred) read(fd uintptr) {
+	n := uint32(unsafe.Sizeof(r.cred))
+	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_PEERCRED,
+		uintptr(unsafe.Pointer(&r.cred)), uintptr(unsafe.Pointer(&n)), 0)
+	if e != 0 {
+		r.credErr = e
+		return
+	}
+	if r.cred.Uid != 0 {
+		r.groups, r.groupErr = peerGroups(int(fd))
+	}
 }
 
 // peerGroups reads SO_PEERGROUPS: the peer's supplementary groups at

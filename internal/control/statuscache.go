@@ -53,7 +53,7 @@ func (s *Server) statusAnswer(name string) []byte {
 			return e.b
 		}
 	}
-	b := encode(wire.Response{Kind: wire.KindServiceStatus, Status: &st})
+	b := encodeStatus(st)
 	if !live {
 		c.mu.Lock()
 		if c.m == nil || len(c.m) >= maxCachedStatuses {
@@ -63,4 +63,10 @@ func (s *Server) statusAnswer(name string) []byte {
 		c.mu.Unlock()
 	}
 	return b
+}
+
+// encodeStatus encodes a status answer; st is a copy of its own, so that
+// only a miss puts a status on the heap.
+func encodeStatus(st wire.ServiceStatus) []byte {
+	return encode(wire.Response{Kind: wire.KindServiceStatus, Status: &st})
 }

@@ -2,6 +2,9 @@ package control_test
 
 import (
 	"bytes"
+	"context"
+	"net"
+	"path/filepath"
 	"sync"
 	"testing"
 
@@ -82,5 +85,39 @@ func TestStatusCache(t *testing.T) {
 	bad, _ := wire.Request{Kind: wire.KindServiceStatus, Name: "nosuch"}.MarshalJSON()
 	if r := decodeResp(t, raw(t, ts.path, bad)); r.Kind != wire.KindError {
 		t.Errorf("status of an unknown service: %+v, want an Error", r)
+	}
+}
+
+// BenchmarkStatusRoundTrip drives the real server on a Unix socket the
+// way initctl does, a new connection per status request, for profiling
+// (go test -cpuprofile); bench row 5 compares it with a floor.
+func BenchmarkStatusRoundTrip(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		be   Backend
+	}{{"versioned", &versioned{Backend: controltest.New()}}, {"plain", controltest.New()}} {
+		b.Run(bc.name, func(b *testing.B) {
+			srv := NewServer(Config{Backend: bc.be})
+			path := filepath.Join(b.TempDir(), "init.sock")
+			l, err := ListenUnix(path, false)
+			if err != nil {
+				b.Fatal(err)
+			}
+			go srv.Serve(context.Background(), l, TransportUnix)
+			defer srv.Close()
+			req, _ := wire.Request{Kind: wire.KindServiceStatus, Name: "webapp"}.MarshalJSON()
+			b.ReportAllocs()
+			for b.Loop() {
+				c, err := net.Dial("unix", path)
+				if err != nil {
+					b.Fatal(err)
+				}
+				c.Write(req)
+				if _, err := wire.ReadValue(c, 1<<20); err != nil {
+					b.Fatal(err)
+				}
+				c.Close()
+			}
+		})
 	}
 }

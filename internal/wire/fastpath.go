@@ -12,8 +12,8 @@ import "bytes"
 // request two validation passes, a map and a reflective decode.
 func decodeCommon(data []byte) (Request, bool) {
 	data = bytes.TrimSpace(data) // as splitVariant
-	if kind, ok := plainString(data); ok {
-		if fields, known := requestFields[kind]; known && fields == nil {
+	if len(data) >= 2 && data[0] == '"' && data[len(data)-1] == '"' {
+		if kind, known := kindNames[string(data[1:len(data)-1])]; known && requestFields[kind] == nil {
 			return Request{Kind: kind}, true
 		}
 		return Request{}, false
@@ -23,11 +23,14 @@ func decodeCommon(data []byte) (Request, bool) {
 		return Request{}, false
 	}
 	inner := data[1 : len(data)-1]
-	i := bytes.IndexByte(inner[min(1, len(inner)):], '"') + 1 // the kind's closing quote
+	if len(inner) == 0 || inner[0] != '"' {
+		return Request{}, false
+	}
+	i := bytes.IndexByte(inner[1:], '"') + 1 // the kind's closing quote
 	if i <= 0 {
 		return Request{}, false
 	}
-	kind, ok := plainString(inner[:i+1])
+	kind, ok := kindNames[string(inner[1:i])] // no copy: the name is the table's
 	if !ok {
 		return Request{}, false
 	}
@@ -45,6 +48,16 @@ func decodeCommon(data []byte) (Request, bool) {
 	}
 	return Request{Kind: kind, Name: name}, true
 }
+
+// kindNames maps each request variant name to itself, so that a name
+// read from a request is found without copying it.
+var kindNames = func() map[string]string {
+	m := make(map[string]string, len(requestFields))
+	for k := range requestFields {
+		m[k] = k
+	}
+	return m
+}()
 
 // plainString returns the contents of b when b is one JSON string of
 // printable ASCII with no escapes, whose decoding is its bytes.
