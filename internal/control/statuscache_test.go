@@ -90,22 +90,31 @@ func TestStatusCache(t *testing.T) {
 
 // BenchmarkStatusRoundTrip drives the real server on a Unix socket the
 // way initctl does, a new connection per status request, for profiling
-// (go test -cpuprofile); bench row 5 compares it with a floor.
+// (go test -cpuprofile); bench row 5 compares it with a floor. The floor
+// here is a bare server in this process that frames the request and
+// writes a fixed answer of the same size, as bench's does.
 func BenchmarkStatusRoundTrip(b *testing.B) {
+	req, _ := wire.Request{Kind: wire.KindServiceStatus, Name: "webapp"}.MarshalJSON()
 	for _, bc := range []struct {
 		name string
 		be   Backend
-	}{{"versioned", &versioned{Backend: controltest.New()}}, {"plain", controltest.New()}} {
+	}{{"versioned", &versioned{Backend: controltest.New()}}, {"plain", controltest.New()}, {"floor", nil}} {
 		b.Run(bc.name, func(b *testing.B) {
-			srv := NewServer(Config{Backend: bc.be})
 			path := filepath.Join(b.TempDir(), "init.sock")
 			l, err := ListenUnix(path, false)
 			if err != nil {
 				b.Fatal(err)
 			}
-			go srv.Serve(context.Background(), l, TransportUnix)
-			defer srv.Close()
-			req, _ := wire.Request{Kind: wire.KindServiceStatus, Name: "webapp"}.MarshalJSON()
+			if bc.be != nil {
+				srv := NewServer(Config{Backend: bc.be})
+				go srv.Serve(context.Background(), l, TransportUnix)
+				defer srv.Close()
+			} else {
+				st, _ := controltest.New().ServiceStatus("webapp")
+				answer, _ := wire.Response{Kind: wire.KindServiceStatus, Status: &st}.MarshalJSON()
+				go bareServer(l, answer)
+				defer l.Close()
+			}
 			b.ReportAllocs()
 			for b.Loop() {
 				c, err := net.Dial("unix", path)
@@ -119,5 +128,22 @@ func BenchmarkStatusRoundTrip(b *testing.B) {
 				c.Close()
 			}
 		})
+	}
+}
+
+// bareServer is the floor: one goroutine per connection, which reads one
+// framed value and writes answer.
+func bareServer(l net.Listener, answer []byte) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			if _, err := wire.ReadValue(c, wire.MaxRequestSize); err == nil {
+				c.Write(answer)
+			}
+		}()
 	}
 }
