@@ -269,7 +269,7 @@ func run(a args, pid1 bool, log *logger) int {
 	})
 
 	srv := control.NewServer(control.Config{
-		Backend:    sup,
+		Handler:    sup,
 		Policy:     control.NewPolicy(cfg.Control.Permissions),
 		MaxConns:   cfg.Control.MaxConnections,
 		IOTimeout:  cfg.Control.IOTimeout,

@@ -46,7 +46,7 @@ func TestMain(m *testing.M) {
 
 type fixture struct {
 	srv  *control.Server
-	be   *controltest.Backend
+	be   *controltest.Handler
 	sock string
 	dir  string
 	pid  int // the managed "webapp" process
@@ -67,7 +67,7 @@ func serve(t *testing.T, mod func(*control.Config)) *fixture {
 	t.Cleanup(func() { sleeper.Process.Kill(); sleeper.Wait() })
 	f.pid = sleeper.Process.Pid
 	f.be.SetManaged(f.pid, "webapp")
-	cfg := control.Config{Backend: f.be, IOTimeout: 5 * time.Second, Logf: t.Logf}
+	cfg := control.Config{Handler: f.be, IOTimeout: 5 * time.Second, Logf: t.Logf}
 	if mod != nil {
 		mod(&cfg)
 	}

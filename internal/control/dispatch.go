@@ -18,7 +18,7 @@ const MaxSignal = 64
 // dispatch carries out every request that has a single response built in
 // memory (ServiceLogs and ServiceLogsFollow are streamed; see handle).
 func (s *Server) dispatch(req wire.Request, peer Peer) wire.Response {
-	b := s.cfg.Backend
+	b := s.cfg.Handler
 	done := func(err error, format string) wire.Response {
 		if err != nil {
 			return wire.Errorf("%v", err)
@@ -133,7 +133,7 @@ func message(msg string, err error) wire.Response {
 }
 
 // refusePID keeps signals away from init itself and from the kill(2) forms
-// that reach groups (0, negative) before they reach the backend.
+// that reach groups (0, negative) before they reach the handler.
 //
 // The kernel's pid_t is 32 bits: a larger number would be truncated by
 // kill(2) (4294967297 becomes 1, 4294967295 becomes -1), so it is refused

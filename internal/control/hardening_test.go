@@ -43,7 +43,7 @@ func TestRefusedPIDs(t *testing.T) {
 	}
 	for _, c := range ts.be.Calls() {
 		if strings.Contains(c, "Signal") || strings.Contains(c, "Restart") {
-			t.Errorf("a refused PID reached the backend: %s", c)
+			t.Errorf("a refused PID reached the handler: %s", c)
 		}
 	}
 }

@@ -40,13 +40,13 @@ func TestStreamedLogsAreTheMarshalledBytes(t *testing.T) {
 	}
 }
 
-// tailBackend serves one real log, so that requests read real files.
-type tailBackend struct {
-	*controltest.Backend
+// tailHandler serves one real log, so that requests read real files.
+type tailHandler struct {
+	*controltest.Handler
 	log *logs.Log
 }
 
-func (b tailBackend) ServiceLogs(name string, n int) (LogTail, error) { return b.log.Tail(n), nil }
+func (b tailHandler) ServiceLogs(name string, n int) (LogTail, error) { return b.log.Tail(n), nil }
 
 // TestLogsMemoryIsBoundedWhenClientsNeverRead: clients that ask for a
 // billion lines of a large log and never read make init hold a bounded
@@ -59,7 +59,7 @@ func TestLogsMemoryIsBoundedWhenClientsNeverRead(t *testing.T) {
 	defer l.Close()
 	l.Capture(strings.NewReader(strings.Repeat(strings.Repeat("z", 200)+"\n", (20<<20)/201)))
 	ts := startServer(t, func(c *Config) {
-		c.Backend = tailBackend{controltest.New(), l}
+		c.Handler = tailHandler{controltest.New(), l}
 		c.IOTimeout = time.Minute
 	})
 	const clients = 16

@@ -173,9 +173,9 @@ func TestNonRootPeer(t *testing.T) {
 	src.Close()
 	dst.Close()
 
-	serve := func(p Policy) (string, *controltest.Backend) {
+	serve := func(p Policy) (string, *controltest.Handler) {
 		be := controltest.New()
-		srv := NewServer(Config{Backend: be, Policy: p, IOTimeout: 2 * time.Second})
+		srv := NewServer(Config{Handler: be, Policy: p, IOTimeout: 2 * time.Second})
 		sock := filepath.Join(dir, fmt.Sprintf("s%d", time.Now().UnixNano()), "init.sock")
 		l, err := ListenUnix(sock, len(p.UnixUIDs)+len(p.UnixGIDs) > 0)
 		if err != nil {
@@ -210,7 +210,7 @@ func TestNonRootPeer(t *testing.T) {
 		}
 	}
 	for _, c := range be.Calls() {
-		t.Errorf("denied request reached the backend: %s", c)
+		t.Errorf("denied request reached the handler: %s", c)
 	}
 
 	// Another uid is listed: nobody connects (0666) but is refused.

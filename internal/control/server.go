@@ -1,6 +1,6 @@
 // Package control is init's control plane: it listens on a Unix socket and
 // on AF_VSOCK, identifies each peer, checks the permission policy, decodes
-// one request per connection and dispatches it to a Backend (the
+// one request per connection and dispatches it to a Handler (the
 // supervisor). It also holds the client side that initctl and the vmtests
 // use. The protocol is described in docs/protocol.md.
 package control
@@ -58,8 +58,8 @@ const ReservedShare = 4
 
 // Config configures a Server.
 type Config struct {
-	// Backend carries out the requests. Required.
-	Backend Backend
+	// Handler carries out the requests. Required.
+	Handler Handler
 	// Policy decides who may send what.
 	Policy Policy
 	// MaxConns bounds the connections served at once on each listener;
@@ -528,7 +528,7 @@ func (s *Server) logs(c net.Conn, req wire.Request) {
 		s.write(c, wire.Errorf("lines must not be negative, got %d", req.Lines))
 		return
 	}
-	tail, err := s.cfg.Backend.ServiceLogs(req.Name, req.Lines)
+	tail, err := s.cfg.Handler.ServiceLogs(req.Name, req.Lines)
 	if err != nil {
 		s.write(c, wire.Errorf("%v", err))
 		return

@@ -22,16 +22,16 @@ import (
 
 type testServer struct {
 	srv  *Server
-	be   *controltest.Backend
+	be   *controltest.Handler
 	path string
 	// dialed records logs-stream dials, for tests that replace DialVsock.
 }
 
-// startServer serves a testBackend on a real Unix socket in a fresh dir.
+// startServer serves a testHandler on a real Unix socket in a fresh dir.
 func startServer(t *testing.T, mod func(*Config)) *testServer {
 	t.Helper()
 	be := controltest.New()
-	cfg := Config{Backend: be, IOTimeout: 2 * time.Second, Logf: t.Logf}
+	cfg := Config{Handler: be, IOTimeout: 2 * time.Second, Logf: t.Logf}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -139,7 +139,7 @@ func TestGoldenRequests(t *testing.T) {
 	calls := strings.Join(ts.be.Calls(), "\n")
 	for _, c := range []string{"start webapp", "signal 789 15 true", "signal 789 9 false", "startprocess /usr/bin/python3 [script.py --verbose] [LOG_LEVEL=debug PORT=8080]", "shutdown reboot=true", "shutdown reboot=false"} {
 		if !strings.Contains(calls, c) {
-			t.Errorf("backend never saw %q; calls:\n%s", c, calls)
+			t.Errorf("handler never saw %q; calls:\n%s", c, calls)
 		}
 	}
 }
@@ -176,10 +176,10 @@ func TestRawRequests(t *testing.T) {
 			t.Errorf("%s -> %s %q, want %s containing %q", tc.in, r.Kind, r.Message, tc.wantKind, tc.wantMsg)
 		}
 	}
-	// Only the accepted requests may have reached the backend.
+	// Only the accepted requests may have reached the handler.
 	want := []string{"start nosuch", "signal 500 64 false", "restartprocess 500"}
 	if got := ts.be.Calls(); !slices.Equal(got, want) {
-		t.Errorf("backend calls %q, want %q (refused requests must not reach it)", got, want)
+		t.Errorf("handler calls %q, want %q (refused requests must not reach it)", got, want)
 	}
 }
 
@@ -370,7 +370,7 @@ func TestListenUnix(t *testing.T) {
 // TestCloseCutsSilentClients checks that a client that never sends cannot
 // hold up Close (and with it init's shutdown) for the I/O timeout.
 func TestCloseCutsSilentClients(t *testing.T) {
-	srv := NewServer(Config{Backend: controltest.New(), IOTimeout: time.Minute})
+	srv := NewServer(Config{Handler: controltest.New(), IOTimeout: time.Minute})
 	path := filepath.Join(t.TempDir(), "init.sock")
 	l, err := ListenUnix(path, false)
 	if err != nil {

@@ -6,7 +6,7 @@ import (
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
-// VersionedStatus is implemented by backends (the supervisor) that can say
+// VersionedStatus is implemented by handlers (the supervisor) that can say
 // when a service's status is unchanged, so that its encoded answer can be
 // reused: status is the most frequent request.
 type VersionedStatus interface {
@@ -34,9 +34,9 @@ type cachedStatus struct {
 }
 
 // statusAnswer returns the encoded answer to ServiceStatus for name, or
-// nil when the backend cannot version its statuses.
+// nil when the handler cannot version its statuses.
 func (s *Server) statusAnswer(name string) []byte {
-	vb, ok := s.cfg.Backend.(VersionedStatus)
+	vb, ok := s.cfg.Handler.(VersionedStatus)
 	if !ok {
 		return nil
 	}

@@ -13,10 +13,10 @@ import (
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
-// versioned adds ServiceStatusAt to the test backend, with a version and
+// versioned adds ServiceStatusAt to the test handler, with a version and
 // a live flag the test sets, and counts the statuses it builds.
 type versioned struct {
-	*controltest.Backend
+	*controltest.Handler
 	mu      sync.Mutex
 	version uint64
 	live    bool
@@ -26,7 +26,7 @@ type versioned struct {
 func (v *versioned) ServiceStatusAt(name string) (wire.ServiceStatus, uint64, bool, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	st, err := v.Backend.ServiceStatus(name)
+	st, err := v.Handler.ServiceStatus(name)
 	st.RestartCount = v.restart
 	return st, v.version, v.live, err
 }
@@ -41,8 +41,8 @@ func (v *versioned) set(version uint64, live bool, restart int) {
 // fresh encoding, is reused only at the same version, and never when the
 // answer carries live figures.
 func TestStatusCache(t *testing.T) {
-	be := &versioned{Backend: controltest.New()}
-	ts := startServer(t, func(c *Config) { c.Backend = be })
+	be := &versioned{Handler: controltest.New()}
+	ts := startServer(t, func(c *Config) { c.Handler = be })
 	req, _ := wire.Request{Kind: wire.KindServiceStatus, Name: "webapp"}.MarshalJSON()
 	fresh := func() []byte {
 		st, _, _, err := be.ServiceStatusAt("webapp")
@@ -60,7 +60,7 @@ func TestStatusCache(t *testing.T) {
 		version  uint64
 		live     bool
 		restart  int
-		wantSame bool // the backend's change is not seen: the cached answer stands
+		wantSame bool // the handler's change is not seen: the cached answer stands
 	}{
 		{"first", 1, false, 1, false},
 		{"same version", 1, false, 2, true},
@@ -97,8 +97,8 @@ func BenchmarkStatusRoundTrip(b *testing.B) {
 	req, _ := wire.Request{Kind: wire.KindServiceStatus, Name: "webapp"}.MarshalJSON()
 	for _, bc := range []struct {
 		name string
-		be   Backend
-	}{{"versioned", &versioned{Backend: controltest.New()}}, {"plain", controltest.New()}, {"floor", nil}} {
+		be   Handler
+	}{{"versioned", &versioned{Handler: controltest.New()}}, {"plain", controltest.New()}, {"floor", nil}} {
 		b.Run(bc.name, func(b *testing.B) {
 			path := filepath.Join(b.TempDir(), "init.sock")
 			l, err := ListenUnix(path, false)
@@ -106,7 +106,7 @@ func BenchmarkStatusRoundTrip(b *testing.B) {
 				b.Fatal(err)
 			}
 			if bc.be != nil {
-				srv := NewServer(Config{Backend: bc.be})
+				srv := NewServer(Config{Handler: bc.be})
 				go srv.Serve(context.Background(), l, TransportUnix)
 				defer srv.Close()
 			} else {

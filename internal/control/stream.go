@@ -63,7 +63,7 @@ func (s *Server) startStream(req wire.Request, peer Peer) wire.Response {
 	if busy {
 		return wire.Errorf("Log streaming already active for service '%s' on port %d; stop it first (logs-stream Ctrl-C sends ServiceLogsStreamStop) or use another port", req.Name, req.VsockPort)
 	}
-	history, sub, err := s.cfg.Backend.SubscribeLogs(req.Name, 0)
+	history, sub, err := s.cfg.Handler.SubscribeLogs(req.Name, 0)
 	if err != nil {
 		return wire.Errorf("%v", err)
 	}
@@ -169,7 +169,7 @@ func (s *Server) follow(c net.Conn, req wire.Request) {
 		s.write(c, wire.Errorf("lines must not be negative, got %d", req.Lines))
 		return
 	}
-	history, sub, err := s.cfg.Backend.SubscribeLogs(req.Name, req.Lines)
+	history, sub, err := s.cfg.Handler.SubscribeLogs(req.Name, req.Lines)
 	if err != nil {
 		s.write(c, wire.Errorf("%v", err))
 		return

@@ -6,7 +6,7 @@ import "testing"
 // logs-stream: the host (2 or 3) or the peer itself, never the enclave's
 // own loopback or another CID.
 func TestStreamTargets(t *testing.T) {
-	srv := NewServer(Config{Backend: nil})
+	srv := NewServer(Config{Handler: nil})
 	peer := Peer{Transport: TransportVsock, CID: 3, CIDKnown: true}
 	for _, tt := range []struct {
 		cid     uint32

@@ -21,7 +21,7 @@ func TestVsockLoopback(t *testing.T) {
 		t.Skipf("no vsock loopback here (modprobe vsock_loopback): %v", err)
 	}
 	l.Close()
-	srv := NewServer(Config{Backend: controltest.New(), Policy: Policy{VsockCIDs: []uint32{vsock.Local}}, Logf: t.Logf})
+	srv := NewServer(Config{Handler: controltest.New(), Policy: Policy{VsockCIDs: []uint32{vsock.Local}}, Logf: t.Logf})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.ServeVsock(ctx, vsock.Local, port) }()

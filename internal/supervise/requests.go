@@ -16,10 +16,10 @@ import (
 )
 
 // The methods in this file answer the control requests (they implement
-// control.Backend). They run on the caller's goroutine and reach service
+// control.Handler). They run on the caller's goroutine and reach service
 // state through call.
 
-var _ control.Backend = (*Supervisor)(nil)
+var _ control.Handler = (*Supervisor)(nil)
 
 func (sv *service) info() wire.ServiceInfo {
 	inf := wire.ServiceInfo{

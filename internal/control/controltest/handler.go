@@ -1,4 +1,4 @@
-// Package controltest provides an in-memory control.Backend for tests of the
+// Package controltest provides an in-memory control.Handler for tests of the
 // control server and of initctl. It stands in for the supervisor only; the
 // sockets, processes and files around it in those tests are real.
 package controltest
@@ -14,10 +14,10 @@ import (
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
-// Backend is an in-memory control.Backend with three services (database,
+// Handler is an in-memory control.Handler with three services (database,
 // webapp, worker). It records calls so tests can check what reached it (and
 // what did not).
-type Backend struct {
+type Handler struct {
 	mu       sync.Mutex
 	services map[string]*wire.ServiceInfo
 	logs     map[string][]string
@@ -27,9 +27,9 @@ type Backend struct {
 	shutdown []bool
 }
 
-// New returns a Backend in its initial state.
-func New() *Backend {
-	return &Backend{
+// New returns a Handler in its initial state.
+func New() *Handler {
+	return &Handler{
 		services: map[string]*wire.ServiceInfo{
 			"webapp":   {Name: "webapp", Enabled: true, Active: true, RestartPolicy: "always", RestartCount: 3, State: "running"},
 			"database": {Name: "database", Enabled: true, Active: true, RestartPolicy: "always", RestartCount: 1, State: "running"},
@@ -43,14 +43,14 @@ func New() *Backend {
 	}
 }
 
-func (b *Backend) record(format string, args ...any) {
+func (b *Handler) record(format string, args ...any) {
 	b.mu.Lock()
 	b.calls = append(b.calls, fmt.Sprintf(format, args...))
 	b.mu.Unlock()
 }
 
 // Calls returns the state-changing calls made so far, one line each.
-func (b *Backend) Calls() []string {
+func (b *Handler) Calls() []string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return append([]string(nil), b.calls...)
@@ -58,7 +58,7 @@ func (b *Backend) Calls() []string {
 
 func notFound(name string) error { return fmt.Errorf("Service '%s' not found", name) }
 
-func (b *Backend) get(name string) (*wire.ServiceInfo, error) {
+func (b *Handler) get(name string) (*wire.ServiceInfo, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s, ok := b.services[name]
@@ -68,7 +68,7 @@ func (b *Backend) get(name string) (*wire.ServiceInfo, error) {
 	return s, nil
 }
 
-func (b *Backend) Services() []wire.ServiceInfo {
+func (b *Handler) Services() []wire.ServiceInfo {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var out []wire.ServiceInfo
@@ -78,7 +78,7 @@ func (b *Backend) Services() []wire.ServiceInfo {
 	return out
 }
 
-func (b *Backend) ServiceStatus(name string) (wire.ServiceStatus, error) {
+func (b *Handler) ServiceStatus(name string) (wire.ServiceStatus, error) {
 	s, err := b.get(name)
 	if err != nil {
 		return wire.ServiceStatus{}, err
@@ -96,20 +96,20 @@ func (b *Backend) ServiceStatus(name string) (wire.ServiceStatus, error) {
 	return st, nil
 }
 
-func (b *Backend) act(op, name string) error {
+func (b *Handler) act(op, name string) error {
 	b.record("%s %s", op, name)
 	_, err := b.get(name)
 	return err
 }
 
-func (b *Backend) StartService(name string) error   { return b.act("start", name) }
-func (b *Backend) StopService(name string) error    { return b.act("stop", name) }
-func (b *Backend) RestartService(name string) error { return b.act("restart", name) }
-func (b *Backend) EnableService(name string) error  { return b.act("enable", name) }
-func (b *Backend) DisableService(name string) error { return b.act("disable", name) }
-func (b *Backend) Reload() error                    { b.record("reload"); return nil }
+func (b *Handler) StartService(name string) error   { return b.act("start", name) }
+func (b *Handler) StopService(name string) error    { return b.act("stop", name) }
+func (b *Handler) RestartService(name string) error { return b.act("restart", name) }
+func (b *Handler) EnableService(name string) error  { return b.act("enable", name) }
+func (b *Handler) DisableService(name string) error { return b.act("disable", name) }
+func (b *Handler) Reload() error                    { b.record("reload"); return nil }
 
-func (b *Backend) ServiceLogs(name string, n int) (control.LogTail, error) {
+func (b *Handler) ServiceLogs(name string, n int) (control.LogTail, error) {
 	if _, err := b.get(name); err != nil {
 		return nil, err
 	}
@@ -138,7 +138,7 @@ func (l Lines) Each(fn func([]byte) error) error {
 // Close does nothing.
 func (Lines) Close() {}
 
-func (b *Backend) ClearServiceLogs(name string) error {
+func (b *Handler) ClearServiceLogs(name string) error {
 	if err := b.act("clear", name); err != nil {
 		return err
 	}
@@ -177,7 +177,7 @@ func (s *testSub) isClosed() bool {
 	}
 }
 
-func (b *Backend) SubscribeLogs(name string, history int) (control.LogTail, control.LogSubscription, error) {
+func (b *Handler) SubscribeLogs(name string, history int) (control.LogTail, control.LogSubscription, error) {
 	if _, err := b.get(name); err != nil {
 		return nil, nil, err
 	}
@@ -194,7 +194,7 @@ func (b *Backend) SubscribeLogs(name string, history int) (control.LogTail, cont
 }
 
 // Publish appends a line to a service's log and hands it to subscribers.
-func (b *Backend) Publish(name, line string) {
+func (b *Handler) Publish(name, line string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.logs[name] = append(b.logs[name], line)
@@ -206,7 +206,7 @@ func (b *Backend) Publish(name, line string) {
 }
 
 // OpenSubs counts subscriptions of name not yet closed.
-func (b *Backend) OpenSubs(name string) int {
+func (b *Handler) OpenSubs(name string) int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	n := 0
@@ -218,7 +218,7 @@ func (b *Backend) OpenSubs(name string) int {
 	return n
 }
 
-func (b *Backend) ManagedPIDs() map[int]string {
+func (b *Handler) ManagedPIDs() map[int]string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	out := map[int]string{}
@@ -228,12 +228,12 @@ func (b *Backend) ManagedPIDs() map[int]string {
 	return out
 }
 
-func (b *Backend) StartProcess(command string, args, env []string) (int, error) {
+func (b *Handler) StartProcess(command string, args, env []string) (int, error) {
 	b.record("startprocess %s %v %v", command, args, env)
 	return 789, nil
 }
 
-func (b *Backend) SignalProcess(pid int, sig syscall.Signal, stop bool) (string, error) {
+func (b *Handler) SignalProcess(pid int, sig syscall.Signal, stop bool) (string, error) {
 	b.record("signal %d %d %v", pid, int(sig), stop)
 	if stop {
 		return fmt.Sprintf("SIGTERM sent to process %d", pid), nil
@@ -241,7 +241,7 @@ func (b *Backend) SignalProcess(pid int, sig syscall.Signal, stop bool) (string,
 	return fmt.Sprintf("Signal %d sent to process %d", int(sig), pid), nil
 }
 
-func (b *Backend) RestartProcess(pid int) (string, error) {
+func (b *Handler) RestartProcess(pid int) (string, error) {
 	b.record("restartprocess %d", pid)
 	b.mu.Lock()
 	name, ok := b.managed[pid]
@@ -252,26 +252,26 @@ func (b *Backend) RestartProcess(pid int) (string, error) {
 	return fmt.Sprintf("Service '%s' restarted", name), nil
 }
 
-func (b *Backend) Shutdown(reboot bool) {
+func (b *Handler) Shutdown(reboot bool) {
 	b.record("shutdown reboot=%v", reboot)
 }
 
-func (b *Backend) SystemStatus() wire.SystemStatus {
+func (b *Handler) SystemStatus() wire.SystemStatus {
 	return wire.SystemStatus{UptimeSecs: 192735, TotalServices: 3, ActiveServices: 2, EnabledServices: 2, LogDir: "/log", ServiceDir: "/service", Mode: "supervisor"}
 }
 
 // SetActive marks a service active or not.
-func (b *Backend) SetActive(name string, active bool) {
+func (b *Handler) SetActive(name string, active bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.services[name].Active = active
 }
 
 // SetManaged records pid as the main PID of service name.
-func (b *Backend) SetManaged(pid int, name string) {
+func (b *Handler) SetManaged(pid int, name string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.managed[pid] = name
 }
 
-var _ control.Backend = (*Backend)(nil)
+var _ control.Handler = (*Handler)(nil)

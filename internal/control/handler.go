@@ -7,12 +7,12 @@ import (
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
-// Backend is what the control server needs from init. The supervisor
+// Handler is what the control server needs from init. The supervisor
 // implements it; the control package only authenticates, decodes, checks
-// permissions and dispatches. Errors returned by Backend methods are sent to
+// permissions and dispatches. Errors returned by Handler methods are sent to
 // the client as {"Error":{"message": err.Error()}}, so they are written for
 // the operator (for example "Service 'nosuch' not found").
-type Backend interface {
+type Handler interface {
 	// Services lists every known service, sorted by name, including
 	// disabled and invalid ones.
 	Services() []wire.ServiceInfo
