@@ -152,6 +152,13 @@ func (r *rig) messages() string {
 // name, for argv[1]) and starts a supervisor on them.
 func newRig(t *testing.T, files map[string]string) *rig {
 	t.Helper()
+	return newRigWith(t, files, nil)
+}
+
+// newRigWith is newRig with edit applied to the supervisor's Config (when
+// not nil) before it starts.
+func newRigWith(t *testing.T, files map[string]string, edit func(*Config)) *rig {
+	t.Helper()
 	dir := t.TempDir()
 	r := &rig{t: t, ops: newFakeOps(), dir: dir}
 	if err := os.MkdirAll(filepath.Join(dir, "service"), 0o755); err != nil {
@@ -160,14 +167,18 @@ func newRig(t *testing.T, files map[string]string) *rig {
 	for name, body := range files {
 		r.write(name, body)
 	}
-	r.s = New(Config{
+	cfg := Config{
 		ServiceDir: filepath.Join(dir, "service"),
 		Logs:       logs.Config{Dir: filepath.Join(dir, "log"), RingLines: 100},
 		Env:        []string{"PATH=/usr/bin:/bin", "KEEP=init"},
 		RuntimeDir: filepath.Join(dir, "run"),
 		Ops:        r.ops,
 		Logf:       r.logf,
-	})
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	r.s = New(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
