@@ -175,15 +175,26 @@ type Group struct {
 	tree *Tree
 }
 
-// Create makes (or reuses, when it exists and is empty) the group for name
-// and writes lim to it. The limits a controller that is not enabled would
-// need are refused with an error naming the controller.
+// Create makes the group for name and writes lim to it. A group of that
+// name left from before is made anew when it is empty, never reused: Linux
+// 6.18 (seen here; it counts cgroup.kill writes per group) SIGKILLs every
+// process cloned into a group that was ever killed, so a reused group could
+// kill the service's next start. A group left with processes in it is
+// returned as it is, for the caller to kill and empty before creating it
+// again. The limits a controller that is not enabled would need are refused
+// with an error naming the controller.
 func (t *Tree) Create(name string, lim Limits) (*Group, error) {
 	if name == "" || name == "init.scope" || strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
 		return nil, fmt.Errorf("cgroup: %q is not a group name", name)
 	}
 	g := &Group{Path: filepath.Join(t.dir, name+".service"), tree: t}
-	if err := os.Mkdir(g.Path, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+	err := os.Mkdir(g.Path, 0o755)
+	if errors.Is(err, os.ErrExist) && !g.Populated() {
+		if err = g.Remove(); err == nil {
+			err = os.Mkdir(g.Path, 0o755)
+		}
+	}
+	if err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("cgroup: %w", err)
 	}
 	if err := g.SetLimits(lim); err != nil {

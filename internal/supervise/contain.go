@@ -17,8 +17,13 @@ import (
 // drainTimeout bounds the wait for a cgroup to empty after cgroup.kill.
 // SIGKILL cannot be ignored, so only a process stuck in the kernel
 // (uninterruptible sleep) takes longer; the service is then reported
-// stopped with a warning and its group is reused at the next start.
+// stopped with a warning, and its next start kills what is left and makes
+// the group anew (see contain).
 const drainTimeout = 10 * time.Second
+
+// leftoverWait bounds how long a start waits for the processes of an
+// earlier run, killed, to leave the service's cgroup.
+const leftoverWait = time.Second
 
 // contain creates the service's cgroup with the unit's limits and returns
 // a descriptor of it for the start (nil without containment).
@@ -34,9 +39,18 @@ func (s *Supervisor) contain(sv *service, u *unit.Unit) (*os.File, error) {
 		return nil, err
 	}
 	if g.Populated() {
-		// Left from a run whose processes would not die in time.
+		// Left from a run whose processes would not die in time. The
+		// group is not started into once killed (see cgroup.Tree.Create):
+		// wait for it to empty, briefly since this runs on the loop and
+		// only after processes outlived drainTimeout, and make it anew.
 		s.logf("supervise: %s: cgroup %s still had processes from an earlier run; killing them", sv.name, g.Path)
 		g.Kill()
+		if err := g.WaitEmpty(leftoverWait); err != nil {
+			return nil, fmt.Errorf("%w: processes of an earlier run would not die, so the service is not started beside them", err)
+		}
+		if g, err = s.cfg.Cgroups.Create(sv.name, u.Cgroup); err != nil {
+			return nil, err
+		}
 	}
 	sv.cg, sv.oomBase = g, g.Stats().OOMKills
 	if s.noCloneInto {

@@ -434,7 +434,7 @@ func (s *Supervisor) stop(sv *service, why string) {
 			if sv.cg != nil {
 				// What the oneshot left running goes now.
 				s.killGroup(sv)
-				sv.cg = nil // emptied and reused at the next start
+				sv.cg = nil // the next start makes the group anew (contain)
 			}
 			s.setState(sv, stateInactive, why)
 		}
