@@ -9,21 +9,16 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
+	"github.com/nitroinit/nitroinit/internal/wait"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
-// waitFor polls cond, which must become true within a few seconds.
+// waitFor waits until cond holds (internal/wait: a plain stall interval,
+// as cond has nothing to describe).
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	wait.For(t, what, wait.Bool(cond))
 }
 
 // TestLogsStream stands in for the host with Unix listeners, one per port,
@@ -154,13 +149,9 @@ func TestFollow(t *testing.T) {
 		})
 	}()
 	next := func() wire.Response {
-		select {
-		case r := <-got:
-			return r
-		case <-time.After(5 * time.Second):
-			t.Fatal("no event within 5s")
-		}
-		return wire.Response{}
+		var r wire.Response
+		wait.For(t, "the next event", wait.Receive(got, &r))
+		return r
 	}
 	if r := next(); r.Kind != wire.KindLogLine || r.Line != "[2026-01-01 10:00:01] ready" {
 		t.Errorf("history event: %+v", r)

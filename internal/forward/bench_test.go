@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nitroinit/nitroinit/internal/forward/forwardtest"
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 // The benchmarks compare the forwarder with socat doing the same forwarding
@@ -103,17 +104,16 @@ func startProc(b *testing.B, prog string, args ...string) string {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
 		cmd.Wait()
 	})
-	for i := 0; ; i++ {
+	// Its start shows nothing until it listens: a plain stall interval.
+	wait.For(b, prog+" to listen on "+addr, func() (bool, string) {
 		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			return addr
+		if err != nil {
+			return false, err.Error()
 		}
-		if i > 500 {
-			b.Fatalf("%s not listening on %s: %v", prog, addr, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		c.Close()
+		return true, ""
+	})
+	return addr
 }
 
 var initctlBin string

@@ -15,6 +15,7 @@ import (
 
 	"github.com/nitroinit/nitroinit/internal/forward/forwardtest"
 	"github.com/nitroinit/nitroinit/internal/hvsock"
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 func TestParseEndpoint(t *testing.T) {
@@ -304,8 +305,7 @@ func fetch(t *testing.T, addr string) string {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	b, _ := io.ReadAll(c)
+	b, _ := io.ReadAll(wait.NewConn(c))
 	return string(b)
 }
 
@@ -326,15 +326,16 @@ func TestLimitAndSlowPeer(t *testing.T) {
 	defer held.Close()
 	// Write until the buffers between here and the sink are full.
 	go held.Write(make([]byte, 64<<20))
-	waitFor(t, func() bool { return f.Stats().Active == 1 })
+	waitActive(t, f, 1)
 
 	c, err := net.Dial("tcp", l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.SetReadDeadline(time.Now().Add(30 * time.Second))
-	if n, err := c.Read(make([]byte, 1)); err == nil {
-		t.Fatalf("second connection over the limit read %d bytes", n)
+	// Refused at once: the read ends with the connection, not by the
+	// stall interval (which fails it as a timeout).
+	if n, err := wait.NewConn(c).Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Fatalf("second connection over the limit: read %d bytes, %v; want it closed at once", n, err)
 	}
 	c.Close()
 	if !strings.Contains(flog.String(), "connections already forwarded (the limit)") {
@@ -353,7 +354,7 @@ func TestLimitAndSlowPeer(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The stuck connection ends by its idle timeout and frees the slot.
-	waitFor(t, func() bool { return f.Stats().Active == 0 })
+	waitActive(t, f, 0)
 }
 
 // TestPeerDisappears has the target reset its connection mid-stream: the
@@ -371,16 +372,15 @@ func TestPeerDisappears(t *testing.T) {
 	}
 	defer c.Close()
 	go c.Write(make([]byte, 10<<20))
-	c.SetReadDeadline(time.Now().Add(60 * time.Second))
-	n, _ := io.Copy(io.Discard, c)
+	wc := wait.NewConn(c)
+	n, _ := io.Copy(io.Discard, wc)
 	if n > 10<<20 {
 		t.Errorf("read %d bytes", n)
 	}
-	var ne net.Error
-	if _, err := c.Read(make([]byte, 1)); errors.As(err, &ne) && ne.Timeout() {
-		t.Fatal("the client's stream did not end after the target reset")
+	if _, err := wc.Read(make([]byte, 1)); isTimeout(err) {
+		t.Fatalf("the client's stream did not end after the target reset: %v", err)
 	}
-	waitFor(t, func() bool { return f.Stats().Active == 0 })
+	waitActive(t, f, 0)
 }
 
 func randomBytes(n int) []byte {
@@ -389,15 +389,18 @@ func randomBytes(n int) []byte {
 	return b
 }
 
-func waitFor(t *testing.T, cond func() bool) {
+// waitActive waits until f forwards n connections.
+func waitActive(t *testing.T, f *Forwarder, n int64) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached in 60s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	wait.For(t, fmt.Sprintf("%d active connections", n), func() (bool, string) {
+		st := f.Stats()
+		return st.Active == n, fmt.Sprintf("%+v", st)
+	})
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func TestListenHybridInUse(t *testing.T) {

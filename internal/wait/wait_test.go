@@ -3,7 +3,9 @@ package wait
 import (
 	"context"
 	"errors"
+	"net"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -125,5 +127,31 @@ func TestContext(t *testing.T) {
 	<-ctx.Done()
 	if cause := context.Cause(ctx); !errors.Is(cause, ErrStalled) || n != 20 {
 		t.Errorf("cause %v after %d changes, want ErrStalled after 20", cause, n)
+	}
+}
+
+func TestConn(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	c := Limits{Stall: 500 * time.Millisecond}.Conn(a)
+	// A slow writer that keeps moving: every byte arrives.
+	go func() {
+		for i := 0; i < 5; i++ {
+			time.Sleep(10 * time.Millisecond)
+			b.Write([]byte{'x'})
+		}
+	}()
+	buf := make([]byte, 1)
+	for i := 0; i < 5; i++ {
+		if _, err := c.Read(buf); err != nil {
+			t.Fatalf("read %d of a moving peer: %v", i, err)
+		}
+	}
+	// Then nothing: the read fails as a timeout that names the stall.
+	_, err := c.Read(buf)
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() || !strings.Contains(err.Error(), "nothing moved for 500ms") {
+		t.Fatalf("read of a stalled peer: %v, want a timeout naming the stall", err)
 	}
 }

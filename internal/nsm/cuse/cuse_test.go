@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"testing"
-	"time"
 
+	"github.com/nitroinit/nitroinit/internal/wait"
 	"golang.org/x/sys/unix"
 )
 
@@ -35,7 +35,8 @@ func (k *kernelSide) send(op uint32, body []byte) uint64 {
 // reply reads one reply and returns its errno (positive) and body.
 func (k *kernelSide) reply(unique uint64) (unix.Errno, []byte) {
 	buf := make([]byte, 1<<16)
-	tv := unix.NsecToTimeval(int64(5 * time.Second))
+	// A reply shows no progress until it is whole: a plain stall interval.
+	tv := unix.NsecToTimeval(int64(wait.DefaultStall))
 	unix.SetsockoptTimeval(k.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	n, err := unix.Read(k.fd, buf)
 	if err != nil {
@@ -128,10 +129,6 @@ func TestProtocol(t *testing.T) {
 		t.Errorf("unknown opcode: %v, want ENOSYS", errno)
 	}
 	unix.Shutdown(fds[0], unix.SHUT_RDWR)
-	select {
-	case <-served:
-	case <-time.After(5 * time.Second):
-		t.Error("Serve did not return after the peer went away")
-	}
+	wait.For(t, "Serve to return after the peer went away", wait.Receive(served, nil))
 	d.Close()
 }
