@@ -98,9 +98,10 @@ func withHog(t *testing.T, services map[string]string) map[string]string {
 func pidFrom(t *testing.T, h *harness, name string) int {
 	t.Helper()
 	var pid int
-	h.eventually(10*time.Second, name, func() bool {
-		pid, _ = strconv.Atoi(strings.TrimSpace(h.readFile(name)))
-		return pid > 0
+	h.waitFor(name, func() (bool, string) {
+		s := h.readFile(name)
+		pid, _ = strconv.Atoi(strings.TrimSpace(s))
+		return pid > 0, s
 	})
 	return pid
 }
@@ -165,7 +166,7 @@ func TestCgroupLimits(t *testing.T) {
 		"tasks.service":  "ExecStart = \"$HOG sleep\"\nTasksMax = 50\n",
 		"mem.service":    "ExecStart = \"$HOG sleep\"\nMemoryMax = \"64M\"\n",
 	}), "")
-	h.eventually(10*time.Second, "the nofile line", func() bool { return strings.Contains(h.logFile("nofile"), "nofile 64 64") })
+	h.waitLogFile("nofile", "the nofile line", func(log string) bool { return strings.Contains(log, "nofile 64 64") })
 	for _, c := range []struct{ name, ctl, file, want string }{
 		{"tasks", "pids", "pids.max", "50"},
 		{"mem", "memory", "memory.max", strconv.Itoa(64 << 20)},
@@ -200,7 +201,7 @@ func TestCgroupLimitsOff(t *testing.T) {
 	// The Go runtime of the service raises its own soft limit (to 63
 	// with Go 1.26), so only the hard limit is exact.
 	nofile := regexp.MustCompile(`nofile \d+ 64\n`)
-	h.eventually(10*time.Second, "the nofile line", func() bool { return nofile.MatchString(h.logFile("nofile")) })
+	h.waitLogFile("nofile", "the nofile line", nofile.MatchString)
 	h.waitState("other", "running", 10*time.Second)
 	if n := strings.Count(h.console.String(), "limits are off"); n != 1 {
 		t.Errorf("%q said %d times, want once:\n%s", "limits are off", n, h.console.String())
@@ -226,7 +227,7 @@ func TestCgroupRemainAfterExitKeepsItsDaemon(t *testing.T) {
 	}
 	h.do(wire.Request{Kind: wire.KindServiceStop, Name: "setup"})
 	h.waitState("setup", "inactive", 10*time.Second)
-	h.eventually(10*time.Second, "the daemon to go", func() bool { return !alive(daemon) })
+	h.waitFor("the daemon to go", func() (bool, string) { return !alive(daemon), "" })
 	h.shutdown()
 }
 

@@ -200,6 +200,17 @@ func (h *harness) exits() error {
 	})
 }
 
+// waitLogFile waits until cond holds for the service's log file (init's
+// own for "init"), for as long as the log grows: what it describes is the
+// log's size and last line.
+func (h *harness) waitLogFile(name, what string, cond func(log string) bool) {
+	h.t.Helper()
+	h.waitFor(what, func() (bool, string) {
+		s := h.logFile(name)
+		return cond(s), fmt.Sprintf("%s.log: %d bytes, last line %q", name, len(s), lastLine(s))
+	})
+}
+
 func lastLine(s string) string {
 	s = strings.TrimRight(s, "\n")
 	return s[strings.LastIndexByte(s, '\n')+1:]

@@ -1,12 +1,12 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
@@ -37,22 +37,23 @@ func TestLogOutageShownUntilRecovery(t *testing.T) {
 	}
 	for outage := 1; outage <= 2; outage++ {
 		os.WriteFile(filler, make([]byte, 1<<20), 0o600) // fills what is left
-		h.eventually(20*time.Second, "list to show the failing log", func() bool {
-			s, _ := state()
-			return strings.HasSuffix(s, "log failing")
+		h.waitFor("list to show the failing log", func() (bool, string) {
+			s, e := state()
+			return strings.HasSuffix(s, "log failing"), s + ": " + e
 		})
 		if st := h.status("chatty"); !strings.Contains(st.Error, "no space left") {
 			t.Errorf("outage %d: status error %q, want the log's error", outage, st.Error)
 		}
 		os.Remove(filler)
 		h.do(wire.Request{Kind: wire.KindServiceLogsClear, Name: "chatty"})
-		h.eventually(20*time.Second, "list to show the log recovered", func() bool {
-			s, _ := state()
-			return s == "running"
+		h.waitFor("list to show the log recovered", func() (bool, string) {
+			s, e := state()
+			return s == "running", s + ": " + e
 		})
 	}
-	h.eventually(10*time.Second, "two outages reported", func() bool {
+	h.waitFor("two outages reported", func() (bool, string) {
 		c := h.console.String()
-		return strings.Count(c, "chatty.log: no space left") >= 2 && strings.Count(c, "chatty.log is written again") >= 2
+		failed, again := strings.Count(c, "chatty.log: no space left"), strings.Count(c, "chatty.log is written again")
+		return failed >= 2 && again >= 2, fmt.Sprintf("%d outages and %d recoveries on the console", failed, again)
 	})
 }

@@ -41,7 +41,7 @@ func TestServicesGetOnlyTheirOwn(t *testing.T) {
 	h := startInit(t, map[string]string{
 		"show.service": `ExecStart = "/bin/sh -c 'ls /proc/self/fd; echo ENV; env; echo END'"`,
 	}, "")
-	h.eventually(10*time.Second, "the service's output", func() bool { return strings.Contains(h.logFile("show"), "] END") })
+	h.waitLogFile("show", "the service's output", func(log string) bool { return strings.Contains(log, "] END") })
 	out := h.logFile("show")
 	// The first line, init's, quotes the command: cut at the output's marker.
 	fds, env, _ := strings.Cut(out, "] ENV\n")

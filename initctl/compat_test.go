@@ -8,7 +8,6 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nitroinit/nitroinit/internal/wait"
 )
@@ -222,10 +221,10 @@ func TestReferenceCompat(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		c.Write([]byte(`{"FormatDisk":{"name":"x"}}`))
+		wc := wait.NewConn(c)
+		wc.Write([]byte(`{"FormatDisk":{"name":"x"}}`))
 		b := make([]byte, 4096)
-		n, _ := c.Read(b)
+		n, _ := wc.Read(b)
 		if got := string(b[:n]); !strings.HasPrefix(got, `{"Error":{"message":"Invalid request: `) {
 			t.Errorf("answer %s, want an Error whose message starts with the reference's \"Invalid request: \"", got)
 		}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nitroinit/nitroinit/internal/control"
+	"github.com/nitroinit/nitroinit/internal/wait"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
@@ -25,9 +26,14 @@ import (
 // collector's slack.
 const initRSSGrowthBoundKB = 16 << 10
 
-// hardeningPingBound is how long a ping may take during the flood: a
-// liveness bound with room for TCG, not a benchmark.
-const hardeningPingBound = 5 * time.Second
+// hardeningPingStated is the statement for this scenario: init
+// answers ping within 1 s throughout. Under TCG on a busy machine that is
+// a matter of the machine, not of init, so the test reports how many pings
+// took longer and asserts the outcome: every ping is answered, and pings
+// are answered while the readers are still being served (init does not
+// answer only after the flood). A ping that gets no answer for a whole
+// stall interval (wait.DefaultStall) is init not answering.
+const hardeningPingStated = time.Second
 
 // bigLogLines of ~126 bytes each make about 55 MB of log files.
 const bigLogLines = 440000
@@ -47,7 +53,8 @@ func TestHardeningLogsFloodInSmallEnclave(t *testing.T) {
 	e.explain(t, "big")
 
 	last := fmt.Sprintf("line %09d", bigLogLines)
-	eventually(t, 5*time.Minute, "big to write its "+last, func() (bool, string) {
+	// The two last lines change as big writes: each poll is progress.
+	eventually(t, waitTimeout, "big to write its "+last, func() (bool, string) {
 		lines := e.logs(t, "big", 2)
 		return containsLine(lines, last), strings.Join(lines, "\n")
 	})
@@ -64,10 +71,15 @@ func TestHardeningLogsFloodInSmallEnclave(t *testing.T) {
 		baseKB = r.Process.MemoryKB
 	}
 
-	// Sample init's RSS and ping it throughout.
+	// Sample init's RSS and ping it throughout. flooding is closed once the
+	// four idle clients have asked, readersDone when the last reader has
+	// its whole answer: a ping sent after the one and answered before the
+	// other was answered during the flood.
 	stop := make(chan struct{})
+	flooding, readersDone := make(chan struct{}), make(chan struct{})
 	var peakKB uint64
 	var worstPing time.Duration
+	var pings, slowPings, pingsDuringFlood int
 	var pingErr error
 	var samplerDone sync.WaitGroup
 	samplerDone.Add(1)
@@ -79,7 +91,8 @@ func TestHardeningLogsFloodInSmallEnclave(t *testing.T) {
 				return
 			case <-time.After(200 * time.Millisecond):
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), hardeningPingBound)
+			ctx, cancel := context.WithTimeout(context.Background(), wait.DefaultStall)
+			during := isClosed(flooding)
 			start := time.Now()
 			r, err := control.Do(ctx, e.target, wire.Request{Kind: wire.KindPing})
 			took := time.Since(start)
@@ -87,6 +100,13 @@ func TestHardeningLogsFloodInSmallEnclave(t *testing.T) {
 			if err != nil || r.Kind != wire.KindPong {
 				pingErr = fmt.Errorf("ping: %v %+v after %v", err, r, took)
 				return
+			}
+			pings++
+			if took > hardeningPingStated {
+				slowPings++
+			}
+			if during && !isClosed(readersDone) {
+				pingsDuringFlood++
 			}
 			worstPing = max(worstPing, took)
 			if r, err := e.try(wire.Request{Kind: wire.KindProcessStatus, PID: 1}); err == nil && r.Process != nil {
@@ -112,6 +132,7 @@ func TestHardeningLogsFloodInSmallEnclave(t *testing.T) {
 		c.Write(req)
 		idle = append(idle, c)
 	}
+	close(flooding)
 	var readers sync.WaitGroup
 	got := make([]int64, 4)
 	errs := make([]error, 4)
@@ -125,15 +146,17 @@ func TestHardeningLogsFloodInSmallEnclave(t *testing.T) {
 				return
 			}
 			defer c.Close()
-			c.SetDeadline(time.Now().Add(5 * time.Minute))
-			c.Write(req)
-			got[i], errs[i] = io.Copy(io.Discard, c)
+			wc := wait.NewConn(c)
+			wc.Write(req)
+			got[i], errs[i] = io.Copy(io.Discard, wc)
 		}(i)
 	}
 	readers.Wait()
+	close(readersDone)
 	close(stop)
 	samplerDone.Wait()
-	t.Logf("init's RSS %d KiB before the clients, peak sampled %d KiB, slowest ping %v, answers %v bytes", baseKB, peakKB, worstPing, got)
+	t.Logf("init's RSS %d KiB before the clients, peak sampled %d KiB; %d pings (%d during the flood), %d slower than the stated %v, slowest %v; answers %v bytes",
+		baseKB, peakKB, pings, pingsDuringFlood, slowPings, hardeningPingStated, worstPing, got)
 
 	for i, n := range got {
 		if errs[i] != nil || n < 50e6 {
@@ -142,6 +165,8 @@ func TestHardeningLogsFloodInSmallEnclave(t *testing.T) {
 	}
 	if pingErr != nil {
 		t.Errorf("init stopped answering during the flood: %v", pingErr)
+	} else if pingsDuringFlood == 0 {
+		t.Errorf("no ping was answered while the readers were served (%d pings in all): init answers only after the flood", pings)
 	}
 	if baseKB == 0 || peakKB == 0 || peakKB > baseKB+initRSSGrowthBoundKB {
 		t.Errorf("init's RSS grew from %d KiB to %d KiB while serving the clients, want at most %d KiB more, as docs/protocol.md states", baseKB, peakKB, initRSSGrowthBoundKB)
@@ -153,5 +178,14 @@ func TestHardeningLogsFloodInSmallEnclave(t *testing.T) {
 	}
 	if c := e.vm.Console(); strings.Contains(c, "Out of memory") || strings.Contains(c, "oom-kill") || strings.Contains(c, "Kernel panic") {
 		t.Errorf("the kernel ran out of memory:\n%s", e.vm.ConsoleTail(40))
+	}
+}
+
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }

@@ -13,7 +13,6 @@ package vmtests
 import (
 	"context"
 	"io"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -138,26 +137,28 @@ func (e *enclave) processesWith(t testing.TB, substr string) []wire.ProcessInfo 
 
 // rawExchange sends raw bytes to init's control port and returns what
 // comes back before init closes the connection or d passes.
-func (e *enclave) rawExchange(t testing.TB, send []byte, d time.Duration) (string, error) {
+func (e *enclave) rawExchange(t testing.TB, send []byte, stall time.Duration) (string, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), d)
+	ctx, cancel := context.WithTimeout(context.Background(), stall)
 	defer cancel()
 	c, err := e.vm.DialOnce(ctx, controlPort)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(d))
+	// Reads and writes may each wait stall for their bytes: a guest under
+	// TCG takes 2 MiB slowly, but takes it.
+	wc := wait.Limits{Stall: stall}.Conn(c)
 	// A write error means init hung up before taking it all (an oversized
 	// request); what it said before that is still worth reading.
-	c.Write(send)
+	wc.Write(send)
 	var b strings.Builder
 	buf := make([]byte, 4096)
 	for {
-		n, err := c.Read(buf)
+		n, err := wc.Read(buf)
 		b.Write(buf[:n])
 		if err != nil {
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			if isTimeout(err) {
 				return b.String(), err
 			}
 			return b.String(), nil

@@ -21,6 +21,7 @@ import (
 	"github.com/nitroinit/nitroinit/initramfs/image"
 	"github.com/nitroinit/nitroinit/internal/control"
 	"github.com/nitroinit/nitroinit/internal/forward/forwardtest"
+	"github.com/nitroinit/nitroinit/internal/wait"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
@@ -204,7 +205,9 @@ func TestNetwork(t *testing.T) {
 	t.Run("ingress_to_a_loopback_server", func(t *testing.T) {
 		var body string
 		eventually(t, waitTimeout, "busybox httpd through ingress", func() (bool, string) {
-			r, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + wwwAddr + "/index.html")
+			// An attempt that gets no answer for a stall interval is a
+			// hang; a refused one is retried at once.
+			r, err := (&http.Client{Timeout: waitTimeout}).Get("http://" + wwwAddr + "/index.html")
 			if err != nil {
 				return false, err.Error()
 			}
@@ -274,16 +277,16 @@ func TestNetwork(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		go c.Write(make([]byte, 4<<20))
+		wc := wait.NewConn(c)
+		go wc.Write(make([]byte, 4<<20))
 		// Once data flows, the app in the enclave goes away: stopping the
 		// service kills it mid-stream.
-		c.SetReadDeadline(time.Now().Add(2 * time.Minute))
-		if _, err := io.ReadFull(c, make([]byte, 1024)); err != nil {
+		if _, err := io.ReadFull(wc, make([]byte, 1024)); err != nil {
 			t.Fatalf("no echo before the app died: %v", err)
 		}
 		e.do(t, wire.Request{Kind: wire.KindServiceStop, Name: "echo"})
-		if _, err := io.Copy(io.Discard, c); err != nil && isTimeout(err) {
-			t.Fatal("the stream did not end after the app in the enclave died")
+		if _, err := io.Copy(io.Discard, wc); err != nil && isTimeout(err) {
+			t.Fatalf("the stream did not end after the app in the enclave died: %v", err)
 		}
 		// The forwarders are not stuck: the restarted app is reachable.
 		e.do(t, wire.Request{Kind: wire.KindServiceStart, Name: "echo"})
@@ -303,19 +306,20 @@ func writeHostFile(t *testing.T, path, s string) {
 
 // echoRoundTrip sends data to the echo server at addr, half-closes, and
 // checks that exactly data comes back (by SHA-256) before the end of stream.
+// The exchange lives as long as bytes move (wait.Conn): 50 of them at once
+// through the forwarders and a guest under TCG are slow, not stuck.
 func echoRoundTrip(addr string, data []byte) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", addr)
+	c, err := net.DialTimeout("tcp", addr, waitTimeout)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	deadline, _ := ctx.Deadline()
-	c.SetDeadline(deadline)
-	return forwardtest.RoundTrip(c, data)
+	return forwardtest.RoundTrip(wait.NewConn(c), data)
 }
+
+// tutorialCap bounds the whole tutorial (two image builds and boots, on a
+// machine ten times slower than the CI machine).
+const tutorialCap = 30 * time.Minute
 
 // TestAppsTutorial runs docs/apps.md: every ```sh block, in order, as one
 // bash script, with BIN holding init, initctl and initramfs as "make build"
@@ -352,7 +356,16 @@ func TestAppsTutorial(t *testing.T) {
 		t.Fatal(err)
 	}
 	script := "set -euo pipefail\nBIN=" + binDir + "\ncd " + work + "\n" + strings.Join(blocks, "\n")
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	// The script lives as long as its output or its VM's console grows;
+	// between them only a boot is silent for long.
+	var out wait.Buffer
+	ctx, cancel := wait.Limits{Stall: wait.BootStall, Cap: tutorialCap, Progress: func() int64 {
+		fi, _ := os.Stat(filepath.Join(work, "console.log"))
+		if fi == nil {
+			return out.Len()
+		}
+		return out.Len() + fi.Size()
+	}}.Context(context.Background(), "the tutorial")
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", "-c", script)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -363,15 +376,19 @@ func TestAppsTutorial(t *testing.T) {
 	// The script's own trap stops what it started; if the test gives up
 	// first, its whole process group (this test started it) goes.
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	out, err := cmd.CombinedOutput()
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err = cmd.Run()
 	if err != nil {
+		if c := context.Cause(ctx); c != nil && ctx.Err() != nil {
+			err = fmt.Errorf("%w (%v)", err, c)
+		}
 		boot, _ := os.ReadFile(filepath.Join(work, "boot.log"))
 		console, _ := os.ReadFile(filepath.Join(work, "console.log"))
-		t.Fatalf("the tutorial failed: %v\n=== output\n%s\n=== boot.log\n%s\n=== console.log (tail)\n%s", err, out, boot, tail(string(console), 60))
+		t.Fatalf("the tutorial failed: %v\n=== output\n%s\n=== boot.log\n%s\n=== console.log (tail)\n%s", err, out.String(), boot, tail(string(console), 60))
 	}
 	for _, want := range []string{"hello from busybox httpd in the enclave", "hello from the host", "is not on the allow-list"} {
-		if !strings.Contains(string(out), want) {
-			t.Errorf("tutorial output lacks %q:\n%s", want, out)
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("tutorial output lacks %q:\n%s", want, out.String())
 		}
 	}
 }

@@ -1,7 +1,6 @@
 package vmtests
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -11,7 +10,6 @@ import (
 	"sort"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nitroinit/nitroinit/initramfs/image"
 	"github.com/nitroinit/nitroinit/internal/enclavesim"
@@ -20,6 +18,7 @@ import (
 	"github.com/nitroinit/nitroinit/internal/nsm/frame"
 	"github.com/nitroinit/nitroinit/internal/nsm/nsmtest"
 	"github.com/nitroinit/nitroinit/internal/testprog/nsmcheck/report"
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 // nsmReportPort is where the guest's nsmcheck sends its report.
@@ -72,8 +71,20 @@ func receiveReport(t testing.TB, e *enclave) report.Report {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	r, err := report.Receive(ln, 5*time.Minute)
+	defer ln.Close() // ends the Accept if the wait fails
+	// The report comes after a boot and the app's checks: wait while the
+	// console moves, allowing a boot's silence (wait.BootStall).
+	var r report.Report
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r, err = report.Receive(ln, vmLifetime)
+	}()
+	lim := e.consoleMoves()
+	lim.Stall = wait.BootStall
+	lim.For(t, "nsmcheck's report", func() (bool, string) {
+		return isClosed(done), e.vm.ConsoleTail(1)
+	})
 	if err != nil {
 		t.Fatalf("%v; console:\n%s", err, e.vm.ConsoleTail(40))
 	}
@@ -161,10 +172,8 @@ func TestNSM(t *testing.T) {
 	if _, err := verify(t, "../internal/nsm/testdata/aws-nitro-root-g1.pem", r.Document); err == nil {
 		t.Error("the document verified against AWS's root")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if ex, err := e.vm.Wait(ctx); err != nil || ex.Kind != enclavesim.ExitPowerOff {
-		t.Errorf("after the /cmd app: %v %v, want power-off", ex, err)
+	if ex := e.waitEnd(t); ex.Kind != enclavesim.ExitPowerOff {
+		t.Errorf("after the /cmd app: %v, want power-off", ex)
 	}
 }
 
