@@ -216,10 +216,11 @@ func (d *Device) Stats() Stats {
 
 // Serve runs the device until ctx ends or Close is called: it serves QEMU
 // (one at a time; when one disconnects every stream is reset and the next
-// is accepted) and the hybrid socket. It may be called once.
+// is accepted) and the hybrid socket. It may be called once, and not
+// after Close.
 func (d *Device) Serve(ctx context.Context) error {
 	if !d.served.CompareAndSwap(false, true) {
-		return errors.New("vsockdev: Serve called twice")
+		return errors.New("vsockdev: Serve called twice, or after Close")
 	}
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -258,7 +259,10 @@ func (d *Device) Close() error {
 		close(d.quit)
 		d.hybrid.Close()
 		d.vu.Close()
-		if !d.served.Load() {
+		// Claim served, so that a Serve that has not started yet (its
+		// goroutine scheduled late on a busy machine) never starts the
+		// loop, which would close loopEnd a second time.
+		if d.served.CompareAndSwap(false, true) {
 			close(d.loopEnd)
 		}
 	})
