@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,6 +20,7 @@ import (
 	"github.com/nitroinit/nitroinit/initramfs/image"
 	"github.com/nitroinit/nitroinit/internal/control"
 	"github.com/nitroinit/nitroinit/internal/forward/forwardtest"
+	"github.com/nitroinit/nitroinit/internal/testbin"
 	"github.com/nitroinit/nitroinit/internal/wait"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
@@ -71,15 +71,14 @@ func buildEcho(t *testing.T, dir string) string {
 // goBuild builds the module's package pkg as the static binary out.
 func goBuild(t *testing.T, out, pkg string) {
 	t.Helper()
-	goTool, err := exec.LookPath("go")
+	bins, err := testbin.Build(filepath.Dir(out), "", pkg)
 	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+		t.Fatal(err)
 	}
-	cmd := exec.Command(goTool, "build", "-trimpath", "-o", out, pkg)
-	cmd.Dir = ".." // the module root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building %s: %v\n%s", pkg, err, b)
+	if bins[0] != out {
+		if err := os.Rename(bins[0], out); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

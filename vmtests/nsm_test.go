@@ -4,9 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"testing"
@@ -17,6 +15,7 @@ import (
 	"github.com/nitroinit/nitroinit/internal/nsm"
 	"github.com/nitroinit/nitroinit/internal/nsm/frame"
 	"github.com/nitroinit/nitroinit/internal/nsm/nsmtest"
+	"github.com/nitroinit/nitroinit/internal/testbin"
 	"github.com/nitroinit/nitroinit/internal/testprog/nsmcheck/report"
 	"github.com/nitroinit/nitroinit/internal/wait"
 )
@@ -51,18 +50,11 @@ func nsmGuestTB(t testing.TB, opts *enclavesim.NSMOptions, args ...string) guest
 }
 
 func buildNSMCheck(t testing.TB) string {
-	out := filepath.Join(t.TempDir(), "nsmcheck")
-	goTool, err := exec.LookPath("go")
+	bins, err := testbin.Build(t.TempDir(), "", "./internal/testprog/nsmcheck")
 	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+		t.Fatal(err)
 	}
-	cmd := exec.Command(goTool, "build", "-trimpath", "-o", out, "./internal/testprog/nsmcheck")
-	cmd.Dir = ".."
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building nsmcheck: %v\n%s", err, b)
-	}
-	return out
+	return bins[0]
 }
 
 // receiveReport waits for nsmcheck's report on the host port.

@@ -6,13 +6,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nitroinit/nitroinit/internal/forward/forwardtest"
+	"github.com/nitroinit/nitroinit/internal/testbin"
 	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
@@ -128,18 +128,12 @@ func initctlBinary(b *testing.B) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	out := filepath.Join(dir, "initctl")
-	goTool, err := exec.LookPath("go")
+	bins, err := testbin.Build(dir, "", "./initctl")
 	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+		b.Fatal(err)
 	}
-	cmd := exec.Command(goTool, "build", "-o", out, "../../initctl")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		b.Fatalf("building initctl: %v\n%s", err, msg)
-	}
-	initctlBin = out
-	return out
+	initctlBin = bins[0]
+	return initctlBin
 }
 
 // The paths are measured interleaved, one op on each in turn, so that the
