@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 // Service bodies; %s becomes the service name, which the fake process
@@ -280,16 +282,11 @@ func TestStartFailureIsReported(t *testing.T) {
 	r.wantState("bad", stateFailed)
 }
 
-// waitFor waits for cond, which another goroutine makes true.
+// waitFor waits for cond, which another goroutine makes true (internal/wait:
+// a plain stall interval, as cond has nothing to describe).
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	wait.For(t, what, wait.Bool(cond))
 }
 
 // TestStartDisabledSetUsesTheGraph: a disabled service started by hand
