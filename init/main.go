@@ -170,9 +170,10 @@ func run(a args, pid1 bool, log *logger) int {
 	// Notify rather than Ignore keeps default dispositions in children.
 	sigs := make(chan os.Signal, 32)
 	signal.Notify(sigs)
-	// Except SIGCHLD, which the Go runtime ignores by default and the
-	// reaper subscribes to itself when it needs it: forwarding it here
-	// would wake two goroutines for nothing on every child's exit.
+	// Except SIGCHLD, which the reaper owns: it sets SIGCHLD to SIG_DFL
+	// so that an exit wakes no thread but the one waiting for it
+	// (reap.Reaper.Run); forwarding it here would wake two goroutines for
+	// nothing on every child's exit.
 	signal.Reset(syscall.SIGCHLD)
 	resetInheritedIgnores()
 	closeInheritedFDs(log)

@@ -10,8 +10,6 @@ package reap
 import (
 	"context"
 	"fmt"
-	"os"
-	"os/signal"
 	"runtime"
 	"sync"
 	"syscall"
@@ -31,6 +29,9 @@ type Reaper struct {
 	owners  map[int]ExitFunc
 	orphans uint64 // reaped processes nobody owned
 	logf    func(string, ...any)
+	// started is poked after each Start, so that a Run with no children
+	// to wait for learns that it has one again.
+	started chan struct{}
 }
 
 // New returns a reaper. logf receives diagnostics; it may be nil.
@@ -38,7 +39,7 @@ func New(logf func(string, ...any)) *Reaper {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	return &Reaper{owners: map[int]ExitFunc{}, logf: logf}
+	return &Reaper{owners: map[int]ExitFunc{}, logf: logf, started: make(chan struct{}, 1)}
 }
 
 // BecomeSubreaper makes orphaned descendants of this process its children,
@@ -60,7 +61,16 @@ func (r *Reaper) Start(argv0 string, argv []string, attr *syscall.ProcAttr, onEx
 		return 0, err
 	}
 	r.owners[pid] = onExit
+	r.poke()
 	return pid, nil
+}
+
+// poke tells Run that a child was started.
+func (r *Reaper) poke() {
+	select {
+	case r.started <- struct{}{}:
+	default: // a poke is already pending
+	}
 }
 
 // StartAtExec is Start, with atExec called for the new process once its
@@ -94,6 +104,7 @@ func (r *Reaper) StartAtExec(argv0 string, argv []string, attr *syscall.ProcAttr
 		}
 		atExec(pid)
 		r.owners[pid] = onExit
+		r.poke()
 		return pid, false, nil
 	}
 	if err != nil {
@@ -118,6 +129,7 @@ func (r *Reaper) StartAtExec(argv0 string, argv []string, attr *syscall.ProcAttr
 		r.logf("reap: detaching from pid %d: %v", pid, err)
 	}
 	r.owners[pid] = onExit
+	r.poke()
 	return pid, true, nil
 }
 
@@ -183,15 +195,19 @@ func (r *Reaper) call(e exit) {
 // delivered and without the full scan of all children that a wait4(-1)
 // finding nothing costs.
 //
-// SIGCHLD is subscribed to only while there are no children at all, the one
-// state in which waitid cannot block (ECHILD): a subscription while children
-// run would wake the signal-forwarding goroutine and post to a channel
-// nobody reads on every exit, which added to each reap's lag on a busy
-// machine (docs/benchmarks.md, row 1). The subscription is made before waitid is asked once more, so a
-// child started in between and exiting at once is not missed; a one-second
-// tick is the safety net.
+// Run needs no SIGCHLD at all, and sets its disposition to SIG_DFL (see
+// quietChildSignal): the kernel then drops the signal when a child exits
+// instead of waking a thread of this process to run the Go runtime's
+// handler for it, a second wake-up on every exit besides the one of the
+// thread in waitid (docs/benchmarks.md, row 1). The one state in which
+// waitid cannot block is having no children at all (ECHILD); only a Start
+// can end it, since orphans are reparented from descendants, so Run then
+// waits for Start's poke, with a one-second tick as the safety net for a
+// child forked some other way.
 func (r *Reaper) Run(ctx context.Context) {
-	ch := make(chan os.Signal, 1)
+	if err := quietChildSignal(); err != nil {
+		r.logf("reap: %v; every exit also wakes the signal handler", err)
+	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	r.safeReap()
@@ -208,25 +224,17 @@ func (r *Reaper) Run(ctx context.Context) {
 		default:
 			r.logf("reap: waitid: %v", err)
 		}
-		r.idle(ctx, ch, tick.C)
+		r.idle(ctx, tick.C)
 	}
 }
 
-// idle waits, while there are no children to wait for, until a child exits
-// (SIGCHLD), the tick fires or ctx ends, and then reaps whatever is there.
-func (r *Reaper) idle(ctx context.Context, ch chan os.Signal, tick <-chan time.Time) {
-	signal.Notify(ch, syscall.SIGCHLD)
-	defer signal.Stop(ch)
-	var info unix.Siginfo
-	switch err := unix.Waitid(unix.P_ALL, 0, &info, unix.WEXITED|unix.WNOWAIT|unix.WNOHANG, nil); err {
-	case nil, syscall.EINTR:
-		return // a child appeared meanwhile: back to the blocking wait
-	}
-	// ECHILD, or an error Run has logged: wait, rather than spin on it.
+// idle waits, while there are no children to wait for, until one is
+// started, the tick fires or ctx ends, and then reaps whatever is there.
+func (r *Reaper) idle(ctx context.Context, tick <-chan time.Time) {
 	select {
 	case <-ctx.Done():
 		return
-	case <-ch:
+	case <-r.started:
 	case <-tick:
 	}
 	r.safeReap()
