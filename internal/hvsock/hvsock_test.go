@@ -8,7 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 func TestReadConnect(t *testing.T) {
@@ -89,7 +90,8 @@ func TestDial(t *testing.T) {
 				gotPort <- p
 				io.WriteString(c, tc.reply)
 			}()
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			// The handshake shows nothing until it is done: one stall interval.
+			ctx, cancel := wait.Limits{}.Context(context.Background(), "the CONNECT handshake")
 			defer cancel()
 			c, err := Dial(ctx, path, 5000)
 			if tc.wantErr != "" {
