@@ -3,6 +3,7 @@ package vhostuser_test
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/nitroinit/nitroinit/internal/vhostuser"
 	"github.com/nitroinit/nitroinit/internal/vhostuser/frontend"
+	"github.com/nitroinit/nitroinit/internal/wait"
 	"golang.org/x/sys/unix"
 )
 
@@ -79,22 +81,14 @@ func setup(t *testing.T, path string) *frontend.Frontend {
 
 func waitStart(t *testing.T, b *recDevice) []*vhostuser.Queue {
 	t.Helper()
-	select {
-	case qs := <-b.start:
-		return qs
-	case <-time.After(5 * time.Second):
-		t.Fatal("device not started")
-	}
-	return nil
+	var qs []*vhostuser.Queue
+	wait.For(t, "the device to be started", wait.Receive(b.start, &qs))
+	return qs
 }
 
 func waitStop(t *testing.T, b *recDevice) {
 	t.Helper()
-	select {
-	case <-b.stop:
-	case <-time.After(5 * time.Second):
-		t.Fatal("device not stopped")
-	}
+	wait.For(t, "the device to be stopped", wait.Receive(b.stop, nil))
 }
 
 func TestFlow(t *testing.T) {
@@ -130,11 +124,7 @@ func TestFlow(t *testing.T) {
 		if _, _, err := tx.AddBuffers([][]byte{[]byte("packet")}, nil); err != nil {
 			t.Fatal(err)
 		}
-		select {
-		case <-qs[1].Kick():
-		case <-time.After(5 * time.Second):
-			t.Fatalf("kick %d not delivered", i)
-		}
+		wait.For(t, fmt.Sprintf("kick %d to reach the device", i), wait.Receive(qs[1].Kick(), nil))
 		var c vhostuser.Chain
 		b.mu.Lock()
 		ok, err := qs[1].Pop(&c)
@@ -150,7 +140,12 @@ func TestFlow(t *testing.T) {
 			t.Fatalf("no interrupt after Notify: %v", err)
 		}
 	}
-	if used := tx.Collect(time.Second); len(used) != 3 {
+	var used []frontend.Used
+	wait.For(t, "3 used elements", func() (bool, string) {
+		used = append(used, tx.Collect(0)...)
+		return len(used) >= 3, fmt.Sprintf("%d used elements", len(used))
+	})
+	if len(used) != 3 {
 		t.Fatalf("%d used elements, want 3", len(used))
 	}
 	// Driver stop: disable, GET_VRING_BASE stops the device first and
@@ -241,19 +236,15 @@ func TestNoLeaks(t *testing.T) {
 	}
 	f.Close()
 	waitStop(t, b)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	wait.For(t, "the connection's fds and mappings to go", func() (bool, string) {
 		fds, maps := countFds(t), countMappings(t)
-		if fds == fds0 && maps == maps0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after the front end left: %d fds (was %d), %d guest mappings (was %d)", fds, fds0, maps, maps0)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return fds == fds0 && maps == maps0, fmt.Sprintf("%d fds (was %d), %d guest mappings (was %d)", fds, fds0, maps, maps0)
+	})
 }
 
+// waitStopOrNot and waitStartOrNot only drain: with REPLY_ACK the device
+// has been stopped and started before the request returns, and a late one
+// cannot fail the test, so their short bound stays.
 func waitStopOrNot(b *recDevice) {
 	select {
 	case <-b.stop:
