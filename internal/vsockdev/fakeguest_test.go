@@ -4,16 +4,19 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nitroinit/nitroinit/internal/hvsock"
 	"github.com/nitroinit/nitroinit/internal/vhostuser/frontend"
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 // fakeGuest drives the device through its real vhost-user socket as QEMU
@@ -26,6 +29,7 @@ type fakeGuest struct {
 	f      *frontend.Frontend
 	rxBufs map[uint32][]byte // rx head -> its buffer
 	got    []rxPacket        // received, not yet consumed
+	log    *wait.Buffer      // the device's log
 }
 
 type rxPacket struct {
@@ -45,14 +49,22 @@ func newFakeGuest(t testing.TB) *fakeGuest {
 func newFakeGuestSized(t testing.TB, memSize int, ringSize uint16) *fakeGuest {
 	t.Helper()
 	dir := t.TempDir()
-	dev, err := New(Config{VhostUserSocket: filepath.Join(dir, "vu.sock"), HybridSocket: filepath.Join(dir, "h.sock"), Logf: t.Logf, ConnectTimeout: 2 * time.Second})
+	log := &wait.Buffer{}
+	logf := func(format string, a ...any) {
+		t.Helper()
+		t.Logf(format, a...)
+		fmt.Fprintf(log, format+"\n", a...)
+	}
+	// ConnectTimeout is what TestFakeGuestHostConnect's "no answer" case
+	// waits for; the other cases answer long before it.
+	dev, err := New(Config{VhostUserSocket: filepath.Join(dir, "vu.sock"), HybridSocket: filepath.Join(dir, "h.sock"), Logf: logf, ConnectTimeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- dev.Serve(ctx) }()
-	g := &fakeGuest{t: t, dev: dev, hybrid: filepath.Join(dir, "h.sock"), rxBufs: map[uint32][]byte{}}
+	g := &fakeGuest{t: t, dev: dev, hybrid: filepath.Join(dir, "h.sock"), rxBufs: map[uint32][]byte{}, log: log}
 	g.f, err = frontend.Dial(filepath.Join(dir, "vu.sock"), memSize)
 	if err != nil {
 		t.Fatal(err)
@@ -114,30 +126,63 @@ func (g *fakeGuest) sendRaw(b []byte) {
 	if _, _, err := g.tx().AddBuffers([][]byte{b}, nil); err != nil {
 		g.t.Fatal(err)
 	}
-	g.tx().Collect(5 * time.Second)
+	g.used(g.tx(), "the device to take a packet from the tx ring")
 }
 
-// recv returns the next packet the device put in the rx queue, reposting
-// the buffer, or fails after timeout.
-func (g *fakeGuest) recv(timeout time.Duration) (rxPacket, bool) {
+// used waits for the device to return buffers on r and returns them. The
+// device shows nothing until it does, so the wait is one stall interval of
+// internal/wait; Collect sleeps on the ring's interrupt meanwhile, so the
+// wait itself polls at once after each try.
+func (g *fakeGuest) used(r *frontend.Ring, what string) []frontend.Used {
+	g.t.Helper()
+	var u []frontend.Used
+	wait.Limits{Poll: time.Millisecond}.For(g.t, what, func() (bool, string) {
+		u = r.Collect(wait.DefaultPoll)
+		return len(u) > 0, ""
+	})
+	return u
+}
+
+// take reads the packets in the rx buffers the device used into g.got and
+// reposts the buffers.
+func (g *fakeGuest) take(used []frontend.Used) {
+	g.t.Helper()
+	// Repost only after reading every buffer of the batch: their
+	// descriptors are already free and would be reused.
+	defer g.postRx(len(used))
+	for _, u := range used {
+		buf := g.rxBufs[u.ID]
+		delete(g.rxBufs, u.ID)
+		if u.Len < hdrSize {
+			g.t.Fatalf("rx used length %d", u.Len)
+		}
+		h := decodeHeader(buf)
+		if int(h.Len) != int(u.Len)-hdrSize {
+			g.t.Fatalf("rx packet %v in a used length of %d", h, u.Len)
+		}
+		g.got = append(g.got, rxPacket{h: h, payload: append([]byte(nil), buf[hdrSize:u.Len]...)})
+	}
+}
+
+// recv returns the next packet the device put in the rx queue, waiting for
+// it (what says what is awaited) through g.used.
+func (g *fakeGuest) recv(what string) rxPacket {
 	g.t.Helper()
 	if len(g.got) == 0 {
-		used := g.rx().Collect(timeout)
-		// Repost only after reading every buffer of the batch: their
-		// descriptors are already free and would be reused.
-		defer g.postRx(len(used))
-		for _, u := range used {
-			buf := g.rxBufs[u.ID]
-			delete(g.rxBufs, u.ID)
-			if u.Len < hdrSize {
-				g.t.Fatalf("rx used length %d", u.Len)
-			}
-			h := decodeHeader(buf)
-			if int(h.Len) != int(u.Len)-hdrSize {
-				g.t.Fatalf("rx packet %v in a used length of %d", h, u.Len)
-			}
-			g.got = append(g.got, rxPacket{h: h, payload: append([]byte(nil), buf[hdrSize:u.Len]...)})
-		}
+		g.take(g.used(g.rx(), what))
+	}
+	p := g.got[0]
+	g.got = g.got[1:]
+	return p
+}
+
+// poll returns the next packet if the device sends one within d: for
+// checks that nothing comes and for drains, which a slow machine cannot
+// fail, so d stays short.
+func (g *fakeGuest) poll(d time.Duration) (rxPacket, bool) {
+	g.t.Helper()
+	if len(g.got) == 0 {
+		g.take(g.rx().Collect(d))
 	}
 	if len(g.got) == 0 {
 		return rxPacket{}, false
@@ -151,12 +196,10 @@ func (g *fakeGuest) recv(timeout time.Duration) (rxPacket, bool) {
 // device volunteers are skipped unless op is one.
 func (g *fakeGuest) expect(op uint16) rxPacket {
 	g.t.Helper()
-	p, ok := g.recv(5 * time.Second)
-	for ok && p.h.Op == opCreditUpdate && op != opCreditUpdate {
-		p, ok = g.recv(5 * time.Second)
-	}
-	if !ok {
-		g.t.Fatalf("no packet from the device, want %s", opName(op))
+	what := "a packet from the device, want " + opName(op)
+	p := g.recv(what)
+	for p.h.Op == opCreditUpdate && op != opCreditUpdate {
+		p = g.recv(what)
 	}
 	if p.h.Op != op {
 		g.t.Fatalf("got %v, want %s", p.h, opName(op))
@@ -166,7 +209,7 @@ func (g *fakeGuest) expect(op uint16) rxPacket {
 
 func (g *fakeGuest) expectNothing(d time.Duration) {
 	g.t.Helper()
-	if p, ok := g.recv(d); ok {
+	if p, ok := g.poll(d); ok {
 		g.t.Fatalf("unexpected packet %v", p.h)
 	}
 }
@@ -197,9 +240,8 @@ func (g *fakeGuest) streamWorks(guestPort, hostPort uint32, msg, when string) {
 	g.t.Helper()
 	hc := g.connectOut(guestPort, hostPort, 1<<20)
 	g.send(header{DstCID: 3, SrcPort: guestPort, DstPort: hostPort, Op: opRW, BufAlloc: 1 << 20}, []byte(msg))
-	hc.SetReadDeadline(time.Now().Add(5 * time.Second))
 	b := make([]byte, len(msg))
-	if _, err := io.ReadFull(hc, b); err != nil || string(b) != msg {
+	if _, err := io.ReadFull(wait.NewConn(hc), b); err != nil || string(b) != msg {
 		g.t.Fatalf("%s: %q %v", when, b, err)
 	}
 }
@@ -226,8 +268,7 @@ func (g *fakeGuest) connectOut(guestPort, hostPort uint32, bufAlloc uint32) net.
 
 func TestFakeGuestStream(t *testing.T) {
 	g := newFakeGuest(t)
-	hc := g.connectOut(5555, 1234, 1<<20)
-	hc.SetDeadline(time.Now().Add(5 * time.Second))
+	hc := wait.NewConn(g.connectOut(5555, 1234, 1<<20))
 
 	g.send(header{DstCID: ParentCID, SrcPort: 5555, DstPort: 1234, Op: opRW, BufAlloc: 1 << 20}, []byte("hello"))
 	buf := make([]byte, 5)
@@ -248,7 +289,7 @@ func TestFakeGuestStream(t *testing.T) {
 	g.expect(opCreditUpdate)
 	// Host half-close reaches the guest as SHUTDOWN(SEND) after the data.
 	hc.Write([]byte("bye"))
-	hc.(*net.UnixConn).CloseWrite()
+	hc.CloseWrite()
 	if p := g.expect(opRW); string(p.payload) != "bye" {
 		t.Fatalf("got %v %q before the shutdown", p.h, p.payload)
 	}
@@ -361,7 +402,7 @@ func TestFakeGuestMisbehaves(t *testing.T) {
 				}
 			}
 			tx.Publish(fakeRing - 1)
-			tx.Collect(5 * time.Second)
+			g.used(tx, "the device to return the "+tc.name+" chain")
 		case tc.raw != nil:
 			g.sendRaw(tc.raw)
 		default:
@@ -378,16 +419,15 @@ func TestFakeGuestMisbehaves(t *testing.T) {
 		}
 		// The stream still works after each.
 		g.sendRaw(valid())
-		hc.SetReadDeadline(time.Now().Add(5 * time.Second))
 		b := make([]byte, 1)
-		if _, err := io.ReadFull(hc, b); err != nil || b[0] != '!' {
+		if _, err := io.ReadFull(wait.NewConn(hc), b); err != nil || b[0] != '!' {
 			t.Fatalf("after %s: stream read %q %v", tc.name, b, err)
 		}
 	}
 	// Drain what the device answered (RSTs, credit updates); nothing else
 	// must have gone wrong.
 	for {
-		p, ok := g.recv(300 * time.Millisecond)
+		p, ok := g.poll(300 * time.Millisecond)
 		if !ok {
 			break
 		}
@@ -406,17 +446,10 @@ func TestFakeGuestCreditOverrun(t *testing.T) {
 	for sent := 0; sent <= 8*bufAlloc; sent += len(chunk) {
 		g.send(header{DstCID: 3, SrcPort: 8100, DstPort: 1301, Op: opRW, BufAlloc: 1 << 20}, chunk)
 	}
-	for {
-		p, ok := g.recv(2 * time.Second)
-		if !ok {
-			t.Fatal("no RST after the guest overran its credit")
-		}
-		if p.h.Op == opRST {
-			break
-		}
+	// Credit updates may come first.
+	for g.recv("an RST after the guest overran its credit").h.Op != opRST {
 	}
-	hc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.Copy(io.Discard, hc); err != nil && !errors.Is(err, io.EOF) {
+	if _, err := io.Copy(io.Discard, wait.NewConn(hc)); err != nil && !errors.Is(err, io.EOF) {
 		t.Logf("host side after overrun: %v", err)
 	}
 }
@@ -448,7 +481,7 @@ func TestFakeGuestWrappedLength(t *testing.T) {
 		if _, err := g.tx().AddDescs(descs); err != nil {
 			t.Fatal(err)
 		}
-		if used := g.tx().Collect(5 * time.Second); len(used) != 1 {
+		if used := g.used(g.tx(), fmt.Sprintf("the device to return the chain claiming %#x bytes", length)); len(used) != 1 {
 			t.Fatalf("len %#x: the device did not return the chain (%v)", length, used)
 		}
 		// The first claim resets the victim; later ones belong to no
@@ -462,14 +495,12 @@ func TestFakeGuestWrappedLength(t *testing.T) {
 	}
 	// The victim's host client sees its stream end; the other stream
 	// still carries data both ways.
-	victim.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.Copy(io.Discard, victim); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
+	if _, err := io.Copy(io.Discard, wait.NewConn(victim)); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("victim host side: %v", err)
 	}
 	g.send(header{DstCID: 3, SrcPort: 8401, DstPort: 1403, Op: opRW, BufAlloc: 1 << 20}, []byte("alive"))
-	other.SetDeadline(time.Now().Add(5 * time.Second))
 	b := make([]byte, 5)
-	if _, err := io.ReadFull(other, b); err != nil || string(b) != "alive" {
+	if _, err := io.ReadFull(wait.NewConn(other), b); err != nil || string(b) != "alive" {
 		t.Fatalf("other stream after the attack: %q %v", b, err)
 	}
 	if _, err := other.Write([]byte("back")); err != nil {
@@ -513,7 +544,9 @@ func TestFakeGuestBrokenRingAndReset(t *testing.T) {
 	// The driver claims more buffers than the ring holds.
 	g.tx().SetAvailIdx(fakeRing + 5)
 	g.tx().Notify()
-	time.Sleep(100 * time.Millisecond)
+	wait.For(t, "the device to log the broken tx ring", func() (bool, string) {
+		return strings.Contains(g.log.String(), "virtqueue is broken"), fmt.Sprintf("%d bytes of device log", g.log.Len())
+	})
 	// The driver resets: every stream is dropped, nothing is sent, and
 	// the host side sees EOF.
 	for _, r := range g.f.Rings {
@@ -521,8 +554,7 @@ func TestFakeGuestBrokenRingAndReset(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	hc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if n, err := hc.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+	if n, err := wait.NewConn(hc).Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
 		t.Fatalf("host side of a reset stream: %d %v, want EOF", n, err)
 	}
 	g.restartRings()
@@ -561,11 +593,10 @@ func TestHybridHandshakeLimit(t *testing.T) {
 	}
 	waitPending := func(n int) {
 		t.Helper()
-		for deadline := time.Now().Add(10 * time.Second); len(dev.handshakes) != n; time.Sleep(time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%d handshakes pending, want %d", len(dev.handshakes), n)
-			}
-		}
+		wait.For(t, fmt.Sprintf("%d handshakes pending", n), func() (bool, string) {
+			k := len(dev.handshakes)
+			return k == n, fmt.Sprintf("%d handshakes pending", k)
+		})
 	}
 	silent := make([]net.Conn, maxHandshakes)
 	for i := range silent {
@@ -573,14 +604,14 @@ func TestHybridHandshakeLimit(t *testing.T) {
 	}
 	waitPending(maxHandshakes)
 	extra := dial()
-	extra.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if n, err := extra.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+	if n, err := wait.NewConn(extra).Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
 		t.Fatalf("client past the limit: read %d, %v; want EOF", n, err)
 	}
 	silent[0].Close()
 	waitPending(maxHandshakes - 1)
 	again := dial()
 	waitPending(maxHandshakes)
+	// A negative check: a slow machine can only make it pass, so it stays short.
 	again.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 	if _, err := again.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("client after a slot freed: %v, want it kept waiting for its CONNECT line", err)
@@ -609,7 +640,9 @@ func TestFakeGuestHostConnect(t *testing.T) {
 			}
 			res := make(chan result, 1)
 			go func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				// The device's ConnectTimeout ends the "no answer" case; the
+				// context only bounds a device that never answers at all.
+				ctx, cancel := wait.Limits{}.Context(context.Background(), "hvsock.Dial to port 5000")
 				defer cancel()
 				c, err := hvsock.Dial(ctx, g.hybrid, 5000)
 				res <- result{c, err}
@@ -654,9 +687,8 @@ func TestFakeGuestMemoryFault(t *testing.T) {
 	}
 	// Kick without touching the (now faulting) rings ourselves.
 	g.tx().Notify()
-	hc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if n, err := hc.Read(make([]byte, 1)); err == nil {
-		t.Fatalf("stream survived a fault on guest memory (%d bytes read)", n)
+	if n, err := wait.NewConn(hc).Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("stream survived a fault on guest memory (%d bytes read, %v)", n, err)
 	}
 	if err := g.f.Resize(size); err != nil {
 		t.Fatal(err)
