@@ -8,6 +8,10 @@ const FirstHostPort = firstHostPort
 // The benchmarks' host-side baseline (bench_test.go).
 const BenchChunk = benchChunk
 
+// PendingHandshakes is how many hybrid clients have not sent their CONNECT
+// line yet.
+func (d *Device) PendingHandshakes() int { return len(d.handshakes) }
+
 var (
 	UnixPeer    = unixPeer
 	HostDiscard = hostDiscard

@@ -209,9 +209,8 @@ func (vm *testVM) shutdown() error {
 
 // waitHeartbeat waits, for as long as the guest's console advances, for a
 // heartbeat the test has not seen yet: the first after a boot, or the next
-// after a driver reload or a reboot. The duration is kept for callers and
-// ignored.
-func (vm *testVM) waitHeartbeat(tb testing.TB, _ time.Duration) {
+// after a driver reload or a reboot.
+func (vm *testVM) waitHeartbeat(tb testing.TB) {
 	tb.Helper()
 	err := vm.heartbeat()
 	if err != nil {
@@ -237,7 +236,9 @@ func (vm *testVM) heartbeat() error {
 func (vm *testVM) dial(port uint32) (net.Conn, error) {
 	var c net.Conn
 	err := wait.Limits{Progress: vm.console.Len}.Until(context.Background(), fmt.Sprintf("guest port %d", port), func() (bool, string) {
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		// One try shows nothing until it is done (the device's
+		// ConnectTimeout ends it first): one stall interval.
+		ctx, cancel := wait.Limits{}.Context(context.Background(), fmt.Sprintf("a CONNECT to guest port %d", port))
 		defer cancel()
 		var err error
 		c, err = hvsock.Dial(ctx, vm.hybrid, port)
@@ -253,11 +254,11 @@ func (vm *testVM) command(line string) (string, error) {
 		return "", err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	if _, err := fmt.Fprintf(c, "%s\n", line); err != nil {
+	wc := wait.NewConn(c)
+	if _, err := fmt.Fprintf(wc, "%s\n", line); err != nil {
 		return "", err
 	}
-	reply, err := bufio.NewReader(c).ReadString('\n')
+	reply, err := bufio.NewReader(wc).ReadString('\n')
 	if err != nil && !(errors.Is(err, io.EOF) && reply != "") {
 		return "", fmt.Errorf("command %q: reply %q: %w", line, reply, err)
 	}

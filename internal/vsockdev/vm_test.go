@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -71,8 +72,9 @@ func echoCheck(c net.Conn, total int, seed uint64) error {
 }
 
 // concurrentEcho runs conns echo exchanges with the guest at once, the
-// i-th of size(i) bytes from seed(i), each within deadline.
-func concurrentEcho(t *testing.T, vm *testVM, conns int, deadline time.Duration, sizeSeed func(i int) (size int, seed uint64)) {
+// i-th of size(i) bytes from seed(i), each failing only when its stream
+// stops moving (wait.NewConn).
+func concurrentEcho(t *testing.T, vm *testVM, conns int, sizeSeed func(i int) (size int, seed uint64)) {
 	t.Helper()
 	var wg sync.WaitGroup
 	errs := make(chan error, conns)
@@ -86,9 +88,8 @@ func concurrentEcho(t *testing.T, vm *testVM, conns int, deadline time.Duration,
 				return
 			}
 			defer c.Close()
-			c.SetDeadline(time.Now().Add(deadline))
 			size, seed := sizeSeed(i)
-			if err := echoCheck(c, size, seed); err != nil {
+			if err := echoCheck(wait.NewConn(c), size, seed); err != nil {
 				errs <- fmt.Errorf("conn %d: %w", i, err)
 			}
 		}()
@@ -106,15 +107,15 @@ func concurrentEcho(t *testing.T, vm *testVM, conns int, deadline time.Duration,
 func TestVM(t *testing.T) {
 	vm := startVM(t, vmOptions{})
 	defer vm.close(t)
-	vm.waitHeartbeat(t, 60*time.Second)
+	vm.waitHeartbeat(t)
 
 	t.Run("ConnectOKEcho", func(t *testing.T) {
-		c, err := vm.dial(portEcho)
+		dc, err := vm.dial(portEcho)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(30 * time.Second))
+		defer dc.Close()
+		c := wait.NewConn(dc)
 		r := bufio.NewReader(c)
 		for i := range 100 {
 			line := fmt.Sprintf("line %d %s\n", i, strings.Repeat("x", i))
@@ -131,12 +132,12 @@ func TestVM(t *testing.T) {
 	t.Run("OKCarriesHostPort", func(t *testing.T) {
 		// Raw handshake: the reply is "OK <host port>" and bytes written
 		// right behind the CONNECT line are not lost.
-		c, err := net.Dial("unix", vm.hybrid)
+		uc, err := net.Dial("unix", vm.hybrid)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(30 * time.Second))
+		defer uc.Close()
+		c := wait.NewConn(uc)
 		if _, err := io.WriteString(c, "CONNECT 5000\nearly bytes\n"); err != nil {
 			t.Fatal(err)
 		}
@@ -161,10 +162,9 @@ func TestVM(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Minute))
 		start := time.Now()
 		before := vm.dev.Stats()
-		if err := echoCheck(c, 100<<20, 1); err != nil {
+		if err := echoCheck(wait.NewConn(c), 100<<20, 1); err != nil {
 			t.Fatal(err)
 		}
 		after := vm.dev.Stats()
@@ -176,12 +176,12 @@ func TestVM(t *testing.T) {
 	t.Run("Source", func(t *testing.T) {
 		// Guest -> host one-way, the direction that stalls without
 		// credit updates.
-		c, err := vm.dial(portSource)
+		dc, err := vm.dial(portSource)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(2 * time.Minute))
+		defer dc.Close()
+		c := wait.NewConn(dc)
 		const n = 20 << 20
 		if _, err := c.Write(le64(n)); err != nil {
 			t.Fatal(err)
@@ -209,14 +209,14 @@ func TestVM(t *testing.T) {
 	})
 
 	t.Run("Concurrent200", func(t *testing.T) {
-		concurrentEcho(t, vm, 200, 2*time.Minute, func(i int) (int, uint64) { return 4096 + i*13, uint64(100 + i) })
+		concurrentEcho(t, vm, 200, func(i int) (int, uint64) { return 4096 + i*13, uint64(100 + i) })
 	})
 
 	t.Run("ConcurrentLarge", func(t *testing.T) {
 		// Several big full-duplex streams at once: credit and turn-taking
 		// must keep every one of them moving.
 		const size = 6 << 20
-		concurrentEcho(t, vm, 12, 3*time.Minute, func(i int) (int, uint64) { return size + i*4099, uint64(1000 + i) })
+		concurrentEcho(t, vm, 12, func(i int) (int, uint64) { return size + i*4099, uint64(1000 + i) })
 	})
 
 	t.Run("GuestDialsHost", func(t *testing.T) {
@@ -232,9 +232,9 @@ func TestVM(t *testing.T) {
 					return
 				}
 				defer c.Close()
-				c.SetDeadline(time.Now().Add(30 * time.Second))
-				line, _ := bufio.NewReader(c).ReadString('\n')
-				fmt.Fprintf(c, "got %s", line)
+				wc := wait.NewConn(c)
+				line, _ := bufio.NewReader(wc).ReadString('\n')
+				fmt.Fprintf(wc, "got %s", line)
 			}()
 			reply, err := vm.command(fmt.Sprintf("dial %d %d", cid, port))
 			ln.Close()
@@ -283,6 +283,8 @@ func TestVM(t *testing.T) {
 				}
 			}()
 		}
+		// Not a wait: a moment for the clients to be mid-stream. On a slow
+		// machine they vanish earlier in their streams, which proves as much.
 		time.Sleep(300 * time.Millisecond)
 		for _, c := range vanishing {
 			c.Close()
@@ -292,8 +294,7 @@ func TestVM(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(time.Minute))
-		if err := echoCheck(c, 5<<20, 7); err != nil {
+		if err := echoCheck(wait.NewConn(c), 5<<20, 7); err != nil {
 			t.Fatalf("echo next to a stuck and vanished clients: %v", err)
 		}
 		stuck.Close()
@@ -325,11 +326,10 @@ func survivesGuestReset(t *testing.T, vm *testVM, command, what string, seed uin
 	if reply, err := vm.command(command); err != nil || reply != "ok" {
 		t.Fatalf("%s: %q %v", command, reply, err)
 	}
-	vm.waitHeartbeat(t, 60*time.Second)
+	vm.waitHeartbeat(t)
 	t.Logf("heartbeat %v after the %s command", time.Since(start), command)
-	open.SetDeadline(time.Now().Add(10 * time.Second))
-	if n, err := open.Read(make([]byte, 1)); err == nil {
-		t.Errorf("a stream from before the %s still reads (%d bytes)", what, n)
+	if n, err := wait.NewConn(open).Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("a stream from before the %s is still open (%d bytes, %v)", what, n, err)
 	}
 	if vm.dev.Stats().Resets == resets {
 		t.Errorf("no transport reset counted across the %s", what)
@@ -339,8 +339,7 @@ func survivesGuestReset(t *testing.T, vm *testVM, command, what string, seed uin
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(time.Minute))
-	if err := echoCheck(c, 1<<20, seed); err != nil {
+	if err := echoCheck(wait.NewConn(c), 1<<20, seed); err != nil {
 		t.Fatalf("echo after %s: %v", what, err)
 	}
 }
@@ -350,13 +349,13 @@ func survivesGuestReset(t *testing.T, vm *testVM, command, what string, seed uin
 func TestQEMUReplaced(t *testing.T) {
 	vm := startVM(t, vmOptions{guestCID: 42})
 	defer vm.close(t)
-	vm.waitHeartbeat(t, 60*time.Second)
-	c, err := vm.dial(portEcho)
+	vm.waitHeartbeat(t)
+	dc, err := vm.dial(portEcho)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
+	defer dc.Close()
+	c := wait.NewConn(dc)
 	go func() {
 		buf := make([]byte, 64<<10)
 		for {
@@ -379,14 +378,13 @@ func TestQEMUReplaced(t *testing.T) {
 		return n == 0, fmt.Sprintf("%d streams open", n)
 	})
 	vm.startQEMU(t)
-	vm.waitHeartbeat(t, 60*time.Second)
+	vm.waitHeartbeat(t)
 	c2, err := vm.dial(portEcho)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c2.Close()
-	c2.SetDeadline(time.Now().Add(time.Minute))
-	if err := echoCheck(c2, 1<<20, 3); err != nil {
+	if err := echoCheck(wait.NewConn(c2), 1<<20, 3); err != nil {
 		t.Fatalf("echo with the second QEMU: %v", err)
 	}
 	// The guest dialled from the configured CID.
@@ -427,12 +425,12 @@ func TestHybridBeforeGuest(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := net.Dial("unix", dir+"/h.sock")
+			uc, err := net.Dial("unix", dir+"/h.sock")
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(5 * time.Second))
+			defer uc.Close()
+			c := wait.NewConn(uc)
 			io.WriteString(c, tc.send)
 			n, err := c.Read(make([]byte, 16))
 			if !errors.Is(err, io.EOF) {
@@ -468,13 +466,16 @@ func TestCloseDropsPendingHandshake(t *testing.T) {
 	}
 	defer c.Close()
 	io.WriteString(c, "CONN") // no newline: the device keeps waiting
-	time.Sleep(50 * time.Millisecond)
+	wait.For(t, "the device to hold the client's handshake", func() (bool, string) {
+		n := dev.PendingHandshakes()
+		return n == 1, fmt.Sprintf("%d handshakes pending", n)
+	})
 	cancel()
-	if err := <-done; err != nil {
+	wait.For(t, "Serve to return with a client still in its handshake", wait.Receive(done, &err))
+	if err != nil {
 		t.Fatal(err)
 	}
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if n, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+	if n, err := wait.NewConn(c).Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
 		t.Fatalf("pending client after Close: %d %v, want EOF at once", n, err)
 	}
 }
