@@ -15,6 +15,7 @@ import (
 	"github.com/nitroinit/nitroinit/internal/nitro"
 	"github.com/nitroinit/nitroinit/internal/nsm"
 	"github.com/nitroinit/nitroinit/internal/nsm/frame"
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 // The host side measures the image, writes pcrs.json and root.pem, and
@@ -75,11 +76,13 @@ func TestHostSideNSM(t *testing.T) {
 					t.Errorf("pcrs.json %s = %s, want %s", k, pcrs[k], v)
 				}
 			}
-			c, err := net.Dial("unix", hvsock.ListenPath(hybridSocketPath(dir), nitro.NSMSimPort))
+			nc, err := net.Dial("unix", hvsock.ListenPath(hybridSocketPath(dir), nitro.NSMSimPort))
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer c.Close()
+			defer nc.Close()
+			// A simulator that never answers fails after one stall interval.
+			c := wait.NewConn(nc)
 			req, _ := cbor.Marshal(map[string]any{"DescribePCR": map[string]any{"index": 3}})
 			if err := frame.Write(c, req); err != nil {
 				t.Fatal(err)

@@ -68,9 +68,9 @@ const echoPort = 5000
 
 // echoCheck writes n pseudo-random bytes to c while reading the echo back
 // (full duplex, so neither direction waits for the other) and compares.
-func echoCheck(t *testing.T, c net.Conn, n int) {
+func echoCheck(t *testing.T, nc net.Conn, n int) {
 	t.Helper()
-	c.SetDeadline(time.Now().Add(5 * time.Minute))
+	c := wait.NewConn(nc)
 	sum := sha256.New()
 	werr := make(chan error, 1)
 	go func() {
@@ -158,13 +158,13 @@ func TestBootRealInit(t *testing.T) {
 				}
 				defer c.Close()
 				msg := bytes.Repeat([]byte{byte(i)}, 4096)
-				c.SetDeadline(time.Now().Add(time.Minute))
-				if _, err := c.Write(msg); err != nil {
+				wc := wait.NewConn(c)
+				if _, err := wc.Write(msg); err != nil {
 					errs <- fmt.Errorf("connection %d: write: %w", i, err)
 					return
 				}
 				got := make([]byte, len(msg))
-				if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+				if _, err := io.ReadFull(wc, got); err != nil || !bytes.Equal(got, msg) {
 					errs <- fmt.Errorf("connection %d: echo wrong or short: %v", i, err)
 				}
 			}(i)

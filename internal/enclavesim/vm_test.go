@@ -4,11 +4,12 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 // simGuestPort is simguest.ServePort.
@@ -16,7 +17,8 @@ const simGuestPort = 5000
 
 func startGuest(t *testing.T, k Kernel, initrd, appendArgs string, timeout time.Duration) *VM {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	// Start shows nothing until it returns: one stall interval.
+	ctx, cancel := wait.Limits{}.Context(context.Background(), "the simulator to start")
 	defer cancel()
 	vm, err := Start(ctx, Options{
 		Initrd:  initrd,
@@ -32,10 +34,11 @@ func startGuest(t *testing.T, k Kernel, initrd, appendArgs string, timeout time.
 	return vm
 }
 
-// command sends one line to the guest's test server and returns the reply.
-func command(t *testing.T, vm *VM, c net.Conn, r *bufio.Reader, line string) string {
+// command sends one line to the guest's test server on c (a wait.Conn, so
+// that a slow guest is waited for while it answers) and returns the reply
+// read through r.
+func command(t *testing.T, vm *VM, c *wait.Conn, r *bufio.Reader, line string) string {
 	t.Helper()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
 	if _, err := fmt.Fprintln(c, line); err != nil {
 		t.Fatalf("sending %q: %v; device %+v; console:\n%s", line, err, vm.Stats(), vm.ConsoleTail(10))
 	}
@@ -75,11 +78,12 @@ func TestBootHeartbeatConnectionsPowerOff(t *testing.T) {
 			}
 			t.Logf("heartbeat %s after QEMU start", hb.Sub(vm.Started()).Round(time.Millisecond))
 
-			c, err := vm.Dial(ctx, simGuestPort)
+			dc, err := vm.Dial(ctx, simGuestPort)
 			if err != nil {
 				t.Fatalf("%v; console:\n%s", err, vm.ConsoleTail(10))
 			}
-			defer c.Close()
+			defer dc.Close()
+			c := wait.NewConn(dc)
 			r := bufio.NewReader(c)
 			if got := command(t, vm, c, r, "echo hello through hybrid vsock"); got != "hello through hybrid vsock" {
 				t.Errorf("echo: %q", got)
