@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nitroinit/nitroinit/internal/control"
+	"github.com/nitroinit/nitroinit/internal/wait"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
@@ -63,25 +64,23 @@ func TestFollowsCannotTakeEverySlot(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The first follow may not hold its slot yet when the second asks;
-	// then the second becomes the follower: drop it and ask again.
-	deadline := time.Now().Add(10 * time.Second)
-	var second wire.Response
-	for time.Now().Before(deadline) {
+	// then the second becomes the follower: drop it and ask again. A
+	// follower gets no answer at all, so each try waits 300 ms for one: a
+	// refusal slower than that is tried again, never a failure.
+	wait.For(t, "a second follow with MaxConns 4 to get the follow limit", func() (bool, string) {
 		c, err := net.Dial("unix", ts.path)
 		if err != nil {
 			t.Fatal(err)
 		}
+		defer c.Close()
 		c.Write(follow)
 		c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-		err = json.NewDecoder(c).Decode(&second)
-		c.Close()
-		if err == nil && second.Kind == "Error" && strings.Contains(second.Message, "too many logs -f") {
-			break
+		var second wire.Response
+		if err := json.NewDecoder(c).Decode(&second); err != nil {
+			return false, err.Error()
 		}
-	}
-	if second.Kind != "Error" || !strings.Contains(second.Message, "too many logs -f") {
-		t.Fatalf("second follow with MaxConns 4: %+v, want the follow limit", second)
-	}
+		return second.Kind == "Error" && strings.Contains(second.Message, "too many logs -f"), fmt.Sprintf("%+v", second)
+	})
 	if r := decodeResp(t, raw(t, ts.path, []byte(`"Ping"`))); r.Kind != "Pong" {
 		t.Fatalf("ping beside a follow: %+v", r)
 	}

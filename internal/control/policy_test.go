@@ -127,9 +127,7 @@ func runHelperClient(spec string) int {
 		fmt.Println("BADREQ", err)
 		return 2
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := Do(ctx, Target{Protocol: ProtocolUnix, UnixPath: path}, req)
+	resp, err := doAnswer(path, req)
 	if err != nil {
 		fmt.Println("UNREACHABLE", err)
 		return 3

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nitroinit/nitroinit/internal/wait"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
@@ -61,11 +62,11 @@ func raw(t *testing.T, path string, req []byte) []byte {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Write(req); err != nil {
+	wc := wait.NewConn(c)
+	if _, err := wc.Write(req); err != nil {
 		t.Fatalf("write: %v", err)
 	}
-	out, err := io.ReadAll(c)
+	out, err := io.ReadAll(wc)
 	if err != nil {
 		t.Fatalf("read response to %.60q: %v", req, err)
 	}
@@ -83,13 +84,23 @@ func decodeResp(t *testing.T, b []byte) wire.Response {
 
 func (ts *testServer) do(t *testing.T, req wire.Request) wire.Response {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	r, err := Do(ctx, Target{Protocol: ProtocolUnix, UnixPath: ts.path}, req)
+	r, err := doAnswer(ts.path, req)
 	if err != nil {
 		t.Fatalf("%s: %v", req.Kind, err)
 	}
 	return r
+}
+
+// doAnswer sends req to the socket at path with Do, bounded by one stall
+// interval (internal/wait): an answer shows nothing until it comes.
+func doAnswer(path string, req wire.Request) (wire.Response, error) {
+	ctx, cancel := wait.Limits{}.Context(context.Background(), "the answer to "+req.Kind)
+	defer cancel()
+	r, err := Do(ctx, Target{Protocol: ProtocolUnix, UnixPath: path}, req)
+	if err != nil && context.Cause(ctx) != ctx.Err() {
+		err = fmt.Errorf("%w (%v)", err, context.Cause(ctx))
+	}
+	return r, err
 }
 
 // TestGoldenRequests sends the raw bytes of every reference request vector
@@ -210,11 +221,11 @@ func TestRequestSizeLimit(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.SetDeadline(time.Now().Add(10 * time.Second))
+		wc := wait.NewConn(c)
 		// Write in the background: the server stops reading at the limit,
 		// so a blocking write of the excess would never finish.
-		go c.Write(req)
-		out, err := io.ReadAll(c)
+		go wc.Write(req)
+		out, err := io.ReadAll(wc)
 		c.Close()
 		if err != nil && len(out) == 0 {
 			t.Fatalf("size %d: %v", tc.size, err)
@@ -245,13 +256,11 @@ func TestConcurrentClients(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
 			req := wire.Request{Kind: wire.KindListServices}
 			if i%2 == 0 {
 				req = wire.Request{Kind: wire.KindServiceStatus, Name: "webapp"}
 			}
-			r, err := Do(ctx, Target{Protocol: ProtocolUnix, UnixPath: ts.path}, req)
+			r, err := doAnswer(ts.path, req)
 			if err == nil && r.Kind != req.Kind && r.Kind != wire.KindServiceList {
 				err = fmt.Errorf("client %d got %s %q", i, r.Kind, r.Message)
 			}
@@ -266,16 +275,16 @@ func TestConcurrentClients(t *testing.T) {
 		t.Error(err)
 	}
 	// The silent client still holds its connection; init must still answer.
+	// How fast is logged, not asserted (no timed assertions): a loaded
+	// machine is slow, not wrong.
 	start := time.Now()
 	if r := ts.do(t, wire.Request{Kind: wire.KindPing}); r.Kind != wire.KindPong {
 		t.Errorf("ping after load: %+v", r)
 	}
-	if time.Since(start) > 4*time.Second {
-		t.Errorf("ping took %v while a silent client was connected", time.Since(start))
-	}
-	// The silent client is eventually told off and disconnected.
-	idle.SetDeadline(time.Now().Add(15 * time.Second))
-	out, _ := io.ReadAll(idle)
+	t.Logf("ping answered in %v while a silent client was connected", time.Since(start))
+	// The silent client is eventually told off (the 3 s IOTimeout is the
+	// behaviour under test) and disconnected.
+	out, _ := io.ReadAll(wait.NewConn(idle))
 	if r := decodeResp(t, out); r.Kind != wire.KindError || !strings.Contains(r.Message, "no complete request") {
 		t.Errorf("silent client got %s %q", r.Kind, r.Message)
 	}
@@ -370,7 +379,9 @@ func TestListenUnix(t *testing.T) {
 // TestCloseCutsSilentClients checks that a client that never sends cannot
 // hold up Close (and with it init's shutdown) for the I/O timeout.
 func TestCloseCutsSilentClients(t *testing.T) {
-	srv := NewServer(Config{Handler: controltest.New(), IOTimeout: time.Minute})
+	// An IOTimeout far beyond the wait's stall interval: a Close that
+	// waited for the silent client would fail the wait below first.
+	srv := NewServer(Config{Handler: controltest.New(), IOTimeout: 10 * wait.DefaultStall})
 	path := filepath.Join(t.TempDir(), "init.sock")
 	l, err := ListenUnix(path, false)
 	if err != nil {
@@ -390,11 +401,7 @@ func TestCloseCutsSilentClients(t *testing.T) {
 	}
 	closed := make(chan struct{})
 	go func() { srv.Close(); close(closed) }()
-	select {
-	case <-closed:
-	case <-time.After(5 * time.Second):
-		t.Fatal("Close waited for a silent client")
-	}
+	wait.For(t, "Close beside a silent client", wait.Receive(closed, nil))
 	if err := <-done; err != nil {
 		t.Errorf("Serve after Close: %v", err)
 	}

@@ -3,12 +3,12 @@ package control_test
 import (
 	"context"
 	"testing"
-	"time"
 
 	"github.com/mdlayher/vsock"
 
 	. "github.com/nitroinit/nitroinit/internal/control"
 	"github.com/nitroinit/nitroinit/internal/control/controltest"
+	"github.com/nitroinit/nitroinit/internal/wait"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
@@ -32,19 +32,16 @@ func TestVsockLoopback(t *testing.T) {
 	}()
 	target := Target{Protocol: ProtocolVsock, VsockCID: vsock.Local, VsockPort: port}
 	var r wire.Response
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	// The listener may not be up yet: ask again until it answers.
+	wait.For(t, "SystemStatus over vsock", func() (bool, string) {
+		dctx, dcancel := wait.Limits{}.Context(context.Background(), "the answer over vsock")
+		defer dcancel()
 		r, err = Do(dctx, target, wire.Request{Kind: wire.KindSystemStatus})
-		dcancel()
-		if err == nil || time.Now().After(deadline) {
-			break
+		if err != nil {
+			return false, err.Error()
 		}
-		time.Sleep(20 * time.Millisecond) // the listener may not be up yet
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+		return true, ""
+	})
 	if r.System == nil || r.System.Policy == nil || len(r.System.Policy.Caller) != 2 {
 		t.Fatalf("SystemStatus over vsock: %+v", r)
 	}
