@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 // TestFollowNoGapNoRepeat writes lines while Follow is called: every line
@@ -23,7 +25,7 @@ func TestFollowNoGapNoRepeat(t *testing.T) {
 			l.Printf("line %d", i)
 		}
 	}()
-	time.Sleep(time.Millisecond)
+	time.Sleep(time.Millisecond) // let the writer start: Follow is called mid-stream
 	tail, sub := l.Follow(total, total)
 	var history []string
 	tail.Each(func(b []byte) error { history = append(history, string(b)); return nil })
@@ -33,17 +35,19 @@ func TestFollowNoGapNoRepeat(t *testing.T) {
 	for _, h := range history {
 		seen[h[strings.Index(h, "] ")+2:]]++
 	}
-	for len(seen) < total {
-		select {
-		case ev := <-sub.C():
-			if ev.Missed != 0 {
-				t.Fatalf("missed %d lines with a buffer as large as the log", ev.Missed)
+	wait.For(t, fmt.Sprintf("all %d lines through history and subscription", total), func() (bool, string) {
+		for {
+			select {
+			case ev := <-sub.C():
+				if ev.Missed != 0 {
+					t.Fatalf("missed %d lines with a buffer as large as the log", ev.Missed)
+				}
+				seen[ev.Line[strings.Index(ev.Line, "] ")+2:]]++
+			default:
+				return len(seen) >= total, fmt.Sprintf("%d distinct lines (history %d)", len(seen), len(history))
 			}
-			seen[ev.Line[strings.Index(ev.Line, "] ")+2:]]++
-		case <-time.After(5 * time.Second):
-			t.Fatalf("only %d distinct lines arrived (history %d)", len(seen), len(history))
 		}
-	}
+	})
 	for i := 0; i < total; i++ {
 		if n := seen[fmt.Sprintf("line %d", i)]; n != 1 {
 			t.Fatalf("line %d seen %d times", i, n)

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 // checkContiguous fails unless got is the last len(got) of total numbered
@@ -119,11 +121,7 @@ func TestTailDoesNotHoldTheLock(t *testing.T) {
 		l.Printf("written while a reader is stuck")
 		done <- struct{}{}
 	}()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("Printf blocked while a Tail reader was stuck")
-	}
+	wait.For(t, "Printf while a Tail reader is stuck", wait.Receive(done, nil))
 }
 
 // TestNoSymlinksFollowed: init appends to, reads and clears only regular
@@ -143,13 +141,10 @@ func TestNoSymlinksFollowed(t *testing.T) {
 	if err := exec.Command("mkfifo", filepath.Join(dir, "fifo.log")).Run(); err == nil {
 		done := make(chan error, 1)
 		go func() { _, err := Open(Config{Dir: dir}, "fifo"); done <- err }()
-		select {
-		case err := <-done:
-			if err == nil || !strings.Contains(err.Error(), "not a regular file") {
-				t.Errorf("Open over a FIFO: err = %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("Open blocked on a FIFO")
+		var err error
+		wait.For(t, "Open over a FIFO to return", wait.Receive(done, &err))
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("Open over a FIFO: err = %v", err)
 		}
 	}
 
