@@ -10,7 +10,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -39,20 +38,22 @@ func TestStartRoutesExitStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.After(10 * time.Second)
-	for {
-		r.ReapOnce()
-		select {
-		case ws := <-got:
-			if ws.ExitStatus() != 7 {
-				t.Fatalf("pid %d: exit status %d, want 7", pid, ws.ExitStatus())
-			}
-			return
-		case <-deadline:
-			t.Fatal("exit status never delivered")
-		case <-time.After(10 * time.Millisecond):
-		}
+	if ws := reapUntil(t, r, got); ws.ExitStatus() != 7 {
+		t.Fatalf("pid %d: exit status %d, want 7", pid, ws.ExitStatus())
 	}
+}
+
+// reapUntil calls r.ReapOnce until an exit status arrives on got, and
+// returns it. The exit shows nothing until it comes: one stall interval.
+func reapUntil(t *testing.T, r *Reaper, got <-chan syscall.WaitStatus) syscall.WaitStatus {
+	t.Helper()
+	var ws syscall.WaitStatus
+	arrived := wait.Receive(got, &ws)
+	wait.For(t, "the exit status to be delivered", func() (bool, string) {
+		r.ReapOnce()
+		return arrived()
+	})
+	return ws
 }
 
 func TestOrphansAreReaped(t *testing.T) {
@@ -170,19 +171,8 @@ func TestStartAtExecSetsLimitsBeforeTheProgramRuns(t *testing.T) {
 	if strings.TrimSpace(string(out)) != "77" {
 		t.Errorf("the program saw RLIMIT_NOFILE %q, want 77", out)
 	}
-	deadline := time.After(10 * time.Second)
-	for {
-		r.ReapOnce()
-		select {
-		case ws := <-got:
-			if ws.ExitStatus() != 3 {
-				t.Fatalf("exit status %v, want 3", ws)
-			}
-			return
-		case <-deadline:
-			t.Fatal("no exit status")
-		case <-time.After(10 * time.Millisecond):
-		}
+	if ws := reapUntil(t, r, got); ws.ExitStatus() != 3 {
+		t.Fatalf("exit status %v, want 3", ws)
 	}
 }
 
@@ -203,13 +193,10 @@ func TestRunReapsChildStartedWhileIdle(t *testing.T) {
 			func(_ int, ws syscall.WaitStatus) { got <- ws }); err != nil {
 			t.Fatal(err)
 		}
-		select {
-		case ws := <-got:
-			if ws.ExitStatus() != code {
-				t.Fatalf("child %d: exit status %d, want %d", i, ws.ExitStatus(), code)
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatalf("child %d: exit status never delivered", i)
+		var ws syscall.WaitStatus
+		wait.For(t, fmt.Sprintf("child %d's exit status", i), wait.Receive(got, &ws))
+		if ws.ExitStatus() != code {
+			t.Fatalf("child %d: exit status %d, want %d", i, ws.ExitStatus(), code)
 		}
 	}
 }
