@@ -3,12 +3,15 @@ package boot
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 // serveHeartbeat accepts connections on l and runs answer on each.
@@ -54,12 +57,14 @@ func TestHeartbeatReal(t *testing.T) {
 		name    string
 		network string
 		answer  func(net.Conn) // nil: nobody listens
+		// timeout, when set, is the deadline under test; otherwise the
+		// heartbeat just has to finish, within one stall interval.
 		timeout time.Duration
 		wantErr error // nil: success
 	}{
-		{name: "tcp echo", network: "tcp", answer: echoOne(HeartbeatByte), timeout: 5 * time.Second},
-		{name: "unix echo", network: "unix", answer: echoOne(HeartbeatByte), timeout: 5 * time.Second},
-		{name: "wrong byte", network: "tcp", answer: echoOne(0x42), timeout: 5 * time.Second, wantErr: ErrWrongHeartbeat},
+		{name: "tcp echo", network: "tcp", answer: echoOne(HeartbeatByte)},
+		{name: "unix echo", network: "unix", answer: echoOne(HeartbeatByte)},
+		{name: "wrong byte", network: "tcp", answer: echoOne(0x42), wantErr: ErrWrongHeartbeat},
 		{
 			name: "silent peer times out", network: "unix", timeout: 200 * time.Millisecond, wantErr: os.ErrDeadlineExceeded,
 			answer: func(c net.Conn) { io.Copy(io.Discard, c) },
@@ -67,7 +72,7 @@ func TestHeartbeatReal(t *testing.T) {
 		{
 			// The peer reads the byte first: closing with unread data would
 			// send a reset instead of a clean end of stream.
-			name: "peer closes without answering", network: "tcp", timeout: 5 * time.Second, wantErr: io.EOF,
+			name: "peer closes without answering", network: "tcp", wantErr: io.EOF,
 			answer: func(c net.Conn) { c.Read(make([]byte, 1)) },
 		},
 		{name: "nobody listening", network: "unix", timeout: 300 * time.Millisecond, wantErr: context.DeadlineExceeded},
@@ -93,7 +98,10 @@ func TestHeartbeatReal(t *testing.T) {
 					serveHeartbeat(t, l, tc.answer)
 				}
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), tc.timeout)
+			ctx, cancel := wait.Limits{}.Context(context.Background(), "the heartbeat")
+			if tc.timeout > 0 {
+				ctx, cancel = context.WithTimeout(context.Background(), tc.timeout)
+			}
 			defer cancel()
 			err := Heartbeat(ctx, dialer(tc.network, addr))
 			if tc.wantErr == nil {
@@ -119,19 +127,29 @@ func TestHeartbeatRetriesUntilListener(t *testing.T) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", path)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := wait.Limits{}.Context(context.Background(), "the heartbeat")
 	defer cancel()
 	result := make(chan error, 1)
 	go func() { result <- Heartbeat(ctx, dial) }()
 	// Wait for two refused attempts before listening.
-	<-attempts
-	<-attempts
+	n := 0
+	wait.For(t, "two refused dial attempts", func() (bool, string) {
+		for {
+			select {
+			case <-attempts:
+				n++
+			default:
+				return n >= 2, fmt.Sprintf("%d attempts", n)
+			}
+		}
+	})
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	serveHeartbeat(t, l, echoOne(HeartbeatByte))
-	if err := <-result; err != nil {
+	wait.For(t, "Heartbeat to return", wait.Receive(result, &err))
+	if err != nil {
 		t.Fatalf("Heartbeat after a late listener: %v", err)
 	}
 }
@@ -155,9 +173,10 @@ func TestHeartbeatCancelWithoutDeadline(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	result := make(chan error, 1)
 	go func() { result <- Heartbeat(ctx, dialer("tcp", l.Addr().String())) }()
-	<-accepted
+	wait.For(t, "the heartbeat byte at the host", wait.Receive(accepted, nil))
 	cancel()
-	if err := <-result; !errors.Is(err, os.ErrDeadlineExceeded) {
+	wait.For(t, "Heartbeat to return after cancel", wait.Receive(result, &err))
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("Heartbeat after cancel = %v, want a deadline error", err)
 	}
 }
