@@ -3,9 +3,9 @@ package supervise
 import (
 	"context"
 	"testing"
-	"time"
 
 	"github.com/nitroinit/nitroinit/internal/logs"
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 // TestCallsAfterTheLoopEnded: once Run has returned, control requests must
@@ -18,11 +18,7 @@ func TestCallsAfterTheLoopEnded(t *testing.T) {
 	done := make(chan bool)
 	go func() { done <- s.Run(ctx) }()
 	cancel()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run did not return after its context ended")
-	}
+	wait.For(t, "Run to return after its context ended", wait.Receive(done, nil))
 	finished := make(chan struct{})
 	go func() {
 		defer close(finished)
@@ -39,9 +35,5 @@ func TestCallsAfterTheLoopEnded(t *testing.T) {
 		}
 		s.Shutdown(true)
 	}()
-	select {
-	case <-finished:
-	case <-time.After(5 * time.Second):
-		t.Fatal("a request after the loop ended hung")
-	}
+	wait.For(t, "the requests after the loop ended", wait.Receive(finished, nil))
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/nitroinit/nitroinit/internal/logs"
 	"github.com/nitroinit/nitroinit/internal/reap"
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 // fakeOps is Ops with pretend processes and a hand-driven clock: a test
@@ -187,10 +188,8 @@ func newRigWith(t *testing.T, files map[string]string, edit func(*Config)) *rig 
 	}()
 	t.Cleanup(func() {
 		cancel()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			t.Errorf("supervisor did not shut down; its log:\n%s", r.messages())
+		if err := wait.Until(context.Background(), "the supervisor to shut down", wait.Receive(done, nil)); err != nil {
+			t.Errorf("%v; its log:\n%s", err, r.messages())
 		}
 		if t.Failed() {
 			t.Logf("supervisor log:\n%s", r.messages())

@@ -560,11 +560,7 @@ func TestShutdownStopsInReverseOrder(t *testing.T) {
 		return len(db.signals) > 0
 	})
 	r.ops.die(db, syscall.WaitStatus(0))
-	select {
-	case <-r.s.finished:
-	case <-time.After(20 * time.Second):
-		t.Fatal("shutdown did not finish")
-	}
+	wait.For(t, "the shutdown to finish", wait.Receive(r.s.finished, nil))
 	if err := r.s.StartService("app"); err == nil {
 		t.Error("start during shutdown succeeded")
 	}
