@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nitroinit/nitroinit/internal/reap"
+	"github.com/nitroinit/nitroinit/internal/wait"
 	"golang.org/x/sys/unix"
 )
 
@@ -45,7 +46,7 @@ func testTree(t *testing.T) *Tree {
 			if e.IsDir() && e.Name() != "init.scope" {
 				g := &Group{Path: filepath.Join(dir, e.Name())}
 				g.Kill()
-				g.WaitEmpty(5 * time.Second)
+				g.WaitEmpty(wait.DefaultStall)
 				g.Remove()
 			}
 		}
@@ -92,19 +93,19 @@ func TestStartInsideKillAndWaitEmpty(t *testing.T) {
 	if !strings.Contains(string(own), "0::"+rel+"\n") {
 		t.Fatalf("child is in %q, want %s", own, rel)
 	}
-	for deadline := time.Now().Add(10 * time.Second); g.Stats().Tasks < 4; {
-		if time.Now().After(deadline) {
-			t.Fatalf("tasks = %d, want 4 (sh, setsid sh, 2 sleeps)", g.Stats().Tasks)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	wait.For(t, "4 tasks in the group (sh, setsid sh, 2 sleeps)", func() (bool, string) {
+		n := g.Stats().Tasks
+		return n >= 4, fmt.Sprintf("%d tasks", n)
+	})
 	if !g.Populated() {
 		t.Fatal("Populated = false with processes inside")
 	}
 	if err := g.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	if err := g.WaitEmpty(10 * time.Second); err != nil {
+	// WaitEmpty is under test here, bounded by one stall interval: the
+	// group shows nothing until it is empty.
+	if err := g.WaitEmpty(wait.DefaultStall); err != nil {
 		t.Fatal(err)
 	}
 	if err := g.Remove(); err != nil {
@@ -129,7 +130,7 @@ func TestCreateAfterKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	first.Wait()
-	if err := g.WaitEmpty(10 * time.Second); err != nil {
+	if err := g.WaitEmpty(wait.DefaultStall); err != nil {
 		t.Fatal(err)
 	}
 	g, err = tr.Create("again", Limits{})
@@ -164,7 +165,7 @@ func TestWaitEmptyTimesOut(t *testing.T) {
 	if err := g.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if err := g.WaitEmpty(10 * time.Second); err != nil {
+	if err := g.WaitEmpty(wait.DefaultStall); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -259,9 +260,7 @@ func TestAddBeforeTheProgramRuns(t *testing.T) {
 	if rel := strings.TrimPrefix(g.Path, FindMount()); !strings.Contains(string(out), "0::"+rel+"\n") {
 		t.Fatalf("the program saw itself in %q, want %s", out, rel)
 	}
-	for r.ReapOnce() == 0 {
-		time.Sleep(10 * time.Millisecond)
-	}
+	wait.For(t, "cat to be reaped", wait.Bool(func() bool { return r.ReapOnce() != 0 }))
 }
 
 func TestCloneIntoUnsupported(t *testing.T) {
