@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 // TestLoadDirSkipsWhatIsNotAFile: no directory entry blocks LoadDir; each
@@ -59,11 +61,7 @@ func TestLoadDirSkipsWhatIsNotAFile(t *testing.T) {
 		done <- result{e, err}
 	}()
 	var res result
-	select {
-	case res = <-done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("LoadDir blocked on a directory entry")
-	}
+	wait.For(t, "LoadDir not to block on a directory entry", wait.Receive(done, &res))
 	if res.err != nil {
 		t.Fatal(res.err)
 	}
