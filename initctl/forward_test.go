@@ -9,9 +9,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/nitroinit/nitroinit/internal/forward/forwardtest"
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 func TestForwardBadInput(t *testing.T) {
@@ -70,24 +70,20 @@ func TestForwardAndConnect(t *testing.T) {
 	addr := free.Addr().String()
 	free.Close()
 	fwd := exec.Command(initctlBin, "forward", "--listen", "tcp:"+addr, "--connect", "hvsock:"+hybrid+":8080")
-	var flog bytes.Buffer
+	var flog wait.Buffer
 	fwd.Stderr = &flog
 	if err := fwd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer fwd.Process.Kill()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	wait.Limits{Progress: flog.Len}.For(t, "the forwarder to listen on "+addr, func() (bool, string) {
 		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			break
+		if err != nil {
+			return false, err.Error() + "\n" + flog.String()
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("forwarder not listening on %s: %v\n%s", addr, err, flog.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		c.Close()
+		return true, ""
+	})
 	for _, ep := range []string{"tcp:" + addr, "hvsock:" + hybrid + ":7"} {
 		cmd := exec.Command(initctlBin, "connect", ep)
 		cmd.Stdin = strings.NewReader("hello through the forwarder\n")

@@ -290,7 +290,9 @@ func (l *hybridListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		br := bufio.NewReader(c)
-		c.SetDeadline(time.Now().Add(5 * time.Second))
+		// The handshake shows nothing until it is complete: one stall
+		// interval for it.
+		c.SetDeadline(time.Now().Add(wait.DefaultStall))
 		port, err := hvsock.ReadConnect(br)
 		if err != nil || port != l.port {
 			c.Close()

@@ -91,7 +91,7 @@ ServiceEnable = false
 		out := ctl("status", "ticker").stdout
 		return strings.Contains(out, "  Status: inactive"), out
 	})
-	time.Sleep(1500 * time.Millisecond) // longer than RestartSec
+	time.Sleep(1500 * time.Millisecond) // longer than RestartSec; a negative check, kept short
 	if r := ctl("status", "ticker"); !strings.Contains(r.stdout, "  Status: inactive") {
 		t.Errorf("ticker came back after ps stop:\n%s", r.stdout)
 	}
