@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nitroinit/nitroinit/internal/cgroup"
+	"github.com/nitroinit/nitroinit/internal/wait"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
@@ -75,7 +77,10 @@ func delegated(t *testing.T) string {
 			if pids, _ := os.ReadFile(filepath.Join(p, "cgroup.procs")); len(pids) > 0 {
 				t.Errorf("cgroup %s still holds %q after init exited", p, pids)
 				os.WriteFile(filepath.Join(p, "cgroup.kill"), []byte("1"), 0)
-				time.Sleep(100 * time.Millisecond)
+				wait.Until(context.Background(), p+" to empty after cgroup.kill", func() (bool, string) {
+					pids, _ := os.ReadFile(filepath.Join(p, "cgroup.procs"))
+					return len(pids) == 0, string(pids)
+				})
 			}
 			os.Remove(p)
 		}

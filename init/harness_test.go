@@ -129,8 +129,10 @@ func (h *harness) target() control.Target {
 	return control.Target{Protocol: control.ProtocolUnix, UnixPath: h.sock}
 }
 
+// try sends req and returns init's answer. An answer shows nothing until
+// it comes, so it gets one stall interval (internal/wait).
 func (h *harness) try(req wire.Request) (wire.Response, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), wait.DefaultStall)
 	defer cancel()
 	return control.Do(ctx, h.target(), req)
 }

@@ -141,7 +141,7 @@ func TestStartLimitFails(t *testing.T) {
 	if st.RestartCount != 2 {
 		t.Errorf("restart count %d, want 2 (3 starts allowed: the first and 2 restarts; the refused 4th is not counted)", st.RestartCount)
 	}
-	// It stays failed.
+	// It stays failed (a negative check, kept short).
 	time.Sleep(300 * time.Millisecond)
 	if st := h.status("flappy"); st.State != "failed" {
 		t.Fatalf("state %q after failing, want failed", st.State)
@@ -180,7 +180,8 @@ func TestStopEscalationKillsGroup(t *testing.T) {
 	if !strings.Contains(h.logFile("stubborn"), "sending SIGKILL") {
 		t.Errorf("log does not record the SIGKILL escalation:\n%s", h.logFile("stubborn"))
 	}
-	// A manual stop is remembered: Restart=always does not bring it back.
+	// A manual stop is remembered: Restart=always does not bring it back
+	// (a negative check, kept short).
 	time.Sleep(500 * time.Millisecond)
 	if st := h.status("stubborn"); st.State != "inactive" || st.PID != nil {
 		t.Fatalf("after stop: %+v", st)
@@ -207,7 +208,7 @@ func TestReloadWithoutDuplicates(t *testing.T) {
 	}
 	h.cmd.Process.Signal(syscall.SIGHUP)
 	h.waitState("new", "running", 5*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // room for a duplicate to appear: a negative check
 
 	if got := *h.status("keep").PID; got != keepPID {
 		t.Errorf("keep: pid changed from %d to %d across reload", keepPID, got)
