@@ -49,6 +49,7 @@ func TestAppImage(t *testing.T) {
 	if err := os.WriteFile(initrd, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// vmLifetime bounds the VM's life (a VM a test forgot), not a wait.
 	ctx, cancel := context.WithTimeout(context.Background(), vmLifetime)
 	defer cancel()
 	opts, err := enclavesim.Options{
@@ -77,15 +78,21 @@ func TestAppImage(t *testing.T) {
 			t.Logf("console tail:\n%s", vm.ConsoleTail(60))
 		}
 	}()
-	if _, err := vm.Heartbeat(ctx); err != nil {
-		t.Fatal(err)
+	// The boot goes on as long as the console advances.
+	hbctx, hbcancel := wait.Limits{Stall: wait.BootStall, Progress: vm.ConsoleLines}.Context(ctx, "the heartbeat")
+	defer hbcancel()
+	if _, err := vm.Heartbeat(hbctx); err != nil {
+		t.Fatalf("%v (%v)", err, context.Cause(hbctx))
 	}
 	ctl := []string{"--protocol", "vsock", "--vsock-cid", fmt.Sprint(opts.GuestCID)}
 	if p := vm.HybridSocket(); p != "" {
 		ctl = []string{"--vsock-uds", p}
 	}
 	initctl := func(args ...string) (string, error) {
-		c := exec.CommandContext(ctx, bin.initctl, append(append([]string{}, ctl...), args...)...)
+		// One stall interval for an answer, longer while the console moves.
+		cctx, ccancel := wait.Limits{Progress: vm.ConsoleLines}.Context(ctx, "initctl "+strings.Join(args, " "))
+		defer ccancel()
+		c := exec.CommandContext(cctx, bin.initctl, append(append([]string{}, ctl...), args...)...)
 		c.Env = append(os.Environ(), "INITCTL_CONFIG=/nonexistent")
 		b, err := c.CombinedOutput()
 		return string(b), err

@@ -2,7 +2,6 @@ package vmtests
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nitroinit/nitroinit/internal/control"
 	"github.com/nitroinit/nitroinit/internal/wait"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
@@ -271,7 +269,7 @@ func TestControl(t *testing.T) {
 		}
 		// Unreachable: a port nobody listens on.
 		args := append(e.initctlTarget(), "--vsock-port", "9999", "ping")
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		ctx, cancel := e.answerContext("initctl to a port nobody listens on")
 		defer cancel()
 		err := exec.CommandContext(ctx, bin.initctl, args...).Run()
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 {
@@ -306,7 +304,7 @@ func TestControl(t *testing.T) {
 		// would answer had it waited for the whole of it. Asserted on that
 		// outcome, not on how long it took.
 		func() {
-			ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+			ctx, cancel := e.answerContext("the dribbling client's connection")
 			defer cancel()
 			c, err := e.vm.DialOnce(ctx, controlPort)
 			if err != nil {
@@ -318,7 +316,7 @@ func TestControl(t *testing.T) {
 				if _, err := c.Write([]byte{b}); err != nil {
 					break // init hung up
 				}
-				time.Sleep(500 * time.Millisecond)
+				time.Sleep(500 * time.Millisecond) // the dribble: behaviour under test
 			}
 			got, err := io.ReadAll(wait.NewConn(c))
 			if isTimeout(err) || strings.Contains(string(got), "SystemStatus") {
@@ -333,7 +331,7 @@ func TestControl(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+				ctx, cancel := e.answerContext("a silent client's connection")
 				defer cancel()
 				c, err := e.vm.DialOnce(ctx, controlPort)
 				if err != nil {
@@ -348,16 +346,14 @@ func TestControl(t *testing.T) {
 			}()
 		}
 		// While they hang around, a real client still gets through.
-		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-		defer cancel()
-		if r, err := control.Do(ctx, e.target, wire.Request{Kind: wire.KindPing}); err != nil || r.Kind != wire.KindPong {
+		if r, err := e.try(wire.Request{Kind: wire.KindPing}); err != nil || r.Kind != wire.KindPong {
 			t.Errorf("ping among 24 silent clients: %+v, %v", r, err)
 		}
 		wg.Wait()
 		close(closed)
 		for c := range closed {
 			if !c {
-				t.Errorf("a silent client was still connected after 30s (io_timeout is 2s)")
+				t.Errorf("a silent client was still connected after a stall interval (io_timeout is 2s)")
 				break
 			}
 		}

@@ -308,6 +308,7 @@ func bootEIF(t *testing.T, b eifBoot) (*eifVM, func(args ...string) (string, err
 	}
 	opts = p.Apply(opts)
 	opts.Console = consoleEcho("eif-" + machine)
+	// Start shows nothing until QEMU runs: one boot stall interval.
 	ctx, cancel = context.WithTimeout(context.Background(), bootTimeout)
 	defer cancel()
 	vm, err := enclavesim.Start(ctx, opts)
@@ -340,7 +341,8 @@ func bootEIF(t *testing.T, b eifBoot) (*eifVM, func(args ...string) (string, err
 		t.Fatalf("no heartbeat on %s: %v\nconsole:\n%s", machine, err, vm.ConsoleTail(60))
 	}
 	initctl := func(args ...string) (string, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		// One stall interval for an answer, longer while the console moves.
+		ctx, cancel := wait.Limits{Progress: vm.ConsoleLines}.Context(context.Background(), "initctl "+strings.Join(args, " "))
 		defer cancel()
 		target := []string{"--vsock-uds", vm.HybridSocket()}
 		if opts.Route == enclavesim.RouteVhostVsock {

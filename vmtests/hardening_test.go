@@ -89,9 +89,9 @@ func TestHardeningLogsFloodInSmallEnclave(t *testing.T) {
 			select {
 			case <-stop:
 				return
-			case <-time.After(200 * time.Millisecond):
+			case <-time.After(200 * time.Millisecond): // pacing, not a wait
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), wait.DefaultStall)
+			ctx, cancel := e.answerContext("a ping during the flood")
 			during := isClosed(flooding)
 			start := time.Now()
 			r, err := control.Do(ctx, e.target, wire.Request{Kind: wire.KindPing})

@@ -1,7 +1,6 @@
 package vmtests
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -255,11 +254,17 @@ func moduleYAML() string {
 	return b.String()
 }
 
-// try sends one control request over vsock.
+// try sends one control request over vsock. The answer shows nothing
+// until it comes: it may take one stall interval, or longer while the
+// guest's console moves.
 func (e *enclave) try(req wire.Request) (wire.Response, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := e.answerContext("the answer to " + req.Kind)
 	defer cancel()
-	return control.Do(ctx, e.target, req)
+	r, err := control.Do(ctx, e.target, req)
+	if err != nil && context.Cause(ctx) != ctx.Err() {
+		err = fmt.Errorf("%w (%v)", err, context.Cause(ctx))
+	}
+	return r, err
 }
 
 // do sends a request and fails the test unless init answers without Error.
@@ -328,6 +333,14 @@ func (e *enclave) consoleMoves() wait.Limits {
 	return wait.Limits{Progress: e.vm.ConsoleLines}
 }
 
+// answerContext is the context for a request, a dial or a command whose
+// result shows nothing until it comes: it ends when the guest's console
+// has not moved for a stall interval (context.Cause says so). Call
+// cancel when done.
+func (e *enclave) answerContext(what string) (context.Context, context.CancelFunc) {
+	return e.consoleMoves().Context(context.Background(), what)
+}
+
 func containsLine(lines []string, substr string) bool {
 	for _, l := range lines {
 		if strings.Contains(l, substr) {
@@ -341,13 +354,19 @@ func containsLine(lines []string, substr string) bool {
 // stderr and exit code.
 func (e *enclave) initctl(t testing.TB, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	// initctl runs for as long as it prints or the guest's console moves,
+	// and one stall interval beyond.
+	var out, errb wait.Buffer
+	lim := wait.Limits{Progress: func() int64 { return out.Len() + errb.Len() + e.vm.ConsoleLines() }}
+	ctx, cancel := lim.Context(context.Background(), "initctl "+strings.Join(args, " "))
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin.initctl, append(e.initctlTarget(), args...)...)
 	cmd.Env = append(os.Environ(), "INITCTL_CONFIG=/nonexistent/initctl.yaml")
-	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("initctl %s killed: %v; stdout:\n%s\nstderr:\n%s", strings.Join(args, " "), context.Cause(ctx), out.String(), errb.String())
+	}
 	var ee *exec.ExitError
 	switch {
 	case err == nil:

@@ -139,7 +139,9 @@ func (e *enclave) processesWith(t testing.TB, substr string) []wire.ProcessInfo 
 // comes back before init closes the connection or d passes.
 func (e *enclave) rawExchange(t testing.TB, send []byte, stall time.Duration) (string, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), stall)
+	dialing := e.consoleMoves()
+	dialing.Stall = stall
+	ctx, cancel := dialing.Context(context.Background(), "the control port")
 	defer cancel()
 	c, err := e.vm.DialOnce(ctx, controlPort)
 	if err != nil {
@@ -184,6 +186,8 @@ func (e *enclave) streamTo(t testing.TB, service string, port uint32) func() str
 			return
 		}
 		defer c.Close()
+		// A bound for this goroutine when nobody waits for it; the wait
+		// itself is below.
 		c.SetReadDeadline(time.Now().Add(vmLifetime))
 		b, _ := io.ReadAll(c)
 		got <- string(b)
@@ -191,7 +195,8 @@ func (e *enclave) streamTo(t testing.TB, service string, port uint32) func() str
 	e.do(t, wire.Request{Kind: wire.KindServiceLogsStream, Name: service, VsockCID: e.hostCID, VsockPort: port})
 	return func() string {
 		var s string
-		eventually(t, waitTimeout, "the log stream of "+service+" to end", wait.Receive(got, &s))
+		// init ends the stream as it powers off: its console moves.
+		e.consoleMoves().For(t, "the log stream of "+service+" to end", wait.Receive(got, &s))
 		return s
 	}
 }
