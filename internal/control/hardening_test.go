@@ -7,7 +7,6 @@ import (
 	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nitroinit/nitroinit/internal/control"
 	"github.com/nitroinit/nitroinit/internal/wait"
@@ -54,7 +53,8 @@ func TestRefusedPIDs(t *testing.T) {
 // through.
 func TestFollowsCannotTakeEverySlot(t *testing.T) {
 	ts := startServer(t, func(c *control.Config) { c.MaxConns = 4 })
-	follow := []byte(`{"ServiceLogsFollow":{"name":"webapp","lines":0}}`)
+	ts.be.Publish("webapp", "before the follows")
+	follow := []byte(`{"ServiceLogsFollow":{"name":"webapp","lines":1}}`)
 	first, err := net.Dial("unix", ts.path)
 	if err != nil {
 		t.Fatal(err)
@@ -63,24 +63,17 @@ func TestFollowsCannotTakeEverySlot(t *testing.T) {
 	if _, err := first.Write(follow); err != nil {
 		t.Fatal(err)
 	}
-	// The first follow may not hold its slot yet when the second asks;
-	// then the second becomes the follower: drop it and ask again. A
-	// follower gets no answer at all, so each try waits 300 ms for one: a
-	// refusal slower than that is tried again, never a failure.
-	wait.For(t, "a second follow with MaxConns 4 to get the follow limit", func() (bool, string) {
-		c, err := net.Dial("unix", ts.path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.Write(follow)
-		c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-		var second wire.Response
-		if err := json.NewDecoder(c).Decode(&second); err != nil {
-			return false, err.Error()
-		}
-		return second.Kind == "Error" && strings.Contains(second.Message, "too many logs -f"), fmt.Sprintf("%+v", second)
-	})
+	// A follow is sent its history once it holds its slot: after that
+	// line, the second follow must find the slot taken, however slowly
+	// the server got there.
+	var line wire.Response
+	if err := json.NewDecoder(wait.NewConn(first)).Decode(&line); err != nil || line.Kind != wire.KindLogLine {
+		t.Fatalf("first follow: %+v, %v; want its history line", line, err)
+	}
+	second := decodeResp(t, raw(t, ts.path, follow))
+	if second.Kind != "Error" || !strings.Contains(second.Message, "too many logs -f") {
+		t.Fatalf("second follow with MaxConns 4: %+v, want the follow limit", second)
+	}
 	if r := decodeResp(t, raw(t, ts.path, []byte(`"Ping"`))); r.Kind != "Pong" {
 		t.Fatalf("ping beside a follow: %+v", r)
 	}
