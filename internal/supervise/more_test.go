@@ -241,7 +241,7 @@ func cgroupTree(t *testing.T) *cgroup.Tree {
 		groups, _ := filepath.Glob(filepath.Join(dir, "*.service"))
 		for _, g := range groups {
 			(&cgroup.Group{Path: g}).Kill()
-			(&cgroup.Group{Path: g}).WaitEmpty(5 * time.Second)
+			(&cgroup.Group{Path: g}).WaitEmpty(wait.DefaultStall)
 			os.Remove(g)
 		}
 		os.Remove(filepath.Join(dir, "init.scope"))
