@@ -65,8 +65,12 @@ type Log struct {
 	// mu is the one owner of everything below: the file, the ring, the
 	// subscribers. Holding it for a whole batch of lines keeps the cost per
 	// line at a few hundred nanoseconds.
-	mu   sync.Mutex
-	f    *os.File
+	mu sync.Mutex
+	f  *os.File
+	// w batches the lines of one store into one write. It is lent from
+	// writers for the call only: store always flushes, so between calls
+	// it would hold nothing but its 64 KiB, which every idle service
+	// would keep (and whose written pages would count in init's memory).
 	w    *bufio.Writer
 	size int64 // bytes in the file, buffered ones included
 	// durable is the file's size after the last successful flush: a failed
@@ -123,9 +127,15 @@ func Open(cfg Config, name string) (*Log, error) {
 		dir.Close()
 		return nil, err
 	}
-	l.w = bufio.NewWriterSize(l.f, 64*1024)
 	return l, nil
 }
+
+// writeBuffer is the size of the buffers in writers: large enough that a
+// burst of lines costs one write(2) per batch, not one per line.
+const writeBuffer = 64 * 1024
+
+// writers lends the buffer of store's batch.
+var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, writeBuffer) }}
 
 func (l *Log) openFile() error {
 	f, err := openIn(l.dir, l.fileName(0), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
@@ -253,6 +263,13 @@ func (l *Log) store(write func(now time.Time)) {
 	if l.closed {
 		return
 	}
+	l.w = writers.Get().(*bufio.Writer)
+	defer func() {
+		l.w.Reset(nil) // empty: flushLocked wrote or dropped what it held
+		writers.Put(l.w)
+		l.w = nil
+	}()
+	l.aim()
 	l.reopenLocked()
 	write(now)
 	l.flushLocked()
@@ -318,18 +335,26 @@ func (l *Log) reopenLocked() {
 		l.setErr(err)
 		return
 	}
-	l.w.Reset(l.f)
+	l.aim()
+}
+
+// aim points the lent buffer, if any, at the current file, dropping what
+// it holds; l.mu is held.
+func (l *Log) aim() {
+	if l.w != nil && l.f != nil {
+		l.w.Reset(l.f)
+	}
 }
 
 func (l *Log) flushLocked() {
-	if l.f == nil {
-		return
+	if l.f == nil || l.w == nil {
+		return // nil w: outside store, where nothing is buffered
 	}
 	if err := l.w.Flush(); err != nil {
 		l.setErr(fmt.Errorf("writing %s: %w", l.path, err))
 		// bufio.Writer keeps a write error forever; start afresh so that
 		// the log recovers when the disk does (the buffered lines are lost).
-		l.w.Reset(l.f)
+		l.aim()
 		if l.f.Truncate(l.durable) == nil {
 			l.size = l.durable
 		}
@@ -403,7 +428,7 @@ func (l *Log) rotateLocked() {
 		l.setErr(err)
 		return
 	}
-	l.w.Reset(l.f)
+	l.aim()
 }
 
 // fileName is the name in the log directory of file i: 0 is the live
@@ -424,7 +449,6 @@ func (l *Log) Clear() error {
 	defer l.mu.Unlock()
 	var errs []error
 	if l.f != nil {
-		l.w.Reset(l.f) // drop what is buffered: it is being cleared anyway
 		l.unflushed = 0
 		if err := l.f.Truncate(0); err != nil {
 			errs = append(errs, fmt.Errorf("truncating %s: %w", l.path, err))
@@ -456,17 +480,15 @@ func (l *Log) Clear() error {
 	return errors.Join(errs...)
 }
 
-// Flush writes buffered lines to the file and fsyncs it.
+// Flush fsyncs the file. Nothing waits in a buffer: every batch of lines
+// is written when it is stored.
 func (l *Log) Flush() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.f == nil {
 		return l.err
 	}
-	if err := l.w.Flush(); err != nil {
-		l.w.Reset(l.f)
-		return fmt.Errorf("writing %s: %w", l.path, err)
-	}
+	// Nothing is buffered between stores: each flushes its batch.
 	if err := l.f.Sync(); err != nil {
 		return fmt.Errorf("syncing %s: %w", l.path, err)
 	}
@@ -489,10 +511,7 @@ func (l *Log) Close() error {
 	if l.f == nil {
 		return nil
 	}
-	err := l.w.Flush()
-	if serr := l.f.Sync(); err == nil {
-		err = serr
-	}
+	err := l.f.Sync() // nothing is buffered between stores
 	if cerr := l.f.Close(); err == nil {
 		err = cerr
 	}

@@ -206,7 +206,8 @@ func (l *Log) tailLocked(n int) *Tail {
 	if l.dir == nil {
 		return t
 	}
-	l.flushLocked()
+	// The files hold every stored line: store writes each batch before it
+	// returns, so nothing waits in a buffer here.
 	for i := l.cfg.MaxFiles - 1; i >= 0; i-- {
 		f, err := openIn(l.dir, l.fileName(i), os.O_RDONLY, 0)
 		if err != nil {
