@@ -130,6 +130,9 @@ func Open(cfg Config, name string) (*Log, error) {
 	return l, nil
 }
 
+// captureStart is the size of a capture's first read buffer.
+const captureStart = 512
+
 // writeBuffer is the size of the buffers in writers: large enough that a
 // burst of lines costs one write(2) per batch, not one per line.
 const writeBuffer = 64 * 1024
@@ -185,12 +188,16 @@ func (l *Log) Capture(r io.Reader) {
 	if size < 2*max {
 		size = 2 * max
 	}
-	buf := make([]byte, size)
+	// The buffer starts small and grows while reads fill it: most
+	// services write little, and each idle one would otherwise hold 64 KiB
+	// whose pages, once written, count in init's memory.
+	buf := make([]byte, min(size, captureStart))
 	var lines [][]byte
 	start, end := 0, 0
 	for {
 		n, err := r.Read(buf[end:])
 		end += n
+		full := end == len(buf)
 		lines = lines[:0]
 		for start < end {
 			i := bytes.IndexByte(buf[start:end], '\n')
@@ -217,13 +224,21 @@ func (l *Log) Capture(r io.Reader) {
 		if len(lines) > 0 {
 			l.writeBatch(lines)
 		}
-		// Keep the partial line at the front; it is at most max bytes and
-		// the buffer is at least 2*max, so there is always room to read.
+		// Keep the partial line at the front; it is at most max bytes.
 		copy(buf, buf[start:end])
 		end -= start
 		start = 0
 		if err != nil {
 			return
+		}
+		// Grow when a read filled the buffer (more is likely waiting) or
+		// a partial line takes half of it. At full size a partial line
+		// takes at most max bytes, half the buffer, so a read always has
+		// room.
+		if (full || end > len(buf)/2) && len(buf) < size {
+			nb := make([]byte, min(2*len(buf), size))
+			copy(nb, buf[:end])
+			buf = nb
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/iotest"
 	"time"
 )
 
@@ -413,6 +414,39 @@ func TestConcurrentWriters(t *testing.T) {
 	if next["out"] != perPipe || next["err"] != perPipe {
 		t.Errorf("file has %v lines per source, want %d each", next, perPipe)
 	}
+}
+
+// Capture's buffer starts at captureStart bytes and grows: lines longer
+// than it, however the reads cut them, arrive whole (or split at MaxLine).
+func TestCaptureLinesLongerThanFirstBuffer(t *testing.T) {
+	long, longer := strings.Repeat("a", 5000), strings.Repeat("b", DefaultMaxLine+3616)
+	in := "short\n" + long + "\n" + longer
+	want := []string{"short", long, longer[:DefaultMaxLine], longer[DefaultMaxLine:]}
+	for _, tt := range []struct {
+		name string
+		r    func(io.Reader) io.Reader
+	}{
+		{"whole", func(r io.Reader) io.Reader { return r }},
+		{"one byte per read", iotest.OneByteReader},
+		{"half of each read", iotest.HalfReader},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			l := open(t, Config{RingLines: 10})
+			l.Capture(tt.r(strings.NewReader(in)))
+			got := texts(t, l.Lines(10))
+			if strings.Join(got, "|") != strings.Join(want, "|") {
+				t.Errorf("got %d lines of %v bytes, want %d of %v", len(got), lens(got), len(want), lens(want))
+			}
+		})
+	}
+}
+
+func lens(lines []string) []int {
+	n := make([]int, len(lines))
+	for i, l := range lines {
+		n[i] = len(l)
+	}
+	return n
 }
 
 func TestBinaryInputIsBounded(t *testing.T) {
