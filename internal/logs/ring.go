@@ -5,7 +5,11 @@ package logs
 // written in (or -1 when it never reached the file), so that a reader can
 // tell which of the newest lines the files also hold.
 type ring struct {
+	// slots grows towards lines as lines arrive, so that a service that
+	// writes little does not hold (and touch) a slot for every line it
+	// might keep.
 	slots    []slot
+	lines    int // lines kept at most
 	head, n  int // oldest slot, number of lines held
 	bytes    int // bytes held by the n lines
 	maxBytes int
@@ -17,17 +21,23 @@ type slot struct {
 }
 
 func newRing(lines, maxBytes int) ring {
-	return ring{slots: make([]slot, lines), maxBytes: maxBytes}
+	return ring{lines: lines, maxBytes: maxBytes}
 }
+
+// firstSlots is how many slots a ring has before it grows.
+const firstSlots = 8
 
 // add stores one line; gen is as in slot.
 func (r *ring) add(prefix, line []byte, gen int64) {
-	if len(r.slots) == 0 {
+	if r.lines == 0 {
 		return
 	}
 	need := len(prefix) + len(line)
 	if need > r.maxBytes {
 		return // would not fit even alone (maxBytes is never below a line)
+	}
+	if r.n == len(r.slots) && len(r.slots) < r.lines {
+		r.grow()
 	}
 	for r.n > 0 && (r.n == len(r.slots) || r.bytes+need > r.maxBytes) {
 		r.dropOldest()
@@ -41,6 +51,15 @@ func (r *ring) add(prefix, line []byte, gen int64) {
 	b = append(append(b, prefix...), line...)
 	r.slots[i] = slot{b: b, gen: gen}
 	r.bytes += need
+}
+
+// grow doubles the slots (up to lines), the oldest line first.
+func (r *ring) grow() {
+	slots := make([]slot, min(max(2*len(r.slots), firstSlots), r.lines))
+	for k := 0; k < r.n; k++ {
+		slots[k] = *r.at(k)
+	}
+	r.slots, r.head = slots, 0
 }
 
 func (r *ring) dropOldest() {
