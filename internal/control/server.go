@@ -171,7 +171,7 @@ func ListenUnix(path string, shared bool) (*net.UnixListener, error) {
 		if fi.Mode()&os.ModeSocket == 0 {
 			return nil, fmt.Errorf("control socket %s: a %s is in the way; remove it or change control.unix_socket_path", path, fi.Mode().Type())
 		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		if c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"}); err == nil {
 			c.Close()
 			return nil, fmt.Errorf("control socket %s: another server is listening there (is init already running?)", path)
 		}
