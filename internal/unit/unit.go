@@ -12,9 +12,9 @@
 package unit
 
 import (
-	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math"
 	"os/user"
 	"path/filepath"
@@ -109,7 +109,7 @@ type Unit struct {
 	Rlimits        []Rlimit
 	OOMScoreAdjust *int
 
-	Hash     [32]byte // SHA-256 of the file, to tell whether it changed on disk
+	Hash     [16]byte // FNV-1a of the file, to tell whether it changed on disk (see fileHash)
 	Warnings []string // ignored problems, "file:line: message"
 }
 
@@ -255,7 +255,7 @@ func Parse(path string, data []byte) (*Unit, error) {
 		StartLimitInterval: DefaultStartLimitInterval,
 		Type:               TypeSimple,
 		TimeoutStartSec:    DefaultTimeoutStartSec,
-		Hash:               sha256.Sum256(data),
+		Hash:               fileHash(data),
 	}
 	var raw map[string]any
 	if _, err := toml.Decode(string(data), &raw); err != nil {
@@ -630,4 +630,16 @@ func (u *Unit) Credential() (*syscall.Credential, error) {
 	// ForkExec then calls setgroups(0), so the service does not keep
 	// root's supplementary groups.
 	return cred, nil
+}
+
+// fileHash tells whether a unit file changed between two loads. It need
+// not resist forgery (whoever can write the file decides what runs
+// anyway), and FNV-1a keeps crypto/sha256, with the FIPS module and its
+// DRBG and AES it brings along, out of init: their code is mapped into
+// PID 1's memory for as long as it runs.
+func fileHash(data []byte) (sum [16]byte) {
+	h := fnv.New128a()
+	h.Write(data)
+	h.Sum(sum[:0])
+	return sum
 }
