@@ -267,6 +267,7 @@ func run(a args, pid1 bool, log *logger) int {
 		AppConsole: os.Stderr, // PID 1's stderr is the console
 		Info:       info,
 		Cgroups:    cgroups,
+		Settled:    freeStartupMemory,
 	})
 
 	srv := control.NewServer(control.Config{
@@ -318,6 +319,15 @@ func run(a args, pid1 bool, log *logger) int {
 	emergency(log)
 	return 0
 }
+
+// freeStartupMemory hands the memory start-up used and no longer needs
+// (parsed unit files, configuration, stacks of goroutines that ended) back
+// to the kernel once the services have started. Left to itself the Go
+// runtime keeps such pages until the heap reaches its GC goal (4 MB at the
+// least), which a supervisor of idle services may never do: with 50 idle
+// services that is 0.5 MB of init's 6.6 MB. The collection takes a few
+// milliseconds, off the supervisor's loop.
+func freeStartupMemory() { go debug.FreeOSMemory() }
 
 // outerManagerVars are set by a service manager that runs init (systemd,
 // in supervisor mode) for init itself: passed on, they would make a service

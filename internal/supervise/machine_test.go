@@ -640,3 +640,35 @@ func TestNotifyTimeoutAndForeignSender(t *testing.T) {
 		t.Errorf("log does not say why:\n%s", r.messages())
 	}
 }
+
+// TestSettledOnceAfterStartup: Config.Settled is called once, when the
+// last service the boot started has left Starting, and not again for later
+// starts.
+func TestSettledOnceAfterStartup(t *testing.T) {
+	var calls int // written on the loop, read there through r.s.call
+	r := newRigWith(t, map[string]string{
+		"a.service": simple + "Restart = \"always\"\nRestartSec = 1\n",
+		"n.service": notify,
+	}, func(c *Config) { c.Settled = func() { calls++ } })
+	count := func() (n int) {
+		r.s.call(func() { n = calls })
+		return n
+	}
+	r.wantState("n", stateStarting)
+	if n := count(); n != 0 {
+		t.Fatalf("Settled called %d times while n starts, want 0", n)
+	}
+	r.ready("n")
+	if n := count(); n != 1 {
+		t.Fatalf("Settled called %d times after n is ready, want 1", n)
+	}
+	r.exit("a", 1)
+	r.fire(time.Second)
+	r.wantState("a", stateRunning)
+	if err := r.s.RestartService("a"); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(); n != 1 {
+		t.Fatalf("Settled called %d times after later starts, want 1", n)
+	}
+}

@@ -156,6 +156,7 @@ func (s *Supervisor) setState(sv *service, st State, reason string) {
 			close(w)
 		}
 		sv.settled = nil
+		s.checkSettled()
 	}
 }
 

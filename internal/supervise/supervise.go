@@ -61,6 +61,10 @@ type Config struct {
 	Cgroups *cgroup.Tree
 	// Info is copied into SystemStatus (mode, heartbeat, NSM, modules).
 	Info wire.SystemStatus
+	// Settled, when set, is called once, on the loop, when start-up has
+	// settled: every service the boot started has left Waiting and
+	// Starting (it runs, has exited or has failed). It must not block.
+	Settled func()
 }
 
 // Supervisor owns every service. Create it with New and run it with Run.
@@ -81,6 +85,7 @@ type Supervisor struct {
 	stopping *shutdown
 	adhoc    *logs.Log
 	appOn    bool // the /cmd application is one of the services
+	settling bool // start-up runs and Config.Settled is still to be called
 
 	captures sync.WaitGroup // log capture goroutines, drained before the logs close
 
@@ -180,6 +185,8 @@ func (s *Supervisor) Run(ctx context.Context) (reboot bool) {
 	}
 	s.running.Store(true)
 	s.load(true, "")
+	s.settling = s.cfg.Settled != nil
+	s.checkSettled()
 	if s.cfg.Cgroups != nil {
 		go s.watchOOM()
 	}
@@ -204,6 +211,21 @@ func (s *Supervisor) Run(ctx context.Context) (reboot bool) {
 			return s.rebootF.Load()
 		}
 	}
+}
+
+// checkSettled calls Config.Settled once no service is Waiting or Starting
+// any more, the first time after start-up; it runs on the loop.
+func (s *Supervisor) checkSettled() {
+	if !s.settling {
+		return
+	}
+	for _, sv := range s.services {
+		if sv.state == stateWaiting || sv.state == stateStarting {
+			return
+		}
+	}
+	s.settling = false
+	s.cfg.Settled()
 }
 
 func (s *Supervisor) safely(f func()) {
