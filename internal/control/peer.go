@@ -16,8 +16,9 @@ type CIDConn interface {
 	PeerCID() uint32
 }
 
-// identify works out who is on the other end of c.
-func identify(c net.Conn, t Transport) (Peer, error) {
+// identify works out who is on the other end of c; raw is c's descriptor
+// if the caller has it at hand, or nil.
+func identify(c net.Conn, raw syscall.RawConn, t Transport) (Peer, error) {
 	p := Peer{Transport: t}
 	if t == TransportVsock {
 		if a, ok := c.RemoteAddr().(*vsock.Addr); ok {
@@ -27,13 +28,15 @@ func identify(c net.Conn, t Transport) (Peer, error) {
 		}
 		return p, nil
 	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return p, fmt.Errorf("connection %T has no file descriptor to read SO_PEERCRED from", c)
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return p, fmt.Errorf("SO_PEERCRED: %w", err)
+	if raw == nil {
+		sc, ok := c.(syscall.Conn)
+		if !ok {
+			return p, fmt.Errorf("connection %T has no file descriptor to read SO_PEERCRED from", c)
+		}
+		var err error
+		if raw, err = sc.SyscallConn(); err != nil {
+			return p, fmt.Errorf("SO_PEERCRED: %w", err)
+		}
 	}
 	// One value for what the callback finds: each variable it captured
 	// would be a heap allocation of its own, per connection.

@@ -6,10 +6,12 @@
 package control
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -264,7 +266,12 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, t Transport) error {
 			<-sem
 			return nil
 		}
-		j := job{c, t, sl}
+		j := job{c: c, t: t, sl: sl}
+		if s.answerAtOnce(&j) {
+			s.untrack(c)
+			<-sem
+			continue
+		}
 		select {
 		case s.work <- j: // an idle worker took it
 		default:
@@ -274,11 +281,17 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, t Transport) error {
 	}
 }
 
-// job is one accepted connection waiting to be served.
+// job is one accepted connection waiting to be served, with what the
+// accept loop found out about it (see answerAtOnce).
 type job struct {
 	c  net.Conn
 	t  Transport
 	sl *slots // the listener's; one of sl.all is released when done
+
+	peer       Peer // valid if identified
+	identified bool
+	pre        []byte // the start of the request, already read
+	answer     []byte // the rest of an answer whose start is written
 }
 
 // workerIdle is how long a worker goroutine waits for the next connection
@@ -291,15 +304,30 @@ func (s *Server) worker(j job) {
 	defer s.wg.Done()
 	idle := time.NewTimer(workerIdle)
 	defer idle.Stop()
-	for {
+	for ok := true; ok; j, ok = s.next(idle, time.Now()) {
 		s.serveConn(j)
-		idle.Reset(workerIdle)
+	}
+}
+
+// next waits for a worker's next connection; it reports false when the
+// worker has been idle for workerIdle since its last one, which ended at
+// last. The idle timer is not re-armed per connection, which would be a
+// timer update (and, with no other timer pending, a wake-up of the
+// thread in epoll) per request: it fires workerIdle after it was last
+// armed and is armed again for what is left.
+func (s *Server) next(idle *time.Timer, last time.Time) (job, bool) {
+	for {
 		select {
-		case j = <-s.work:
+		case j := <-s.work:
+			return j, true
 		case <-idle.C:
-			return
+			d := time.Since(last)
+			if d >= workerIdle {
+				return job{}, false
+			}
+			idle.Reset(workerIdle - d)
 		case <-s.ctx.Done():
-			return
+			return job{}, false
 		}
 	}
 }
@@ -307,8 +335,12 @@ func (s *Server) worker(j job) {
 func (s *Server) serveConn(j job) {
 	defer func() { <-j.sl.all }()
 	defer s.untrack(j.c)
-	defer s.recoverPanic("connection")
-	s.handle(j.c, j.t, j.sl)
+	defer s.recoverPanic("connection", nil)
+	if j.answer != nil {
+		s.writeBytes(j.c, j.answer)
+		return
+	}
+	s.handle(&j)
 }
 
 // track registers a connection so that Close can cut it; it reports false
@@ -352,17 +384,27 @@ func (s *Server) Close() error {
 	return nil
 }
 
-func (s *Server) recoverPanic(what string) {
+// recoverPanic, deferred, logs a panic and ends it; it sets *panicked,
+// if not nil, when there was one.
+func (s *Server) recoverPanic(what string, panicked *bool) {
 	if r := recover(); r != nil {
 		s.cfg.Logf("control: panic in %s: %v\n%s", what, r, debug.Stack())
+		if panicked != nil {
+			*panicked = true
+		}
 	}
 }
 
 // readRequest reads one JSON value without waiting for EOF: reference
-// clients never half-close, so the value's end is the request's end.
-func (s *Server) readRequest(c net.Conn) (wire.Request, *wire.Response, error) {
+// clients never half-close, so the value's end is the request's end. pre
+// is what was already read of it.
+func (s *Server) readRequest(c net.Conn, pre []byte) (wire.Request, *wire.Response, error) {
+	var r io.Reader = c
+	if len(pre) > 0 {
+		r = io.MultiReader(bytes.NewReader(pre), c)
+	}
 	c.SetReadDeadline(time.Now().Add(s.cfg.IOTimeout))
-	raw, err := wire.ReadValue(c, wire.MaxRequestSize)
+	raw, err := wire.ReadValue(r, wire.MaxRequestSize)
 	if err != nil {
 		if errors.Is(err, wire.ErrTooLarge) {
 			r := wire.Errorf("request larger than %d bytes refused", wire.MaxRequestSize)
@@ -379,6 +421,13 @@ func (s *Server) readRequest(c net.Conn) (wire.Request, *wire.Response, error) {
 		r := wire.Errorf("Invalid request: incomplete JSON value (%v)", err)
 		return wire.Request{}, &r, nil
 	}
+	req, early := decodeRequest(raw)
+	return req, early, nil
+}
+
+// decodeRequest decodes a framed request, or returns the answer to a bad
+// one.
+func decodeRequest(raw []byte) (wire.Request, *wire.Response) {
 	var req wire.Request
 	// Calling the decoder directly skips encoding/json's extra validation
 	// pass over the whole request; the decoder validates what it reads.
@@ -387,16 +436,20 @@ func (s *Server) readRequest(c net.Conn) (wire.Request, *wire.Response, error) {
 		if errors.As(err, &ue) {
 			// The reference's prefix, which scripts may match.
 			r := wire.Errorf("Invalid request: %v", ue)
-			return req, &r, nil
+			return req, &r
 		}
 		r := wire.Errorf("Invalid request: %v", err)
-		return req, &r, nil
+		return req, &r
 	}
-	return req, nil, nil
+	return req, nil
 }
 
-func (s *Server) handle(c net.Conn, t Transport, sl *slots) {
-	peer, err := identify(c, t)
+func (s *Server) handle(j *job) {
+	c, sl, peer := j.c, j.sl, j.peer
+	var err error
+	if !j.identified {
+		peer, err = identify(c, nil, j.t)
+	}
 	if err != nil {
 		s.refusals.Event("unidentified peers", "control: %v", err)
 		s.refuse(c, wire.Errorf("cannot identify the peer: %v", err))
@@ -422,7 +475,7 @@ func (s *Server) handle(c net.Conn, t Transport, sl *slots) {
 			return
 		}
 	}
-	req, early, err := s.readRequest(c)
+	req, early, err := s.readRequest(c, j.pre)
 	if err != nil {
 		return
 	}
@@ -558,6 +611,11 @@ func (s *Server) logs(c net.Conn, req wire.Request) {
 }
 
 func (s *Server) writeBytes(c net.Conn, b []byte) error {
+	// What fits in the socket buffer (a whole answer, usually) is written
+	// first without waiting, so without a deadline to arm.
+	if raw := rawConn(c); raw != nil {
+		b = b[tryWrite(raw, b):]
+	}
 	for len(b) > 0 {
 		n := min(len(b), writeChunk)
 		c.SetWriteDeadline(time.Now().Add(s.cfg.IOTimeout))

@@ -16,6 +16,15 @@ type VersionedStatus interface {
 	ServiceStatusAt(name string) (st wire.ServiceStatus, version uint64, live bool, err error)
 }
 
+// StatusVersioner is implemented by handlers (the supervisor) that can
+// tell at once, without waiting for anything, the version ServiceStatusAt
+// would report for a status that is not live. The accept loop answers
+// from the cache with it (see answerAtOnce); ok false sends the request
+// to a worker, which asks ServiceStatusAt.
+type StatusVersioner interface {
+	StatusVersion(name string) (version uint64, ok bool)
+}
+
 // maxCachedStatuses bounds the encoded status answers kept: one per
 // service asked about, and services come and go with reloads, so the
 // cache is emptied when it is full rather than grown.
@@ -63,6 +72,27 @@ func (s *Server) statusAnswer(name string) []byte {
 		c.mu.Unlock()
 	}
 	return b
+}
+
+// cachedAnswer returns the cached answer to ServiceStatus for name if it
+// is current, and nil otherwise; it never waits on the handler.
+func (s *Server) cachedAnswer(name string) []byte {
+	sv, ok := s.cfg.Handler.(StatusVersioner)
+	if !ok {
+		return nil
+	}
+	version, ok := sv.StatusVersion(name)
+	if !ok {
+		return nil
+	}
+	c := &s.statuses
+	c.mu.Lock()
+	e, hit := c.m[name]
+	c.mu.Unlock()
+	if !hit || e.version != version {
+		return nil
+	}
+	return e.b
 }
 
 // encodeStatus encodes a status answer; st is a copy of its own, so that

@@ -89,7 +89,7 @@ func (s *Server) startStream(req wire.Request, peer Peer) wire.Response {
 	s.mu.Unlock()
 
 	go func() {
-		defer s.recoverPanic("log stream " + req.Name)
+		defer s.recoverPanic("log stream "+req.Name, nil)
 		defer close(st.done)
 		defer func() {
 			s.mu.Lock()
@@ -104,7 +104,7 @@ func (s *Server) startStream(req wire.Request, peer Peer) wire.Response {
 		// The host never sends; a read returning means it has gone, which
 		// must end the stream even while the service is quiet.
 		go func() {
-			defer s.recoverPanic("log stream watcher")
+			defer s.recoverPanic("log stream watcher", nil)
 			io.Copy(io.Discard, conn)
 			cancel()
 		}()
@@ -180,7 +180,7 @@ func (s *Server) follow(c net.Conn, req wire.Request) {
 	defer cancel()
 	c.SetReadDeadline(time.Time{})
 	go func() {
-		defer s.recoverPanic("follow watcher")
+		defer s.recoverPanic("follow watcher", nil)
 		io.Copy(io.Discard, c)
 		cancel()
 	}()

@@ -54,8 +54,9 @@ func (t *Throttle) Event(key, format string, args ...any) {
 	if t.timer == nil {
 		t.timer = time.AfterFunc(t.window, t.flush)
 	}
+	first := !seen && len(t.counts) <= maxThrottleKeys // read under the lock: a concurrent Event writes the map
 	t.mu.Unlock()
-	if !seen && len(t.counts) <= maxThrottleKeys {
+	if first {
 		t.logf(format, args...)
 	}
 }

@@ -144,6 +144,24 @@ func (s *Supervisor) ServiceStatusAt(name string) (st wire.ServiceStatus, versio
 	return st, sn.version, live, nil
 }
 
+// StatusVersion returns, without waiting for the loop, the version
+// ServiceStatusAt would report for name with live false; ok is false when
+// it cannot say so at once: the view is out of date (only the loop makes
+// a new one), the service is unknown, or its answer would be live.
+func (s *Supervisor) StatusVersion(name string) (version uint64, ok bool) {
+	sn := s.snap.Load()
+	if sn == nil || sn.version != s.version.Load() {
+		return 0, false
+	}
+	if _, known := sn.status[name]; !known || sn.groups[name] != "" {
+		return 0, false
+	}
+	if l := sn.logs[name]; l != nil && l.Err() != nil {
+		return 0, false
+	}
+	return sn.version, true
+}
+
 // statusInfo builds the status of one service; the loop calls it.
 func (sv *service) statusInfo() wire.ServiceStatus {
 	inf := sv.info()
