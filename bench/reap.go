@@ -36,8 +36,10 @@ func (e *env) stormCommand(fifo string) []string {
 }
 
 // measureStorm times the storm under the supervisor sup, which has started
-// the storm command; the storm's shell stays sup's one child afterwards.
-func measureStorm(sup *exec.Cmd, fifo string, out *tail) (float64, error) {
+// the storm command; the storm's shell stays sup's one child afterwards. It
+// returns the wall time and the supervisor's CPU time over the same span,
+// both in ms.
+func measureStorm(sup *exec.Cmd, fifo string, out *tail) (wall, cpu float64, err error) {
 	// Opening the FIFO blocks until the writer (zombies' stdout) opens it.
 	opened := make(chan *os.File, 1)
 	go func() {
@@ -52,32 +54,55 @@ func measureStorm(sup *exec.Cmd, fifo string, out *tail) (float64, error) {
 	select {
 	case f = <-opened:
 	case <-time.After(30 * time.Second):
-		return 0, fmt.Errorf("the storm did not start within 30s; supervisor output: %s", out)
+		return 0, 0, fmt.Errorf("the storm did not start within 30s; supervisor output: %s", out)
 	}
 	if f == nil {
-		return 0, fmt.Errorf("opening %s failed", fifo)
+		return 0, 0, fmt.Errorf("opening %s failed", fifo)
 	}
 	defer f.Close()
 	r := bufio.NewReader(f)
 	line, err := r.ReadString('\n')
-	start := time.Now()
+	start, cpu0 := time.Now(), cpuTime(sup.Process.Pid)
 	if err != nil || !strings.Contains(line, "forked") {
-		return 0, fmt.Errorf("zombies did not report (%q, %v); supervisor output: %s", line, err, out)
+		return 0, 0, fmt.Errorf("zombies did not report (%q, %v); supervisor output: %s", line, err, out)
 	}
 	// Every orphan holds the FIFO open as its stdout until it exits, so
 	// EOF means all have exited and been reparented to sup; those not yet
 	// reaped are then zombies listed among its children.
 	if _, err := io.Copy(io.Discard, r); err != nil {
-		return 0, fmt.Errorf("reading %s: %w", fifo, err)
+		return 0, 0, fmt.Errorf("reading %s: %w", fifo, err)
 	}
 	buf := make([]byte, 64)
 	// The shell that ran zombies stays: one child.
 	if err := waitFor(60*time.Second, time.Millisecond, "every orphan to be reaped", func() bool {
 		return countChildren(sup.Process.Pid, buf, 1) <= 1
 	}); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return float64(time.Since(start).Microseconds()) / 1000, nil
+	wall = float64(time.Since(start).Microseconds()) / 1000
+	return wall, float64(cpuTime(sup.Process.Pid)-cpu0) / 1e6, nil
+}
+
+// cpuTime returns the CPU time, in ns, that the threads of process pid have
+// run so far (the first field of each /proc/PID/task/TID/schedstat): the
+// supervisor's own work, system calls included, whichever CPU and whatever
+// else ran beside it. Wall-clock figures of a storm depend on how the
+// scheduler shares two CPUs between 10 000 exiting processes and the
+// reaper; this one does not.
+func cpuTime(pid int) int64 {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	var sum int64
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue // the thread ended
+		}
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			n, _ := strconv.ParseInt(f[0], 10, 64)
+			sum += n
+		}
+	}
+	return sum
 }
 
 func mkfifo(dir string) (string, error) {
@@ -114,7 +139,7 @@ func measureReap(e *env, name string, start func(dir string, argv []string) (*ex
 	}
 	// The lag first: after a storm the kernel goes on freeing 10 000
 	// tasks for a while, which would be measured with it.
-	lag, err := measureLag(e, filepath.Join(dir, "lag"), start)
+	lag, lagCPU, err := measureLag(e, filepath.Join(dir, "lag"), start)
 	if err != nil {
 		return nil, err
 	}
@@ -126,12 +151,12 @@ func measureReap(e *env, name string, start func(dir string, argv []string) (*ex
 	if err != nil {
 		return nil, err
 	}
-	storm, err := measureStorm(sup, fifo, out)
+	storm, stormCPU, err := measureStorm(sup, fifo, out)
 	killTree(sup)
 	if err != nil {
 		return nil, err
 	}
-	return []float64{storm, lag}, nil
+	return []float64{storm, stormCPU, lag, lagCPU}, nil
 }
 
 // lagOrphans is how many single exits measureLag times per run.
@@ -151,7 +176,8 @@ func lagOrphans(e *env) int {
 // orphan through a pidfd, which becomes readable when its process exits and
 // reports POLLHUP when it has been reaped. The figure is the median, over
 // the orphans, of the time from the one event to the other, both seen by
-// this process in the same way for either supervisor.
+// this process in the same way for either supervisor. It also returns the
+// supervisor's CPU time over the k exits divided by k, in µs.
 //
 // An earlier form timed the tail of the storm instead (from the last
 // orphan's exit to the last reap). That figure is the time to drain
@@ -159,31 +185,31 @@ func lagOrphans(e *env) int {
 // the backlog ranged from 1 to 7 700 of the 10 000 between consecutive runs
 // on a loaded two-core machine, depending on how the scheduler had shared
 // the CPUs between the exiting orphans and the reaper: hence the 40× spread.
-func measureLag(e *env, dir string, start func(dir string, argv []string) (*exec.Cmd, *tail, error)) (float64, error) {
+func measureLag(e *env, dir string, start func(dir string, argv []string) (*exec.Cmd, *tail, error)) (lag, cpuPerExit float64, err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	release := filepath.Join(dir, "release")
 	if err := syscall.Mkfifo(release, 0o600); err != nil {
-		return 0, fmt.Errorf("mkfifo %s: %w", release, err)
+		return 0, 0, fmt.Errorf("mkfifo %s: %w", release, err)
 	}
 	// Held open for reading and writing, so that neither the subshells'
 	// opens nor ours block, and so that the FIFO never reports EOF.
 	rel, err := os.OpenFile(release, os.O_RDWR, 0)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer rel.Close()
 	k := lagOrphans(e)
 	script := filepath.Join(dir, "orphans.sh")
 	body := fmt.Sprintf("i=0\nwhile [ $i -lt %d ]; do read x <%s & echo $!; i=$((i+1)); done\n", k, release)
 	if err := os.WriteFile(script, []byte(body), 0o644); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	pidFile := filepath.Join(dir, "pids")
 	sup, out, err := start(dir, []string{"/bin/sh", "-c", fmt.Sprintf("/bin/sh %s >%s; exec sleep 1000", script, pidFile)})
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer killTree(sup)
 	var pids []int
@@ -199,7 +225,7 @@ func measureLag(e *env, dir string, start func(dir string, argv []string) (*exec
 		}
 		return len(pids) == k && countChildren(sup.Process.Pid, buf, -1) == k+1
 	}); err != nil {
-		return 0, fmt.Errorf("%w; supervisor output: %s", err, out)
+		return 0, 0, fmt.Errorf("%w; supervisor output: %s", err, out)
 	}
 	fds := make([]unix.PollFd, 0, k)
 	defer func() {
@@ -210,30 +236,31 @@ func measureLag(e *env, dir string, start func(dir string, argv []string) (*exec
 	for _, p := range pids {
 		fd, err := unix.PidfdOpen(p, 0)
 		if err != nil {
-			return 0, fmt.Errorf("pidfd_open %d: %w", p, err)
+			return 0, 0, fmt.Errorf("pidfd_open %d: %w", p, err)
 		}
 		fds = append(fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
 	}
 	lags := make([]float64, 0, k)
+	cpu0 := cpuTime(sup.Process.Pid)
 	for len(fds) > 0 {
 		released := time.Now()
 		if _, err := rel.Write([]byte{'\n'}); err != nil {
-			return 0, fmt.Errorf("releasing an orphan: %w", err)
+			return 0, 0, fmt.Errorf("releasing an orphan: %w", err)
 		}
 		i, _, err := pollOne(fds, 10*time.Second)
 		if err != nil {
-			return 0, fmt.Errorf("waiting for an orphan to exit: %w; supervisor output: %s", err, out)
+			return 0, 0, fmt.Errorf("waiting for an orphan to exit: %w; supervisor output: %s", err, out)
 		}
 		one := []unix.PollFd{{Fd: fds[i].Fd}} // no events asked: POLLHUP only
 		if _, reaped, err := pollOne(one, 10*time.Second); err != nil {
-			return 0, fmt.Errorf("waiting for an orphan to be reaped: %w; supervisor output: %s", err, out)
+			return 0, 0, fmt.Errorf("waiting for an orphan to be reaped: %w; supervisor output: %s", err, out)
 		} else {
 			lags = append(lags, float64(reaped.Sub(released).Nanoseconds())/1000)
 		}
 		unix.Close(int(fds[i].Fd))
 		fds = append(fds[:i], fds[i+1:]...)
 	}
-	return median(lags), nil
+	return median(lags), float64(cpuTime(sup.Process.Pid)-cpu0) / 1e3 / float64(k), nil
 }
 
 // pollOne waits until one of fds reports an event and returns its index and
@@ -264,7 +291,9 @@ func reapRow(runs int) row {
 		title: "Orphan reaping",
 		metrics: []metric{
 			{name: "ms from the storm's start until 10 000 orphans exiting at once are all reaped", format: ms},
+			{name: "the supervisor's CPU time over the same span (its threads' run time: what the reaper itself costs)", format: ms},
 			{name: "µs from one orphan's exit until its reap, the supervisor otherwise idle (the reaper's own lag; median of 100 exits)", format: us},
+			{name: "the supervisor's CPU time per single exit over those 100 (µs)", format: us},
 		},
 		ours:   contender{name: "init (subreaper mode)", measure: reapOurs},
 		theirs: []contender{{name: "tini -s", needs: []string{"tini"}, measure: reapTini}},
