@@ -9,10 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/nitroinit/nitroinit/internal/sigdisp"
 	"github.com/nitroinit/nitroinit/internal/wire"
 )
 
@@ -330,14 +328,16 @@ func TestShutdownOrder(t *testing.T) {
 // of init do (the Go runtime never touches it), so that init inherits the
 // ignore and has to undo it for its services.
 func ignoreSignal32(t *testing.T) {
-	var old kernelSigaction
-	ign := kernelSigaction{handler: sigIgn}
-	if _, _, e := unix.RawSyscall6(unix.SYS_RT_SIGACTION, 32, uintptr(unsafe.Pointer(&ign)), uintptr(unsafe.Pointer(&old)), 8, 0, 0); e != 0 {
-		t.Fatalf("rt_sigaction(32): %v", e)
+	was, err := sigdisp.Ignored(32)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		unix.RawSyscall6(unix.SYS_RT_SIGACTION, 32, uintptr(unsafe.Pointer(&old)), 0, 8, 0, 0)
-	})
+	if err := sigdisp.Ignore(32); err != nil {
+		t.Fatal(err)
+	}
+	if !was {
+		t.Cleanup(func() { sigdisp.Default(32) })
+	}
 }
 
 func TestEnvironmentCredentialsAndSignals(t *testing.T) {
