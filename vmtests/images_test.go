@@ -74,6 +74,11 @@ func mainGuest() guest {
 			// Inside the guest: initctl over the Unix socket, as root.
 			"inside.service.disabled":    `ExecStart = "/usr/bin/initctl list"`,
 			"insidesys.service.disabled": `ExecStart = "/usr/bin/initctl system-status"`,
+			// Inside the guest: initctl over real AF_VSOCK through the
+			// loopback transport (CID 1), a peer with the default vsock
+			// classes (read, manage): it may look, and may not power off.
+			"loopsys.service.disabled":  "ExecStart = \"/usr/bin/initctl -p vsock --vsock-cid 1 system-status\"\nRestart = \"no\"",
+			"loophalt.service.disabled": "ExecStart = \"/usr/bin/initctl -p vsock --vsock-cid 1 shutdown\"\nRestart = \"no\"",
 
 			// Shutdown: it must get SIGTERM, and its last words must reach
 			// its log.

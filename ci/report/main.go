@@ -1,9 +1,9 @@
 // Command report reads `go test -json` output on stdin, prints it as
 // `go test -v` would, and ends with one line counting passed, failed and
-// skipped test cases. A skipped vmtest makes it exit 1, and so does any
-// other skipped test whose name does not match -allow-skip: on this
-// project's CI machine every prerequisite is installed, so a skip means a
-// test silently did not run.
+// skipped test cases. A skipped vmtest makes it exit 1, and with -strict
+// (as in CI) so does any other skipped test whose name does not match
+// -allow-skip: on this project's CI machine every prerequisite is
+// installed, so a skip means a test silently did not run.
 package main
 
 import (
@@ -27,7 +27,8 @@ type event struct {
 
 func main() {
 	kind := flag.String("kind", "unit", `"unit" or "vmtest": vmtests may not skip`)
-	allow := flag.String("allow-skip", "", "regular expression of test names (package/Test) that may skip")
+	strict := flag.Bool("strict", false, "every skipped test fails the run, except those -allow-skip names (vmtests are always strict)")
+	allow := flag.String("allow-skip", "", "with -strict, a regular expression of test names (package/Test) that may skip")
 	flag.Parse()
 	var passed, failed, skipped int
 	var skips, fails []string
@@ -90,7 +91,7 @@ func main() {
 			bad = append(bad, s)
 		}
 	}
-	if len(bad) > 0 && (*kind == "vmtest" || allowed != nil) {
+	if len(bad) > 0 && (*kind == "vmtest" || *strict) {
 		fmt.Fprintf(w, "\nthese tests may not skip here:\n  %s\n", strings.Join(bad, "\n  "))
 		rc = 1
 	}
