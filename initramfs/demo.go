@@ -123,7 +123,7 @@ func runDemo(ctx context.Context, out, errw io.Writer, sf simFlags, initBin, ctl
 
 	d.step("Managing the enclave from the host with initctl")
 	// The control socket opens a moment after the heartbeat: retry ping.
-	if err := d.until(ctx, time.Minute, 200*time.Millisecond, func() (bool, string) {
+	if err := d.until(ctx, "init's control socket to answer ping", 200*time.Millisecond, func() (bool, string) {
 		_, err := d.output(ctx, "ping")
 		return err == nil, "init's control socket did not answer"
 	}); err != nil {

@@ -153,7 +153,7 @@ func runDemoEIF(ctx context.Context, cmd *cobra.Command, sf simFlags, initBin, c
 		return err
 	}
 	d.step("Managing the enclave from the host with initctl")
-	if err := d.until(ctx, time.Minute, 300*time.Millisecond, func() (bool, string) {
+	if err := d.until(ctx, "the app's output in its log", 300*time.Millisecond, func() (bool, string) {
 		s, err := d.output(ctx, "logs", "app")
 		return err == nil && strings.Contains(s, "cwd:"), fmt.Sprintf("the app's output did not show (initctl logs app: %v: %s)", err, s)
 	}); err != nil {

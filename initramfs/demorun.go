@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nitroinit/nitroinit/internal/enclavesim"
+	"github.com/nitroinit/nitroinit/internal/wait"
 )
 
 // demoBinary is a program a demo needs on the host, with the flag that
@@ -135,58 +136,36 @@ func (d *demoRun) run(ctx context.Context, args ...string) error {
 	return nil
 }
 
-// until calls ok every interval until it reports true. It gives up only
-// when nothing has moved for stall: neither what ok describes nor the
-// guest's console. A busy machine (a guest under TCG beside other work)
-// makes the demo slower, not failed; a guest that hangs still fails it,
-// naming what did not happen and showing the console's end.
-func (d *demoRun) until(ctx context.Context, stall, every time.Duration, ok func() (bool, string)) error {
-	var last string
-	lines := int64(-1)
-	moved := time.Now()
-	for {
-		done, what := ok()
-		if done {
-			return nil
-		}
-		if n := d.vm.ConsoleLines(); what != last || n != lines {
-			last, lines, moved = what, n, time.Now()
-		}
-		if time.Since(moved) > stall || ctx.Err() != nil {
-			return fmt.Errorf("%s (nothing moved for %s); console:\n%s", what, stall, d.vm.ConsoleTail(20))
-		}
-		time.Sleep(every)
-	}
-}
+// demoStall is how long a demo step may see nothing move, neither what it
+// waits for nor the guest's console, before the demo gives up: a busy
+// machine (a guest under TCG beside other work) makes the demo slower, not
+// failed, and a guest that hangs still fails it.
+const demoStall = time.Minute
 
-// powerOffStall is how long the guest may show nothing on its console while
-// it shuts down before the demo gives up on it.
-const powerOffStall = time.Minute
+// until polls ok, at most every interval, until it reports true, following
+// progress as the tests do (internal/wait): what ok describes and the
+// guest's console both count. A failure names what did not happen and
+// shows the console's end.
+func (d *demoRun) until(ctx context.Context, what string, every time.Duration, ok func() (bool, string)) error {
+	lim := wait.Limits{Stall: demoStall, Poll: every, Progress: d.vm.ConsoleLines}
+	if err := lim.Until(ctx, what, ok); err != nil {
+		return fmt.Errorf("%w; console:\n%s", err, d.vm.ConsoleTail(20))
+	}
+	return nil
+}
 
 // waitPowerOff waits for the VM to end (after a shutdown request) for as
 // long as its console keeps moving, and fails unless it powered off
 // cleanly; then it prints done.
 func (d *demoRun) waitPowerOff(ctx context.Context, done string) error {
-	wctx, cancel := context.WithCancel(ctx)
+	wctx, cancel := wait.Limits{Stall: demoStall, Progress: d.vm.ConsoleLines}.Context(ctx, "the enclave to power off")
 	defer cancel()
-	go func() {
-		lines, moved := d.vm.ConsoleLines(), time.Now()
-		for wctx.Err() == nil {
-			if n := d.vm.ConsoleLines(); n != lines {
-				lines, moved = n, time.Now()
-			} else if time.Since(moved) > powerOffStall {
-				cancel()
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}()
 	exit, err := d.vm.Wait(wctx)
-	if err != nil && ctx.Err() != nil {
-		return err
-	}
 	if err != nil {
-		return fmt.Errorf("waiting for the enclave to power off (its console showed nothing for %s): %w", powerOffStall, err)
+		if ctx.Err() == nil {
+			err = context.Cause(wctx) // the wait's *wait.Error: nothing moved
+		}
+		return err
 	}
 	fmt.Fprintf(d.out, "    VM ended: %s\n", exit)
 	if exit.Kind != enclavesim.ExitPowerOff {

@@ -1,6 +1,7 @@
-// Package wait is how tests wait: they poll a condition for as long as the
-// thing they wait for keeps moving, and fail when it has not moved for a
-// stated interval, not when a wall-clock deadline passes.
+// Package wait is how tests (and the initramfs demos, which run as
+// tests too) wait: they poll a condition for as long as the thing they
+// wait for keeps moving, and fail when it has not moved for a stated
+// interval, not when a wall-clock deadline passes.
 //
 // A fixed deadline turns a slow machine into a red run: the same step that
 // takes 2 s on a quiet machine takes 20 s beside other work, and a guest
