@@ -131,17 +131,25 @@ func (s *Supervisor) ServiceStatusAt(name string) (st wire.ServiceStatus, versio
 	if !ok {
 		return st, sn.version, false, notFound(name)
 	}
-	if p := sn.groups[name]; p != "" {
-		addStatusStats(p, &st)
+	group, lerr := sn.live(name)
+	if group != "" {
+		addStatusStats(group, &st)
 		live = true
 	}
-	if l := sn.logs[name]; l != nil {
-		if lerr := l.Err(); lerr != nil {
-			st.State, st.Error = withLogError(st.State, st.Error, lerr)
-			live = true
-		}
+	if lerr != nil {
+		st.State, st.Error = withLogError(st.State, st.Error, lerr)
+		live = true
 	}
 	return st, sn.version, live, nil
+}
+
+// live returns what of name's status is read at each call rather than kept
+// in the snapshot: the cgroup its figures come from, and its log's failure.
+func (sn *snapshot) live(name string) (group string, logErr error) {
+	if l := sn.logs[name]; l != nil {
+		logErr = l.Err()
+	}
+	return sn.groups[name], logErr
 }
 
 // StatusVersion returns, without waiting for the loop, the version
@@ -153,10 +161,10 @@ func (s *Supervisor) StatusVersion(name string) (version uint64, ok bool) {
 	if sn == nil || sn.version != s.version.Load() {
 		return 0, false
 	}
-	if _, known := sn.status[name]; !known || sn.groups[name] != "" {
+	if _, known := sn.status[name]; !known {
 		return 0, false
 	}
-	if l := sn.logs[name]; l != nil && l.Err() != nil {
+	if group, lerr := sn.live(name); group != "" || lerr != nil {
 		return 0, false
 	}
 	return sn.version, true
