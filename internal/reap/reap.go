@@ -17,6 +17,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nitroinit/nitroinit/internal/yield"
 )
 
 // ExitFunc receives the exit status of a process started through the
@@ -203,7 +205,8 @@ func (r *Reaper) call(e exit) {
 // waitid cannot block is having no children at all (ECHILD); only a Start
 // can end it, since orphans are reparented from descendants, so Run then
 // waits for Start's poke, with a one-second tick as the safety net for a
-// child forked some other way.
+// child forked some other way. The loop is paced (package yield) so that
+// the runtime does not take its processor away at every waitid.
 func (r *Reaper) Run(ctx context.Context) {
 	if err := quietChildSignal(); err != nil {
 		r.logf("reap: %v; every exit also wakes the signal handler", err)
@@ -211,9 +214,9 @@ func (r *Reaper) Run(ctx context.Context) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	r.safeReap()
-	var y yielder
+	var pace yield.Pacer
 	for ctx.Err() == nil {
-		y.maybe()
+		pace.Maybe()
 		var info unix.Siginfo
 		err := unix.Waitid(unix.P_ALL, 0, &info, unix.WEXITED|unix.WNOWAIT, nil)
 		switch err {
@@ -227,37 +230,6 @@ func (r *Reaper) Run(ctx context.Context) {
 			r.logf("reap: waitid: %v", err)
 		}
 		r.idle(ctx, tick.C)
-	}
-}
-
-// yieldEvery is how long the reaper's goroutine may go without passing
-// through the scheduler: half the Go runtime's 10 ms time slice
-// (forcePreemptNS in runtime/proc.go).
-const yieldEvery = 5 * time.Millisecond
-
-// yielder keeps the reaper's goroutine from looking, to the runtime's
-// sysmon thread, like one that has run for longer than a time slice.
-//
-// The loop in Run never parks: it goes from one system call to the next
-// on the same processor (P), so the P's scheduling tick never changes.
-// Once sysmon has seen the same tick for 10 ms, it treats the goroutine as
-// long-running and, finding it in a system call, takes its P away at its
-// next waitid, at once rather than after the usual 10 ms. With both Ps
-// idle sysmon then sleeps deeply, and the reaper's return from waitid,
-// finding its P gone, takes an idle one and must wake sysmon through a
-// futex to do so; sysmon then polls every 20 µs for a while. perf on init
-// over 1 000 single exits showed a sysmon wake-up, futex pair and
-// nanosleep on most exits, a third of init's CPU time per exit
-// (docs/benchmarks.md, row 1). A Gosched makes the scheduler run the
-// goroutine anew, which advances the tick; it costs a wake-up of another
-// thread itself (Gosched's wakep), so it is done at most once per
-// yieldEvery, which is enough for sysmon to see the tick move.
-type yielder struct{ last time.Time }
-
-func (y *yielder) maybe() {
-	if now := time.Now(); now.Sub(y.last) >= yieldEvery {
-		runtime.Gosched()
-		y.last = now
 	}
 }
 
