@@ -326,7 +326,13 @@ func startKickReader(fd int, out chan<- struct{}, logf func(string, ...any)) (*k
 		unix.Close(fd)
 		return nil, fmt.Errorf("kick eventfd %d: set non-blocking: %w", fd, err)
 	}
-	k := &kickReader{f: os.NewFile(uintptr(fd), "kick"), done: make(chan struct{})}
+	f := os.NewFile(uintptr(fd), "kick")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("kick eventfd %d: %w", fd, err)
+	}
+	k := &kickReader{f: f, done: make(chan struct{})}
 	go func() {
 		defer close(k.done)
 		defer func() {
@@ -334,16 +340,31 @@ func startKickReader(fd int, out chan<- struct{}, logf func(string, ...any)) (*k
 				logf("vhostuser: kick reader panic: %v", r)
 			}
 		}()
+		// One read per kick, not two: reading an eventfd empties it, so
+		// once a read returned the counter the next kick is sure to be a
+		// new readiness edge, and the reader waits for it without first
+		// reading EAGAIN, as (*os.File).Read would. That holds only
+		// while the reader stays in this one RawRead: entering it again
+		// forgets an edge that came in between. It returns when Close
+		// evicts the fd.
 		var buf [8]byte
-		for {
-			if _, err := k.f.Read(buf[:]); err != nil {
-				return
+		rc.Read(func(fd uintptr) bool {
+			_, err := unix.Read(int(fd), buf[:])
+			for err == unix.EINTR {
+				_, err = unix.Read(int(fd), buf[:])
 			}
-			select {
-			case out <- struct{}{}:
-			default:
+			switch err {
+			case nil:
+				select {
+				case out <- struct{}{}:
+				default:
+				}
+				return false
+			case unix.EAGAIN:
+				return false
 			}
-		}
+			return true
+		})
 	}()
 	return k, nil
 }

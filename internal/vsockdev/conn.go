@@ -187,39 +187,70 @@ func (d *Device) writer(c *conn, preamble []byte) {
 	}
 }
 
-// readChunk is how much the reader takes from the host socket at a time;
-// the loop holds at most one chunk per stream.
+// readChunk is how much host data a stream holds for the guest: the
+// reader reads into one half while the loop holds the other.
 const readChunk = 64 << 10
 
-// reader copies host data towards the guest, one chunk at a time: it waits
-// until the loop has passed the chunk on before reading more, so a guest
-// that does not read holds back only its own stream.
+// reader copies host data towards the guest in chunks of half readChunk.
+// The loop holds at most one chunk; the reader reads the next into the
+// other half meanwhile, but passes it on only once the loop has passed
+// the last one to the guest, so a guest that does not read holds back
+// only its own stream. Reading ahead spares a request/reply stream a
+// goroutine wake-up per message: the loop's "chunk consumed" token waits
+// in c.resume until the next message, instead of waking a reader that
+// has nothing to read yet.
 func (d *Device) reader(c *conn) {
 	defer d.recoverGo("reader")
-	var r io.Reader = c.uc
-	if c.br != nil {
-		r = c.br
-	}
+	// Bytes the client sent right after its CONNECT line come first. The
+	// bufio.Reader is read only while it holds some: reading through it
+	// with a half-sized chunk would fill its own 64 KiB buffer from the
+	// socket, beyond readChunk.
+	br := c.br
 	buf := make([]byte, readChunk)
-	for {
-		n, err := r.Read(buf)
+	halves := [2][]byte{buf[: readChunk/2 : readChunk/2], buf[readChunk/2:]}
+	held := false // the loop holds a chunk: wait for c.resume before the next
+	for i := 0; ; i ^= 1 {
+		var n int
+		var err error
+		if br != nil && br.Buffered() > 0 {
+			n, err = br.Read(halves[i])
+		} else {
+			br = nil
+			n, err = c.uc.Read(halves[i])
+		}
 		if n > 0 {
-			d.post(event{kind: evHostData, c: c, data: buf[:n]})
-			select {
-			case <-c.resume:
-			case <-c.done:
-				return
+			if held {
+				select {
+				case <-c.resume:
+				case <-c.done:
+					return
+				}
 			}
+			d.post(event{kind: evHostData, c: c, data: halves[i][:n]})
+			held = true
 		}
 		if err != nil {
+			if errors.Is(err, io.EOF) {
+				// The loop sends SHUTDOWN after the chunk it holds.
+				select {
+				case <-c.done:
+				default:
+					d.post(event{kind: evHostEOF, c: c})
+				}
+				return
+			}
+			// An error resets the stream: let the guest have the data
+			// that came before it first.
+			if held {
+				select {
+				case <-c.resume:
+				case <-c.done:
+					return
+				}
+			}
 			select {
 			case <-c.done:
-				return
 			default:
-			}
-			if errors.Is(err, io.EOF) {
-				d.post(event{kind: evHostEOF, c: c})
-			} else {
 				d.post(event{kind: evHostReadErr, c: c, err: err})
 			}
 			return

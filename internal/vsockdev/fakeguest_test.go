@@ -17,6 +17,7 @@ import (
 	"github.com/nitroinit/nitroinit/internal/hvsock"
 	"github.com/nitroinit/nitroinit/internal/vhostuser/frontend"
 	"github.com/nitroinit/nitroinit/internal/wait"
+	"golang.org/x/sys/unix"
 )
 
 // fakeGuest drives the device through its real vhost-user socket as QEMU
@@ -305,6 +306,32 @@ func TestFakeGuestStream(t *testing.T) {
 	if err != nil || string(rest) != "last" {
 		t.Fatalf("host read %q %v, want \"last\" then EOF", rest, err)
 	}
+}
+
+// TestFakeGuestDataBeforeReset: a host client that closes with data it
+// never read resets its stream (ECONNRESET on the device's read), and
+// what it wrote before that still reaches the guest, ahead of the RST.
+func TestFakeGuestDataBeforeReset(t *testing.T) {
+	g := newFakeGuest(t)
+	hc := g.connectOut(5600, 1240, 1<<20)
+	g.send(header{DstCID: ParentCID, SrcPort: 5600, DstPort: 1240, Op: opRW, BufAlloc: 1 << 20}, []byte("unread"))
+	raw, err := hc.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "the guest's data in the host socket", func() (bool, string) {
+		n := 0
+		raw.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+		return n == len("unread"), fmt.Sprintf("%d bytes queued", n)
+	})
+	if _, err := hc.Write([]byte("bye")); err != nil {
+		t.Fatal(err)
+	}
+	hc.Close()
+	if p := g.expect(opRW); string(p.payload) != "bye" {
+		t.Fatalf("got %v %q, want RW \"bye\" before the reset", p.h, p.payload)
+	}
+	g.expect(opRST)
 }
 
 func TestFakeGuestCredit(t *testing.T) {
