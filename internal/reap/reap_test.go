@@ -88,6 +88,50 @@ func TestOrphansAreReaped(t *testing.T) {
 	}
 }
 
+// While batching (forced here: every walk counts as crowded), Run still
+// reaps every orphan and routes the exit status of every child it started.
+func TestBatchingReapsEverything(t *testing.T) {
+	const n = 300
+	bins, err := testbin.Build(t.TempDir(), "", "./internal/testprog/zombies")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	r := New(t.Logf)
+	r.crowdedScan = 0
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go r.Run(ctx)
+	before := r.Orphans()
+	z := exec.Command(bins[0], "-n", strconv.Itoa(n))
+	if err := z.Start(); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan syscall.WaitStatus, 1)
+	if _, err := r.Start(sh, []string{"sh", "-c", "sleep 0.2; exit 7"}, &syscall.ProcAttr{Files: []uintptr{0, 1, 2}},
+		func(_ int, ws syscall.WaitStatus) { got <- ws }); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "every orphan reaped", func() (bool, string) {
+		got := r.Orphans() - before
+		return got >= n+1, fmt.Sprintf("reaped %d orphans, want %d", got, n+1)
+	})
+	var ws syscall.WaitStatus
+	wait.For(t, "the started child's exit status", wait.Receive(got, &ws))
+	if ws.ExitStatus() != 7 {
+		t.Fatalf("exit status %d, want 7", ws.ExitStatus())
+	}
+	if r.batches.Load() == 0 {
+		t.Fatal("Run never batched")
+	}
+	if z := zombies(t); z != 0 {
+		t.Fatalf("%d zombies left", z)
+	}
+}
+
 // zombies counts zombie children of this process.
 func zombies(t *testing.T) int {
 	t.Helper()
