@@ -204,10 +204,8 @@ func (r *Reaper) call(e exit) {
 //
 // It blocks in waitid(WEXITED|WNOWAIT), which returns as soon as any child
 // has exited without reaping it, and then reaps that one child by PID, which
-// the kernel does without walking the list of children. A storm of exits is
-// so handled one cheap step at a time, without waiting for SIGCHLD to be
-// delivered and without the full scan of all children that a wait4(-1)
-// finding nothing costs.
+// the kernel does without walking the list of children again, and without
+// waiting for SIGCHLD to be delivered.
 //
 // Run needs no SIGCHLD at all, and sets its disposition to SIG_DFL (see
 // quietChildSignal): the kernel then drops the signal when a child exits
