@@ -181,12 +181,29 @@ func field(b []byte, key string) int64 {
 // them all: cmd with Wait, the rest (reparented to us, the subreaper) with
 // wait4. Supervisors are killed rather than stopped so that every tool's
 // teardown costs the same and cannot skew the next run.
+//
+// The supervisor is killed before what it started, so that it cannot
+// restart a service it sees die (supervisord with autorestart did, between
+// the kills, and its new children outlived the run). A child forked after
+// the walk still escapes the supervisor's tree when the supervisor dies: it
+// is reparented to us. So every pass also takes our own children that were
+// not there when killTree began, and their trees.
 func killTree(cmd *exec.Cmd) {
 	if cmd == nil || cmd.Process == nil {
 		return
 	}
+	self := os.Getpid()
+	before := map[int]bool{}
+	for _, c := range children(self) {
+		before[c] = true
+	}
 	for i := 0; i < 50; i++ {
-		pids := append(descendants(cmd.Process.Pid), cmd.Process.Pid)
+		pids := append([]int{cmd.Process.Pid}, descendants(cmd.Process.Pid)...)
+		for _, c := range children(self) {
+			if !before[c] {
+				pids = append(append(pids, c), descendants(c)...)
+			}
+		}
 		live := 0
 		for _, p := range pids {
 			if !isZombie(p) {
