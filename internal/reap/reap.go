@@ -228,6 +228,7 @@ func (r *Reaper) Run(ctx context.Context) {
 	var (
 		pace      yield.Pacer
 		batching  bool
+		quiet     int // collections in a row that found nothing
 		lastProbe time.Time
 	)
 	for ctx.Err() == nil {
@@ -235,7 +236,12 @@ func (r *Reaper) Run(ctx context.Context) {
 			time.Sleep(batchPause)
 			r.batches.Add(1)
 			n, scan := r.safeReapAll()
-			batching = n > 0 && scan >= r.crowdedScan
+			if n == 0 {
+				quiet++
+			} else {
+				quiet = 0
+			}
+			batching = scan >= r.crowdedScan && quiet < quietBatches
 			continue
 		}
 		pace.Maybe()
@@ -247,7 +253,7 @@ func (r *Reaper) Run(ctx context.Context) {
 			if now := time.Now(); now.Sub(lastProbe) >= probeEvery {
 				lastProbe = now
 				_, scan := r.safeReapAll()
-				batching = scan >= r.crowdedScan
+				batching, quiet = scan >= r.crowdedScan, 0
 			}
 			continue
 		case syscall.EINTR:
@@ -280,6 +286,10 @@ const (
 	// batchPause is how long Run lets exits gather while batching: the
 	// most an exit then waits to be reaped.
 	batchPause = time.Millisecond
+	// quietBatches is how many collections in a row that find nothing end
+	// batching: a storm's exits come unevenly, and a reaper that left its
+	// batches at the first gap waited for the next exits one at a time.
+	quietBatches = 3
 	// probeEvery is how often, at most, Run measures a walk while it reaps
 	// exits one at a time.
 	probeEvery = time.Millisecond
