@@ -275,13 +275,15 @@ func (r *Reaper) Run(ctx context.Context) {
 // Run measures a walk now and then, and while one that finds nothing takes
 // crowdedScan or more and exits keep coming, it collects them every
 // batchPause instead: one walk per batch, and a reap each for the rest.
+// The Linux kernel offers no cheaper way: every wait for "any child"
+// walks, and a pidfd per orphan would need the orphans' PIDs first.
 const (
 	// crowdedScan is the length of a fruitless walk that makes Run batch:
 	// 2 000-3 000 children on the 2-CPU machine of docs/benchmarks.md,
 	// where a fruitless wait4 took 1.2 µs with 100 children, 9 µs with
 	// 1 000 and 150 µs with 5 000. A walk that a busy machine stretches
-	// past it costs one batchPause at most: batching ends at the first
-	// collection that finds nothing.
+	// past it costs quietBatches collections at most: batching ends when
+	// that many in a row find nothing.
 	crowdedScan = 30 * time.Microsecond
 	// batchPause is how long Run lets exits gather while batching: the
 	// most an exit then waits to be reaped.
