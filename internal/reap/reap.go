@@ -224,7 +224,7 @@ func (r *Reaper) Run(ctx context.Context) {
 	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	r.safeReap()
+	r.safeReapAll()
 	var (
 		pace      yield.Pacer
 		batching  bool
@@ -306,7 +306,7 @@ func (r *Reaper) idle(ctx context.Context, tick <-chan time.Time) {
 	case <-r.started:
 	case <-tick:
 	}
-	r.safeReap()
+	r.safeReapAll()
 }
 
 // siginfoPID extracts si_pid from a siginfo_t filled by waitid: it follows
@@ -360,13 +360,4 @@ func (r *Reaper) safeReapAll() (n int, scan time.Duration) {
 		}
 	}()
 	return r.reapAll()
-}
-
-func (r *Reaper) safeReap() {
-	defer func() {
-		if v := recover(); v != nil {
-			r.logf("reap: panic: %v", v)
-		}
-	}()
-	r.ReapOnce()
 }

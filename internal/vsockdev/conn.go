@@ -209,6 +209,19 @@ func (d *Device) reader(c *conn) {
 	buf := make([]byte, readChunk)
 	halves := [2][]byte{buf[: readChunk/2 : readChunk/2], buf[readChunk/2:]}
 	held := false // the loop holds a chunk: wait for c.resume before the next
+	// taken waits until the loop has passed on the chunk it holds; false:
+	// the stream is gone.
+	taken := func() bool {
+		if !held {
+			return true
+		}
+		select {
+		case <-c.resume:
+			return true
+		case <-c.done:
+			return false
+		}
+	}
 	for i := 0; ; i ^= 1 {
 		var n int
 		var err error
@@ -219,12 +232,8 @@ func (d *Device) reader(c *conn) {
 			n, err = c.uc.Read(halves[i])
 		}
 		if n > 0 {
-			if held {
-				select {
-				case <-c.resume:
-				case <-c.done:
-					return
-				}
+			if !taken() {
+				return
 			}
 			d.post(event{kind: evHostData, c: c, data: halves[i][:n]})
 			held = true
@@ -241,12 +250,8 @@ func (d *Device) reader(c *conn) {
 			}
 			// An error resets the stream: let the guest have the data
 			// that came before it first.
-			if held {
-				select {
-				case <-c.resume:
-				case <-c.done:
-					return
-				}
+			if !taken() {
+				return
 			}
 			select {
 			case <-c.done:
