@@ -57,32 +57,13 @@ func reapUntil(t *testing.T, r *Reaper, got <-chan syscall.WaitStatus) syscall.W
 }
 
 func TestOrphansAreReaped(t *testing.T) {
-	const n = 300
 	// Built before the reaper runs: it would reap go build's children.
-	bins, err := testbin.Build(t.TempDir(), "", "./internal/testprog/zombies")
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := buildZombies(t)
 	r := New(t.Logf)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go r.Run(ctx)
-	before := r.Orphans()
-	// internal/testprog/zombies forks n children blocked on a pipe and
-	// exits: they become our orphans and exit together when it has gone,
-	// however slowly the machine forks. (A shell's "sleep 1 &" loop was
-	// load-dependent: on a busy machine the first sleepers exited while
-	// the shell still ran, and the shell reaped them.)
-	sh := exec.Command(bins[0], "-n", strconv.Itoa(n))
-	if err := sh.Start(); err != nil {
-		t.Fatal(err)
-	}
-	// zombies itself is a child started with os/exec: its status goes to
-	// the reaper as an orphan too, which is what we want to count.
-	wait.For(t, "every orphan reaped", func() (bool, string) {
-		got := r.Orphans() - before
-		return got >= n+1, fmt.Sprintf("reaped %d orphans, want %d", got, n+1)
-	})
+	orphanStorm(t, r, bin, 300)
 	if z := zombies(t); z != 0 {
 		t.Fatalf("%d zombies left", z)
 	}
@@ -91,11 +72,7 @@ func TestOrphansAreReaped(t *testing.T) {
 // While batching (forced here: every walk counts as crowded), Run still
 // reaps every orphan and routes the exit status of every child it started.
 func TestBatchingReapsEverything(t *testing.T) {
-	const n = 300
-	bins, err := testbin.Build(t.TempDir(), "", "./internal/testprog/zombies")
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := buildZombies(t)
 	sh, err := exec.LookPath("sh")
 	if err != nil {
 		t.Skip("no sh")
@@ -105,20 +82,12 @@ func TestBatchingReapsEverything(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go r.Run(ctx)
-	before := r.Orphans()
-	z := exec.Command(bins[0], "-n", strconv.Itoa(n))
-	if err := z.Start(); err != nil {
-		t.Fatal(err)
-	}
 	got := make(chan syscall.WaitStatus, 1)
 	if _, err := r.Start(sh, []string{"sh", "-c", "sleep 0.2; exit 7"}, &syscall.ProcAttr{Files: []uintptr{0, 1, 2}},
 		func(_ int, ws syscall.WaitStatus) { got <- ws }); err != nil {
 		t.Fatal(err)
 	}
-	wait.For(t, "every orphan reaped", func() (bool, string) {
-		got := r.Orphans() - before
-		return got >= n+1, fmt.Sprintf("reaped %d orphans, want %d", got, n+1)
-	})
+	orphanStorm(t, r, bin, 300)
 	var ws syscall.WaitStatus
 	wait.For(t, "the started child's exit status", wait.Receive(got, &ws))
 	if ws.ExitStatus() != 7 {
@@ -130,6 +99,36 @@ func TestBatchingReapsEverything(t *testing.T) {
 	if z := zombies(t); z != 0 {
 		t.Fatalf("%d zombies left", z)
 	}
+}
+
+// buildZombies builds internal/testprog/zombies. Call it before a reaper
+// runs: the reaper would reap go build's children.
+func buildZombies(t *testing.T) string {
+	t.Helper()
+	bins, err := testbin.Build(t.TempDir(), "", "./internal/testprog/zombies")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bins[0]
+}
+
+// orphanStorm runs zombies, which forks n children blocked on a pipe and
+// exits: they become r's orphans and exit together when it has gone,
+// however slowly the machine forks. (A shell's "sleep 1 &" loop was
+// load-dependent: on a busy machine the first sleepers exited while the
+// shell still ran, and the shell reaped them.) It waits until r has
+// reaped them all, and zombies itself: a child started with os/exec, its
+// status goes to the reaper as an orphan too.
+func orphanStorm(t *testing.T, r *Reaper, bin string, n int) {
+	t.Helper()
+	before := r.Orphans()
+	if err := exec.Command(bin, "-n", strconv.Itoa(n)).Start(); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "every orphan reaped", func() (bool, string) {
+		got := r.Orphans() - before
+		return got >= uint64(n)+1, fmt.Sprintf("reaped %d orphans, want %d", got, n+1)
+	})
 }
 
 // zombies counts zombie children of this process.
